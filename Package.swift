@@ -1,0 +1,37 @@
+// swift-tools-version:6.0
+// Switchboard: a synchronous request/response integration gateway.
+// No package dependencies: Foundation, Dispatch, Glibc, libcurl and OpenSSL only.
+import PackageDescription
+
+let package = Package(
+    name: "Switchboard",
+    products: [
+        .executable(name: "switchboard", targets: ["switchboard"]),
+    ],
+    targets: [
+        // C shims: Linux calls Glibc does not expose, libcurl's variadic API, OpenSSL.
+        .target(name: "CLinux"),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl",
+                       providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl",
+                       providers: [.apt(["libssl-dev"])]),
+
+        // Swift modules, each owning one concern.
+        .target(name: "JSON"),
+        .target(name: "EventLoop", dependencies: ["CLinux"]),
+        .target(name: "HTTP1", dependencies: ["EventLoop", "CLinux"]),
+        .target(name: "Upstream", dependencies: ["EventLoop", "CCurl"]),
+        .target(name: "Routes", dependencies: ["JSON"]),
+        .target(name: "Flows", dependencies: ["Routes", "Upstream", "EventLoop", "JSON", "COpenSSL"]),
+        .target(name: "Sandbox", dependencies: ["HTTP1", "EventLoop", "JSON", "COpenSSL"]),
+        .target(name: "Gateway", dependencies: ["HTTP1", "Flows", "Routes", "Upstream", "EventLoop", "JSON", "COpenSSL"]),
+        .executableTarget(name: "switchboard", dependencies: ["Gateway", "Sandbox", "Routes", "EventLoop"]),
+
+        .testTarget(name: "JSONTests", dependencies: ["JSON"]),
+        .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "EventLoop"]),
+        .testTarget(name: "RoutesTests", dependencies: ["Routes", "JSON"]),
+        .testTarget(name: "UpstreamTests", dependencies: ["Upstream", "EventLoop", "HTTP1"]),
+        .testTarget(name: "GatewayTests", dependencies: ["Gateway", "Sandbox", "HTTP1", "EventLoop", "JSON", "Routes"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

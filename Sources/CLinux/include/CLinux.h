@@ -1,0 +1,42 @@
+// Linux system calls that Glibc's Swift overlay does not expose.
+#ifndef SWITCHBOARD_CLINUX_H
+#define SWITCHBOARD_CLINUX_H
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <fcntl.h>
+#include <errno.h>
+#include <time.h>
+
+static inline int CLinux_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+static inline int CLinux_epoll_ctl(int epfd, int op, int fd, unsigned int events, unsigned long long data) {
+    struct epoll_event ev; ev.events = events; ev.data.u64 = data;
+    return epoll_ctl(epfd, op, fd, &ev);
+}
+static inline int CLinux_epoll_wait(int epfd, struct epoll_event *events, int max, int timeout_ms) {
+    return epoll_wait(epfd, events, max, timeout_ms);
+}
+static inline unsigned int CLinux_event_events(struct epoll_event *e) { return e->events; }
+static inline unsigned long long CLinux_event_data(struct epoll_event *e) { return e->data.u64; }
+static inline int CLinux_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
+/// accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); defined in CLinux.c (needs _GNU_SOURCE).
+int CLinux_accept4(int fd);
+static inline int CLinux_socket_stream(int domain) { return socket(domain, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0); }
+static inline int CLinux_errno(void) { return errno; }
+static inline unsigned long long CLinux_monotonic_ns(void) {
+    struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+}
+static inline long long CLinux_realtime_ms(void) {
+    struct timespec ts; clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000ll + ts.tv_nsec / 1000000;
+}
+static const unsigned int CLinux_EPOLLIN = EPOLLIN;
+static const unsigned int CLinux_EPOLLOUT = EPOLLOUT;
+static const unsigned int CLinux_EPOLLERR = EPOLLERR;
+static const unsigned int CLinux_EPOLLHUP = EPOLLHUP;
+static const unsigned int CLinux_EPOLLRDHUP = EPOLLRDHUP;
+#endif

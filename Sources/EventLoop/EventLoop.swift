@@ -1,0 +1,242 @@
+import CLinux
+import Glibc
+import Synchronization
+
+/// Readiness events for a file descriptor, as epoll reports them.
+public struct IOEvents: OptionSet, Sendable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    /// Readable (`EPOLLIN`).
+    public static let read = IOEvents(rawValue: CLinux_EPOLLIN)
+    /// Writable (`EPOLLOUT`).
+    public static let write = IOEvents(rawValue: CLinux_EPOLLOUT)
+    /// Error (`EPOLLERR`); always reported, never needs registering.
+    public static let error = IOEvents(rawValue: CLinux_EPOLLERR)
+    /// Hang-up (`EPOLLHUP`); always reported.
+    public static let hangup = IOEvents(rawValue: CLinux_EPOLLHUP)
+    /// Peer closed its writing half (`EPOLLRDHUP`).
+    public static let readHangup = IOEvents(rawValue: CLinux_EPOLLRDHUP)
+}
+
+/// Something that owns a file descriptor registered on an `EventLoop`.
+///
+/// All methods are called from within the loop's thread.
+public protocol IOHandler: AnyObject {
+    /// The descriptor became ready; `events` says how (read, write, error, hang-up).
+    func ioReady(_ events: IOEvents)
+}
+
+/// One event-loop thread: an epoll selector, an eventfd for wake-ups from other
+/// threads, and a heap of timers keyed by absolute monotonic deadline.
+///
+/// Everything registered on a loop (sockets, timers, curl transfers, flow runs)
+/// lives on that loop's thread, so the hot path takes no lock. Methods marked
+/// "loop thread only" must be called from `run()`'s thread, i.e. from a handler,
+/// a timer or a task given to `execute(_:)`. `execute(_:)` and `stop()` are safe
+/// from any thread.
+public final class EventLoop: @unchecked Sendable {
+    /// Position of this loop within its group (0-based); stable for the loop's life.
+    public let index: Int
+
+    private let epfd: Int32
+    private let wakeFD: Int32
+    private var handlers: [IOHandler?] = []
+    private var generations: [UInt32] = []
+    private var timers = TimerHeap()
+    private var timerSequence: UInt64 = 0
+    private let pending = Mutex<[@Sendable () -> Void]>([])
+    private let wakePending = Atomic<Bool>(false)
+    private let stopping = Atomic<Bool>(false)
+    private var threadID: pthread_t? = nil
+    private var cachedNow = Instant.now()
+    private var deferred: [() -> Void] = []
+
+    /// Creates a loop (the epoll and eventfd descriptors); call `run()` or
+    /// `EventLoopGroup` to drive it.
+    /// - Throws: `SystemError` when `epoll_create1` or `eventfd` fails.
+    public init(index: Int = 0) throws {
+        self.index = index
+        let ep = CLinux_epoll_create()
+        if ep < 0 { throw SystemError.last("epoll_create1") }
+        let ev = CLinux_eventfd()
+        if ev < 0 { close(ep); throw SystemError.last("eventfd") }
+        epfd = ep
+        wakeFD = ev
+        if CLinux_epoll_ctl(epfd, EPOLL_CTL_ADD, wakeFD, CLinux_EPOLLIN, UInt64(UInt32.max)) != 0 {
+            throw SystemError.last("epoll_ctl(eventfd)")
+        }
+    }
+
+    deinit {
+        close(epfd)
+        close(wakeFD)
+    }
+
+    /// Whether the calling thread is this loop's thread.
+    public var inEventLoop: Bool {
+        guard let t = threadID else { return false }
+        return pthread_equal(t, pthread_self()) != 0
+    }
+
+    /// The monotonic time cached at the start of the current loop iteration
+    /// (cheap; at most one iteration stale). Loop thread only.
+    public var now: Instant { cachedNow }
+
+    // MARK: - Cross-thread tasks
+
+    /// Runs `task` on the loop thread at the next iteration. Safe from any thread.
+    public func execute(_ task: @escaping @Sendable () -> Void) {
+        pending.withLock { $0.append(task) }
+        if !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
+            var one: UInt64 = 1
+            _ = write(wakeFD, &one, 8)
+        }
+    }
+
+    /// Runs `task` on the loop thread after the current batch of events, before
+    /// the loop waits again. Loop thread only. Used to batch work per iteration.
+    public func deferUntilEndOfIteration(_ task: @escaping () -> Void) {
+        deferred.append(task)
+    }
+
+    /// Asks `run()` to return after the current iteration. Safe from any thread.
+    public func stop() {
+        stopping.store(true, ordering: .releasing)
+        execute {}
+    }
+
+    // MARK: - Descriptors
+
+    /// Registers `fd` for `events` with `handler`. Loop thread only.
+    /// - Throws: `SystemError` from `epoll_ctl`.
+    public func register(fd: Int32, events: IOEvents, handler: IOHandler) throws {
+        let i = Int(fd)
+        if i >= handlers.count {
+            let n = max(i + 1, handlers.count * 2, 64)
+            handlers.append(contentsOf: repeatElement(nil, count: n - handlers.count))
+            generations.append(contentsOf: repeatElement(0, count: n - generations.count))
+        }
+        generations[i] &+= 1
+        handlers[i] = handler
+        let data = UInt64(UInt32(bitPattern: fd)) | (UInt64(generations[i]) << 32)
+        if CLinux_epoll_ctl(epfd, EPOLL_CTL_ADD, fd, events.rawValue, data) != 0 {
+            handlers[i] = nil
+            throw SystemError.last("epoll_ctl(ADD)")
+        }
+    }
+
+    /// Changes the events `fd` is watched for. Loop thread only.
+    /// - Throws: `SystemError` from `epoll_ctl`.
+    public func modify(fd: Int32, events: IOEvents) throws {
+        let i = Int(fd)
+        let data = UInt64(UInt32(bitPattern: fd)) | (UInt64(generations[i]) << 32)
+        if CLinux_epoll_ctl(epfd, EPOLL_CTL_MOD, fd, events.rawValue, data) != 0 {
+            throw SystemError.last("epoll_ctl(MOD)")
+        }
+    }
+
+    /// Stops watching `fd` (call before closing it). Loop thread only; never throws:
+    /// a descriptor that is already gone is simply forgotten.
+    public func unregister(fd: Int32) {
+        let i = Int(fd)
+        guard i < handlers.count else { return }
+        handlers[i] = nil
+        generations[i] &+= 1
+        _ = CLinux_epoll_ctl(epfd, EPOLL_CTL_DEL, fd, 0, 0)
+    }
+
+    // MARK: - Timers
+
+    /// Calls `callback` on the loop thread at `deadline` (or at the next iteration
+    /// when it has passed). Loop thread only.
+    /// - Returns: the timer, to cancel it.
+    @discardableResult
+    public func schedule(at deadline: Instant, _ callback: @escaping () -> Void) -> LoopTimer {
+        timerSequence &+= 1
+        let t = LoopTimer(deadline: deadline, sequence: timerSequence, callback: callback)
+        timers.insert(t)
+        return t
+    }
+
+    /// Cancels a timer that has not fired yet; a no-op otherwise. Loop thread only.
+    public func cancel(_ timer: LoopTimer?) {
+        guard let timer, timer.isScheduled else { return }
+        timers.remove(timer)
+    }
+
+    /// Number of scheduled timers (for tests and metrics). Loop thread only.
+    public var scheduledTimerCount: Int { timers.count }
+
+    // MARK: - Running
+
+    /// Runs the loop on the calling thread until `stop()`. Returns after the
+    /// iteration in which `stop()` was observed.
+    public func run() {
+        threadID = pthread_self()
+        let maxEvents: Int32 = 256
+        let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: Int(maxEvents))
+        defer { events.deallocate() }
+        while !stopping.load(ordering: .acquiring) {
+            cachedNow = Instant.now()
+            var timeout: Int32 = -1
+            if !deferred.isEmpty {
+                timeout = 0
+            } else if let first = timers.first {
+                if first.deadline <= cachedNow {
+                    timeout = 0
+                } else {
+                    // Round up so a timer never fires early and the loop never spins.
+                    let ns = first.deadline.nanoseconds - cachedNow.nanoseconds
+                    timeout = Int32(min((ns + 999_999) / 1_000_000, 3_600_000))
+                }
+            }
+            let n = CLinux_epoll_wait(epfd, events, maxEvents, timeout)
+            cachedNow = Instant.now()
+            if n > 0 {
+                for k in 0..<Int(n) {
+                    let data = CLinux_event_data(events + k)
+                    let ev = IOEvents(rawValue: CLinux_event_events(events + k))
+                    if data == UInt64(UInt32.max) {
+                        drainWakeups()
+                        continue
+                    }
+                    let fd = Int(UInt32(truncatingIfNeeded: data))
+                    let gen = UInt32(truncatingIfNeeded: data >> 32)
+                    guard fd < handlers.count, generations[fd] == gen, let h = handlers[fd] else { continue }
+                    h.ioReady(ev)
+                }
+            }
+            runExpiredTimers()
+            runDeferred()
+        }
+        threadID = nil
+    }
+
+    private func drainWakeups() {
+        var v: UInt64 = 0
+        _ = read(wakeFD, &v, 8)
+        wakePending.store(false, ordering: .releasing)
+        let tasks = pending.withLock { q -> [@Sendable () -> Void] in
+            let t = q
+            q.removeAll(keepingCapacity: true)
+            return t
+        }
+        for t in tasks { t() }
+    }
+
+    private func runExpiredTimers() {
+        let now = cachedNow
+        while let first = timers.first, first.deadline <= now {
+            _ = timers.popFirst()
+            first.callback()
+        }
+    }
+
+    private func runDeferred() {
+        while !deferred.isEmpty {
+            let batch = deferred
+            deferred.removeAll(keepingCapacity: true)
+            for t in batch { t() }
+        }
+    }
+}

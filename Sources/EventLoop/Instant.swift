@@ -1,0 +1,57 @@
+import CLinux
+
+/// A point on the monotonic clock (`CLOCK_MONOTONIC`), in nanoseconds.
+///
+/// Deadlines in Switchboard are absolute `Instant`s: a step attempt's timeout, a wait
+/// budget and a connection's header timeout are all "the instant it ends", so time
+/// spent elsewhere is never counted twice. Safe to use from any thread.
+public struct Instant: Comparable, Hashable, Sendable, CustomStringConvertible {
+    /// Nanoseconds since an arbitrary, fixed point (boot time on Linux).
+    public var nanoseconds: UInt64
+
+    /// Creates an instant from raw monotonic nanoseconds.
+    @inlinable public init(nanoseconds: UInt64) { self.nanoseconds = nanoseconds }
+
+    /// The current monotonic time (one `clock_gettime` call, no allocation).
+    @inlinable public static func now() -> Instant { Instant(nanoseconds: CLinux_monotonic_ns()) }
+
+    /// An instant later than every real one; used for "no deadline".
+    public static let distantFuture = Instant(nanoseconds: UInt64.max / 2)
+
+    /// This instant moved forward by `duration` (saturating at `distantFuture`).
+    @inlinable public static func + (lhs: Instant, rhs: Duration) -> Instant {
+        let ns = rhs.nanosecondsClamped
+        if ns <= 0 { return Instant(nanoseconds: lhs.nanoseconds &- UInt64(min(-ns, Int64(lhs.nanoseconds)))) }
+        let sum = lhs.nanoseconds.addingReportingOverflow(UInt64(ns))
+        return sum.overflow || sum.partialValue > Instant.distantFuture.nanoseconds
+            ? .distantFuture : Instant(nanoseconds: sum.partialValue)
+    }
+
+    /// The time from `rhs` to `lhs`; negative when `lhs` is earlier.
+    @inlinable public static func - (lhs: Instant, rhs: Instant) -> Duration {
+        if lhs.nanoseconds >= rhs.nanoseconds { return .nanoseconds(Int64(lhs.nanoseconds - rhs.nanoseconds)) }
+        return .nanoseconds(-Int64(rhs.nanoseconds - lhs.nanoseconds))
+    }
+
+    @inlinable public static func < (lhs: Instant, rhs: Instant) -> Bool { lhs.nanoseconds < rhs.nanoseconds }
+
+    public var description: String { "Instant(\(nanoseconds)ns)" }
+}
+
+extension Duration {
+    /// The duration in whole nanoseconds, clamped to `Int64`.
+    @inlinable public var nanosecondsClamped: Int64 {
+        let (s, atto) = components
+        let (ms, o1) = s.multipliedReportingOverflow(by: 1_000_000_000)
+        if o1 { return s < 0 ? Int64.min : Int64.max }
+        let (sum, o2) = ms.addingReportingOverflow(atto / 1_000_000_000)
+        return o2 ? (s < 0 ? Int64.min : Int64.max) : sum
+    }
+
+    /// The duration in whole milliseconds (truncated toward zero).
+    @inlinable public var milliseconds: Int64 { nanosecondsClamped / 1_000_000 }
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch (`CLOCK_REALTIME`), for
+/// timestamps shown to people and written to the journal; never for deadlines.
+@inlinable public func wallClockMilliseconds() -> Int64 { Int64(CLinux_realtime_ms()) }
