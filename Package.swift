@@ -27,11 +27,13 @@ let package = Package(
         .target(name: "Gateway", dependencies: ["HTTP1", "Flows", "Routes", "Upstream", "EventLoop", "JSON", "COpenSSL"]),
         .executableTarget(name: "switchboard", dependencies: ["Gateway", "Sandbox", "Routes", "EventLoop"]),
 
+        // Shared by the test targets only: raw socket clients and scripted upstream servers.
+        .target(name: "TestSupport", dependencies: ["EventLoop"], path: "Tests/TestSupport"),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "EventLoop"]),
         .testTarget(name: "RoutesTests", dependencies: ["Routes", "JSON"]),
-        .testTarget(name: "UpstreamTests", dependencies: ["Upstream", "EventLoop", "HTTP1"]),
-        .testTarget(name: "GatewayTests", dependencies: ["Gateway", "Sandbox", "HTTP1", "EventLoop", "JSON", "Routes"]),
+        .testTarget(name: "UpstreamTests", dependencies: ["Upstream", "EventLoop", "TestSupport"]),
+        .testTarget(name: "GatewayTests", dependencies: ["Gateway", "Sandbox", "HTTP1", "EventLoop", "JSON", "Routes", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,334 @@
+private import CCurl
+import EventLoop
+import Glibc
+
+/// libcurl's process-wide initialisation, done once before any handle exists.
+private let curlGlobalInit: Bool = {
+    curl_global_init(Int(CURL_GLOBAL_ALL))
+    return true
+}()
+
+/// An HTTP client for one `EventLoop`, built on libcurl's multi interface and
+/// driven by that loop: curl tells us which sockets to watch
+/// (`CURLMOPT_SOCKETFUNCTION`) and when to wake it (`CURLMOPT_TIMERFUNCTION`),
+/// and the loop calls `curl_multi_socket_action` when they are ready. No thread
+/// per call and no polling. Easy handles are pooled and upstream connections
+/// are kept alive and reused by the multi handle's connection cache.
+///
+/// All methods are called from within the loop's thread; completions run there too.
+public final class UpstreamClient: @unchecked Sendable {
+    /// The loop that drives this client.
+    public let loop: EventLoop
+    fileprivate let multi: UnsafeMutableRawPointer
+    private var sockets: [Int32: CurlSocket] = [:]
+    private var timer: LoopTimer?
+    private var freeHandles: [UnsafeMutableRawPointer] = []
+    /// Transfers in flight (for tests and metrics).
+    public private(set) var activeTransfers = 0
+    private var processing = false
+
+    /// Creates the client and its multi handle on `loop`.
+    /// - Parameter maxConnectionsPerHost: cap on parallel connections to one host
+    ///   (0 = unlimited, the default).
+    public init(loop: EventLoop, maxConnectionsPerHost: Int = 0) {
+        _ = curlGlobalInit
+        self.loop = loop
+        multi = curl_multi_init()
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        _ = CCurl_multi_setopt_socketfunction(multi, { _, s, what, userp, _ in
+            Unmanaged<UpstreamClient>.fromOpaque(userp!).takeUnretainedValue().socketChanged(s, what: what)
+            return 0
+        })
+        _ = CCurl_multi_setopt_pointer(multi, CURLMOPT_SOCKETDATA, me)
+        _ = CCurl_multi_setopt_timerfunction(multi, { _, ms, userp in
+            Unmanaged<UpstreamClient>.fromOpaque(userp!).takeUnretainedValue().timerChanged(ms)
+            return 0
+        })
+        _ = CCurl_multi_setopt_pointer(multi, CURLMOPT_TIMERDATA, me)
+        if maxConnectionsPerHost > 0 {
+            _ = CCurl_multi_setopt_long(multi, CURLMOPT_MAX_HOST_CONNECTIONS, maxConnectionsPerHost)
+        }
+        _ = CCurl_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, 1024)
+    }
+
+    deinit {
+        loop.cancel(timer)
+        for (fd, _) in sockets { loop.unregister(fd: fd) }
+        for h in freeHandles { curl_easy_cleanup(h) }
+        curl_multi_cleanup(multi)
+    }
+
+    /// Starts one attempt. `completion` runs exactly once on the loop thread,
+    /// never before `send` returns — unless the transfer is cancelled first.
+    /// - Returns: the transfer, which can be cancelled.
+    @discardableResult
+    public func send(_ request: UpstreamRequest, completion: @escaping (UpstreamResult) -> Void) -> UpstreamTransfer {
+        let easy = freeHandles.popLast() ?? curl_easy_init()!
+        let t = UpstreamTransfer(client: self, easy: easy, request: request, completion: completion)
+        let remainingMs = (request.deadline - loop.now).milliseconds
+        if remainingMs <= 0 {
+            // Already past the deadline: fail without touching the network.
+            freeHandles.append(easy)
+            t.easy = nil
+            loop.deferUntilEndOfIteration { t.finish(.failure(UpstreamFailure(kind: .timeout, message: "deadline passed before the attempt started"))) }
+            return t
+        }
+        if let failure = t.configure(remainingMs: remainingMs) {
+            freeHandles.append(easy)
+            t.easy = nil
+            loop.deferUntilEndOfIteration { t.finish(.failure(failure)) }
+            return t
+        }
+        t.retainForCurl()
+        activeTransfers += 1
+        curl_multi_add_handle(multi, easy)
+        return t
+    }
+
+    fileprivate func release(_ t: UpstreamTransfer) {
+        guard let easy = t.easy else { return }
+        curl_multi_remove_handle(multi, easy)
+        curl_easy_reset(easy)
+        t.easy = nil
+        freeHandles.append(easy)
+        activeTransfers -= 1
+        t.releaseFromCurl()
+    }
+
+    // MARK: curl → loop
+
+    private func socketChanged(_ fd: Int32, what: Int32) {
+        if what == CURL_POLL_REMOVE {
+            if sockets.removeValue(forKey: fd) != nil { loop.unregister(fd: fd) }
+            return
+        }
+        var events: IOEvents = []
+        if what & CURL_POLL_IN != 0 { events.insert(.read) }
+        if what & CURL_POLL_OUT != 0 { events.insert(.write) }
+        if let s = sockets[fd] {
+            if s.events == events { return }  // skip epoll_ctl calls that change nothing
+            s.events = events
+            do { try loop.modify(fd: fd, events: events) } catch {
+                try? loop.register(fd: fd, events: events, handler: s)
+            }
+        } else {
+            let s = CurlSocket(client: self, fd: fd, events: events)
+            sockets[fd] = s
+            try? loop.register(fd: fd, events: events, handler: s)
+        }
+    }
+
+    private func timerChanged(_ ms: Int) {
+        loop.cancel(timer)
+        timer = nil
+        if ms < 0 { return }
+        timer = loop.schedule(at: loop.now + .milliseconds(ms)) { [unowned self] in
+            self.timer = nil
+            self.action(fd: -1, flags: 0)
+        }
+    }
+
+    fileprivate func action(fd: Int32, flags: Int32) {
+        var running: Int32 = 0
+        curl_multi_socket_action(multi, fd, flags, &running)
+        readMessages()
+    }
+
+    private func readMessages() {
+        if processing { return }
+        processing = true
+        defer { processing = false }
+        var left: Int32 = 0
+        while let msg = curl_multi_info_read(multi, &left) {
+            guard CCurl_msg_is_done(msg) != 0, let easy = CCurl_msg_easy(msg) else { continue }
+            let code = CCurl_msg_result(msg)
+            var ptr: UnsafeMutableRawPointer? = nil
+            _ = CCurl_easy_getinfo_pointer(easy, CURLINFO_PRIVATE, &ptr)
+            guard let ptr else { continue }
+            let t = Unmanaged<UpstreamTransfer>.fromOpaque(ptr).takeUnretainedValue()
+            let result = t.result(code: code)
+            release(t)
+            t.finish(result)
+        }
+    }
+}
+
+/// A socket libcurl asked the loop to watch.
+private final class CurlSocket: IOHandler {
+    unowned let client: UpstreamClient
+    let fd: Int32
+    var events: IOEvents
+
+    init(client: UpstreamClient, fd: Int32, events: IOEvents) {
+        self.client = client
+        self.fd = fd
+        self.events = events
+    }
+
+    func ioReady(_ ev: IOEvents) {
+        var flags: Int32 = 0
+        if ev.contains(.read) || ev.contains(.hangup) { flags |= CURL_CSELECT_IN }
+        if ev.contains(.write) { flags |= CURL_CSELECT_OUT }
+        if ev.contains(.error) { flags |= CURL_CSELECT_ERR }
+        client.action(fd: fd, flags: flags)
+    }
+}
+
+/// One upstream attempt in flight. Loop thread only.
+public final class UpstreamTransfer {
+    private unowned let client: UpstreamClient
+    fileprivate var easy: UnsafeMutableRawPointer?
+    private let request: UpstreamRequest
+    private var completion: ((UpstreamResult) -> Void)?
+    private var headerList: UnsafeMutablePointer<curl_slist>?
+    private var resolveList: UnsafeMutablePointer<curl_slist>?
+    private var bodyCopy: UnsafeMutableRawBufferPointer?
+    private var status = 0
+    private var headers: [(String, String)] = []
+    private var body: [UInt8] = []
+    private var tooLarge = false
+    private var selfRetain: Unmanaged<UpstreamTransfer>?
+
+    fileprivate init(client: UpstreamClient, easy: UnsafeMutableRawPointer, request: UpstreamRequest, completion: @escaping (UpstreamResult) -> Void) {
+        self.client = client
+        self.easy = easy
+        self.request = request
+        self.completion = completion
+    }
+
+    deinit {
+        if let headerList { curl_slist_free_all(headerList) }
+        if let resolveList { curl_slist_free_all(resolveList) }
+        bodyCopy?.deallocate()
+    }
+
+    /// Stops the transfer; its completion is never called. A no-op once finished.
+    public func cancel() {
+        completion = nil
+        client.release(self)
+    }
+
+    fileprivate func retainForCurl() { selfRetain = Unmanaged.passRetained(self) }
+    fileprivate func releaseFromCurl() {
+        let r = selfRetain
+        selfRetain = nil
+        r?.release()
+    }
+
+    fileprivate func finish(_ result: UpstreamResult) {
+        guard let c = completion else { return }
+        completion = nil
+        c(result)
+    }
+
+    /// Sets the easy handle's options. Returns a failure when the request cannot be sent.
+    fileprivate func configure(remainingMs: Int64) -> UpstreamFailure? {
+        guard let h = easy else { return UpstreamFailure(kind: .protocol, message: "no handle") }
+        if CCurl_easy_setopt_string(h, CURLOPT_URL, request.url) != CURLE_OK {
+            return UpstreamFailure(kind: .protocol, message: "invalid URL")
+        }
+        _ = CCurl_easy_setopt_string(h, CURLOPT_PROTOCOLS_STR, "http,https")
+        _ = CCurl_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
+        _ = CCurl_easy_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)
+        _ = CCurl_easy_setopt_long(h, CURLOPT_TIMEOUT_MS, Int(max(1, remainingMs)))
+        let connectMs = max(1, min(remainingMs, request.connectTimeout.milliseconds))
+        _ = CCurl_easy_setopt_long(h, CURLOPT_CONNECTTIMEOUT_MS, Int(connectMs))
+        _ = CCurl_easy_setopt_off(h, CURLOPT_MAXFILESIZE_LARGE, curl_off_t(request.maxBodyBytes))
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        _ = CCurl_easy_setopt_pointer(h, CURLOPT_PRIVATE, me)
+        _ = CCurl_easy_setopt_datafunction(h, CURLOPT_WRITEFUNCTION, { ptr, size, n, ud in
+            let t = Unmanaged<UpstreamTransfer>.fromOpaque(ud!).takeUnretainedValue()
+            return t.received(body: UnsafeRawBufferPointer(start: ptr, count: size * n))
+        })
+        _ = CCurl_easy_setopt_pointer(h, CURLOPT_WRITEDATA, me)
+        _ = CCurl_easy_setopt_datafunction(h, CURLOPT_HEADERFUNCTION, { ptr, size, n, ud in
+            let t = Unmanaged<UpstreamTransfer>.fromOpaque(ud!).takeUnretainedValue()
+            t.received(headerLine: UnsafeRawBufferPointer(start: ptr, count: size * n))
+            return size * n
+        })
+        _ = CCurl_easy_setopt_pointer(h, CURLOPT_HEADERDATA, me)
+
+        switch request.method {
+        case "GET" where request.body.isEmpty:
+            _ = CCurl_easy_setopt_long(h, CURLOPT_HTTPGET, 1)
+        case "HEAD":
+            _ = CCurl_easy_setopt_long(h, CURLOPT_NOBODY, 1)
+        default:
+            if !request.body.isEmpty || request.method != "GET" {
+                let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, request.body.count), alignment: 1)
+                if !request.body.isEmpty { buf.copyMemory(from: UnsafeRawBufferPointer(start: request.body.withUnsafeBytes { $0.baseAddress }, count: request.body.count)) }
+                bodyCopy = buf
+                _ = CCurl_easy_setopt_off(h, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(request.body.count))
+                _ = CCurl_easy_setopt_pointer(h, CURLOPT_POSTFIELDS, buf.baseAddress)
+            }
+            if request.method != "POST" {
+                _ = CCurl_easy_setopt_string(h, CURLOPT_CUSTOMREQUEST, request.method)
+            }
+        }
+        var list: UnsafeMutablePointer<curl_slist>? = nil
+        for (n, v) in request.headers {
+            list = curl_slist_append(list, "\(n): \(v)")
+        }
+        // Never wait for `100 Continue`: it costs a round trip on every POST.
+        list = curl_slist_append(list, "Expect:")
+        headerList = list
+        _ = CCurl_easy_setopt_slist(h, CURLOPT_HTTPHEADER, list)
+        if !request.resolve.isEmpty {
+            var r: UnsafeMutablePointer<curl_slist>? = nil
+            for e in request.resolve { r = curl_slist_append(r, e) }
+            resolveList = r
+            _ = CCurl_easy_setopt_slist(h, CURLOPT_RESOLVE, r)
+        }
+        return nil
+    }
+
+    private func received(body chunk: UnsafeRawBufferPointer) -> Int {
+        if body.count + chunk.count > request.maxBodyBytes {
+            tooLarge = true
+            return 0  // makes curl abort with CURLE_WRITE_ERROR
+        }
+        body.append(contentsOf: chunk)
+        return chunk.count
+    }
+
+    private func received(headerLine raw: UnsafeRawBufferPointer) {
+        var end = raw.count
+        while end > 0 && (raw[end - 1] == 0x0A || raw[end - 1] == 0x0D) { end -= 1 }
+        if end == 0 { return }
+        if raw.starts(with: "HTTP/".utf8) {
+            // A new status line (after 1xx, or a new response): start over.
+            headers.removeAll(keepingCapacity: true)
+            return
+        }
+        guard let colon = raw[..<end].firstIndex(of: UInt8(ascii: ":")) else { return }
+        let name = String(decoding: raw[..<colon], as: UTF8.self)
+        var vs = colon + 1
+        while vs < end && (raw[vs] == 0x20 || raw[vs] == 0x09) { vs += 1 }
+        headers.append((name, String(decoding: raw[vs..<end], as: UTF8.self)))
+    }
+
+    fileprivate func result(code: CURLcode) -> UpstreamResult {
+        if code == CURLE_OK {
+            var st = 0
+            if let h = easy { _ = CCurl_easy_getinfo_long(h, CURLINFO_RESPONSE_CODE, &st) }
+            if st < 100 || st > 599 {
+                return .failure(UpstreamFailure(kind: .protocol, message: "no valid HTTP status"))
+            }
+            return .success(UpstreamResponse(status: st, headers: headers, body: body))
+        }
+        let text = String(cString: curl_easy_strerror(code))
+        if tooLarge || code == CURLE_FILESIZE_EXCEEDED {
+            return .failure(UpstreamFailure(kind: .protocol, message: "response body larger than \(request.maxBodyBytes) bytes"))
+        }
+        switch code {
+        case CURLE_OPERATION_TIMEDOUT:
+            return .failure(UpstreamFailure(kind: .timeout, message: text))
+        case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY,
+             CURLE_SSL_CONNECT_ERROR, CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CACERT_BADFILE,
+             CURLE_SSL_CERTPROBLEM:
+            return .failure(UpstreamFailure(kind: .connect, message: text))
+        default:
+            return .failure(UpstreamFailure(kind: .protocol, message: text))
+        }
+    }
+}

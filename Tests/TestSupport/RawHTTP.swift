@@ -1,0 +1,267 @@
+import EventLoop
+import Foundation
+import Glibc
+
+/// A parsed HTTP/1.1 message head and body as seen on the wire by a test.
+public struct RawMessage: Sendable {
+    /// Status code (responses) or 0 (requests).
+    public var status: Int
+    /// Request line or status line.
+    public var startLine: String
+    /// Header fields, names lowercased.
+    public var headers: [(String, String)]
+    public var body: [UInt8]
+
+    /// The first header named `name` (case-insensitive).
+    public func header(_ name: String) -> String? {
+        headers.first { $0.0 == name.lowercased() }?.1
+    }
+    /// The body as UTF-8 text.
+    public var text: String { String(decoding: body, as: UTF8.self) }
+    /// The body parsed with Foundation's JSONSerialization (tests only).
+    public var json: Any? { try? JSONSerialization.jsonObject(with: Data(body), options: [.fragmentsAllowed]) }
+    /// The method of a request (first word of the start line).
+    public var method: String { String(startLine.split(separator: " ").first ?? "") }
+    /// The target of a request (second word of the start line).
+    public var target: String { startLine.split(separator: " ").count > 1 ? String(startLine.split(separator: " ")[1]) : "" }
+}
+
+/// A blocking TCP connection for tests: write raw bytes, read whole HTTP messages.
+/// Every read has a timeout (default 10 s), so a test never hangs forever.
+public final class RawConnection: @unchecked Sendable {
+    public let fd: Int32
+    private var buffer: [UInt8] = []
+
+    /// Wraps an already connected descriptor.
+    public init(fd: Int32, timeout: Duration = .seconds(10)) {
+        self.fd = fd
+        setTimeout(timeout)
+    }
+
+    /// Connects to `127.0.0.1:port`.
+    public convenience init(port: UInt16, timeout: Duration = .seconds(10)) throws {
+        let fd = try Socket.connectBlocking(SocketAddress(host: "127.0.0.1", port: port))
+        self.init(fd: fd, timeout: timeout)
+    }
+
+    deinit { close(fd) }
+
+    /// Sets the receive timeout (`SO_RCVTIMEO`).
+    public func setTimeout(_ d: Duration) {
+        var tv = timeval(tv_sec: Int(d.components.seconds), tv_usec: Int(d.components.attoseconds / 1_000_000_000_000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Writes all of `bytes`. Returns false when the peer is gone.
+    @discardableResult
+    public func write(_ bytes: [UInt8]) -> Bool {
+        var off = 0
+        while off < bytes.count {
+            let n = bytes[off...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 { return false }
+            off += n
+        }
+        return true
+    }
+
+    /// Writes `text` as UTF-8.
+    @discardableResult
+    public func write(_ text: String) -> Bool { write(Array(text.utf8)) }
+
+    /// Reads more bytes into the buffer; false on EOF, error or timeout.
+    private func fill() -> Bool {
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if n <= 0 { return false }
+        buffer.append(contentsOf: chunk[0..<n])
+        return true
+    }
+
+    /// Reads one response (status line, headers, body by Content-Length or
+    /// chunked, or until close). `headRequest` means the response has no body.
+    /// - Returns: nil when the connection closed or timed out first.
+    public func readResponse(headRequest: Bool = false) -> RawMessage? { readMessage(isResponse: true, noBody: headRequest) }
+
+    /// Reads one request (for scripted upstream servers).
+    public func readRequest() -> RawMessage? { readMessage(isResponse: false, noBody: false) }
+
+    private func readMessage(isResponse: Bool, noBody: Bool) -> RawMessage? {
+        var headEnd: Int? = nil
+        while headEnd == nil {
+            if let r = findCRLFCRLF() { headEnd = r; break }
+            if !fill() { return nil }
+        }
+        let head = String(decoding: buffer[0..<headEnd!], as: UTF8.self)
+        buffer.removeFirst(headEnd! + 4)
+        var lines = head.components(separatedBy: "\r\n")
+        let start = lines.removeFirst()
+        var headers: [(String, String)] = []
+        for l in lines {
+            guard let c = l.firstIndex(of: ":") else { continue }
+            headers.append((l[..<c].lowercased(), l[l.index(after: c)...].trimmingCharacters(in: .whitespaces)))
+        }
+        var status = 0
+        if isResponse { status = Int(start.split(separator: " ").dropFirst().first ?? "") ?? 0 }
+        var msg = RawMessage(status: status, startLine: start, headers: headers, body: [])
+        if noBody || (isResponse && (status / 100 == 1 || status == 204 || status == 304)) { return msg }
+        if let te = msg.header("transfer-encoding"), te.lowercased().contains("chunked") {
+            while true {
+                guard let line = readLine() else { return nil }
+                let size = Int(line.split(separator: ";").first ?? "", radix: 16) ?? 0
+                if size == 0 {
+                    while let t = readLine(), !t.isEmpty {}
+                    return msg
+                }
+                while buffer.count < size + 2 { if !fill() { return nil } }
+                msg.body.append(contentsOf: buffer[0..<size])
+                buffer.removeFirst(size + 2)
+            }
+        }
+        if let cl = msg.header("content-length"), let n = Int(cl) {
+            while buffer.count < n { if !fill() { return nil } }
+            msg.body = Array(buffer[0..<n])
+            buffer.removeFirst(n)
+            return msg
+        }
+        if !isResponse { return msg }
+        while fill() {}
+        msg.body = buffer
+        buffer.removeAll()
+        return msg
+    }
+
+    private func readLine() -> String? {
+        while true {
+            if let i = buffer.firstIndex(of: 0x0A), i > 0, buffer[i - 1] == 0x0D {
+                let s = String(decoding: buffer[0..<(i - 1)], as: UTF8.self)
+                buffer.removeFirst(i + 1)
+                return s
+            }
+            if !fill() { return nil }
+        }
+    }
+
+    private func findCRLFCRLF() -> Int? {
+        guard buffer.count >= 4 else { return nil }
+        for i in 0...(buffer.count - 4) where buffer[i] == 13 && buffer[i + 1] == 10 && buffer[i + 2] == 13 && buffer[i + 3] == 10 {
+            return i
+        }
+        return nil
+    }
+
+    /// Whether the peer closed the connection (EOF) within the read timeout,
+    /// after discarding anything still buffered.
+    public func isClosedByPeer() -> Bool {
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 { return true }
+            if n < 0 { return errno == ECONNRESET }
+        }
+    }
+
+    /// Sends one request and reads its response. Adds `Host` and `Content-Length`.
+    public func request(_ method: String, _ target: String, headers: [(String, String)] = [], body: [UInt8] = []) -> RawMessage? {
+        var s = "\(method) \(target) HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        for (n, v) in headers { s += "\(n): \(v)\r\n" }
+        if !body.isEmpty || method == "POST" || method == "PUT" { s += "Content-Length: \(body.count)\r\n" }
+        s += "\r\n"
+        guard write(Array(s.utf8) + body) else { return nil }
+        return readResponse(headRequest: method == "HEAD")
+    }
+}
+
+/// A scripted upstream for tests: listens on `127.0.0.1:0` and runs `handler`
+/// on its own thread for each accepted connection. The handler decides what
+/// to read and write (answer normally, stall, send garbage, reset …).
+public final class ScriptedServer: @unchecked Sendable {
+    /// The port it listens on.
+    public let port: UInt16
+    private let listenFD: Int32
+    private let lock = NSLock()
+    private var _requests: [RawMessage] = []
+    private var _connections = 0
+    private var stopped = false
+
+    /// Starts listening; `handler` gets each connection and the server (to record requests).
+    public init(handler: @escaping @Sendable (RawConnection, ScriptedServer) -> Void) throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var sa = sockaddr_in()
+        sa.sin_family = sa_family_t(AF_INET)
+        sa.sin_addr.s_addr = inet_addr("127.0.0.1")
+        sa.sin_port = 0
+        _ = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        listen(fd, 512)
+        listenFD = fd
+        port = Socket.boundPort(fd)
+        let t = Thread { [weak self] in
+            while true {
+                let c = accept(fd, nil, nil)
+                guard let server = self else { if c >= 0 { close(c) }; return }
+                if c < 0 {
+                    if server.isStopped { return }
+                    continue
+                }
+                server.lock.withLock { server._connections += 1 }
+                let conn = RawConnection(fd: c, timeout: .seconds(30))
+                Thread { handler(conn, server) }.start()
+            }
+        }
+        t.start()
+    }
+
+    /// An upstream answering every request with `status` and `body` (keep-alive),
+    /// after `delay`, recording each request.
+    public static func answering(status: Int = 200, body: String = "{\"ok\":true}", headers: [(String, String)] = [("Content-Type", "application/json")], delay: Duration = .zero) throws -> ScriptedServer {
+        try ScriptedServer { conn, server in
+            while let req = conn.readRequest() {
+                server.record(req)
+                if delay > .zero { Thread.sleep(forTimeInterval: Double(delay.milliseconds) / 1000) }
+                var s = "HTTP/1.1 \(status) X\r\nContent-Length: \(body.utf8.count)\r\n"
+                for (n, v) in headers { s += "\(n): \(v)\r\n" }
+                s += "\r\n\(body)"
+                if !conn.write(s) { return }
+            }
+        }
+    }
+
+    private var isStopped: Bool { lock.withLock { stopped } }
+
+    /// Records a request the handler received.
+    public func record(_ r: RawMessage) { lock.withLock { _requests.append(r) } }
+    /// Requests recorded so far.
+    public var requests: [RawMessage] { lock.withLock { _requests } }
+    /// Connections accepted so far.
+    public var connections: Int { lock.withLock { _connections } }
+
+    /// Stops accepting (already-running handlers go on until their peer closes).
+    public func stop() {
+        let first = lock.withLock { () -> Bool in
+            defer { stopped = true }
+            return !stopped
+        }
+        guard first else { return }
+        shutdown(listenFD, Int32(SHUT_RDWR))
+        close(listenFD)
+    }
+
+    deinit { stop() }
+}
+
+/// Polls `condition` every 10 ms until it holds or `timeout` passes.
+/// - Returns: whether it held.
+public func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool) -> Bool {
+    let end = ContinuousClock.now + timeout
+    while ContinuousClock.now < end {
+        if condition() { return true }
+        usleep(10_000)
+    }
+    return condition()
+}
+
+/// Number of open file descriptors of this process (entries of /proc/self/fd).
+public func openDescriptorCount() -> Int {
+    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
+}

@@ -1,0 +1,180 @@
+import Dispatch
+import EventLoop
+import Foundation
+import Testing
+import TestSupport
+import Upstream
+
+/// One loop thread with an `UpstreamClient` on it, for the duration of a test.
+final class ClientHarness: @unchecked Sendable {
+    let group: EventLoopGroup
+    let client: UpstreamClient
+
+    init() throws {
+        group = try EventLoopGroup(count: 1)
+        let loop = group.loops[0]
+        let made = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var c: UpstreamClient?
+        loop.execute { c = UpstreamClient(loop: loop); made.signal() }
+        made.wait()
+        client = c!
+    }
+
+    deinit { group.shutdown() }
+
+    /// Sends `build(now)` on the loop and waits for its result.
+    func send(_ build: @escaping @Sendable (Instant) -> UpstreamRequest) -> UpstreamResult {
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: UpstreamResult?
+        let client = self.client
+        group.loops[0].execute {
+            client.send(build(client.loop.now)) { r in result = r; done.signal() }
+        }
+        _ = done.wait(timeout: .now() + 20)
+        return result!
+    }
+
+    /// Number of transfers in flight, read on the loop.
+    var activeTransfers: Int {
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var n = 0
+        let client = self.client
+        group.loops[0].execute { n = client.activeTransfers; done.signal() }
+        done.wait()
+        return n
+    }
+}
+
+@Suite struct UpstreamClientTests {
+    /// A GET returns the upstream's status, headers and body.
+    @Test func get_ReturnsStatusHeadersAndBody() throws {
+        let up = try ScriptedServer.answering(status: 201, body: "{\"a\":1}", headers: [("X-Test", "yes")])
+        let h = try ClientHarness()
+        let r = h.send { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/x", deadline: $0 + .seconds(5)) }
+        let resp = try r.get()
+        #expect(resp.status == 201)
+        #expect(resp.header("x-test") == "yes")
+        #expect(String(decoding: resp.body, as: UTF8.self) == "{\"a\":1}")
+        #expect(h.activeTransfers == 0)
+    }
+
+    /// A POST sends its method, headers and body to the upstream, without `Expect: 100-continue`.
+    @Test func post_SendsHeadersAndBody() throws {
+        let up = try ScriptedServer.answering()
+        let h = try ClientHarness()
+        let body = Array("{\"amount\":42}".utf8)
+        _ = try h.send { UpstreamRequest(method: "POST", url: "http://127.0.0.1:\(up.port)/payments", headers: [("Idempotency-Key", "k1"), ("Content-Type", "application/json")], body: body, deadline: $0 + .seconds(5)) }.get()
+        let req = try #require(up.requests.first)
+        #expect(req.method == "POST")
+        #expect(req.target == "/payments")
+        #expect(req.header("idempotency-key") == "k1")
+        #expect(req.header("expect") == nil)
+        #expect(req.body == body)
+    }
+
+    /// PUT and DELETE use their own method names.
+    @Test func customMethod_IsSent() throws {
+        let up = try ScriptedServer.answering()
+        let h = try ClientHarness()
+        _ = try h.send { UpstreamRequest(method: "DELETE", url: "http://127.0.0.1:\(up.port)/r/1", deadline: $0 + .seconds(5)) }.get()
+        #expect(up.requests.first?.method == "DELETE")
+    }
+
+    /// Sequential requests to one upstream reuse a single kept-alive connection.
+    @Test func sequentialRequests_ReuseConnection() throws {
+        let up = try ScriptedServer.answering()
+        let h = try ClientHarness()
+        for _ in 0..<5 {
+            _ = try h.send { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: $0 + .seconds(5)) }.get()
+        }
+        #expect(up.requests.count == 5)
+        #expect(up.connections == 1)
+    }
+
+    /// An upstream slower than the deadline yields a `timeout` failure at the deadline.
+    @Test func slowUpstream_TimesOutAtDeadline() throws {
+        let up = try ScriptedServer.answering(delay: .seconds(3))
+        let h = try ClientHarness()
+        let start = ContinuousClock.now
+        let r = h.send { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: $0 + .milliseconds(200)) }
+        let elapsed = ContinuousClock.now - start
+        guard case .failure(let f) = r else { Issue.record("expected failure"); return }
+        #expect(f.kind == .timeout)
+        #expect(elapsed < .seconds(2))
+    }
+
+    /// A refused connection yields a `connect` failure.
+    @Test func refusedConnection_IsConnectFailure() throws {
+        let up = try ScriptedServer.answering()
+        let port = up.port
+        up.stop()
+        let h = try ClientHarness()
+        let r = h.send { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(port)/", deadline: $0 + .seconds(5)) }
+        guard case .failure(let f) = r else { Issue.record("expected failure"); return }
+        #expect(f.kind == .connect)
+    }
+
+    /// Garbage instead of an HTTP response yields a `protocol` failure.
+    @Test func garbageResponse_IsProtocolFailure() throws {
+        let up = try ScriptedServer { conn, _ in
+            _ = conn.readRequest()
+            conn.write("this is not http\r\n\r\n")
+            close(conn.fd)
+        }
+        let h = try ClientHarness()
+        let r = h.send { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: $0 + .seconds(5)) }
+        guard case .failure(let f) = r else { Issue.record("expected failure, got \(r)"); return }
+        #expect(f.kind == .protocol)
+    }
+
+    /// A connection closed mid-body yields a `protocol` failure.
+    @Test func closeMidBody_IsProtocolFailure() throws {
+        let up = try ScriptedServer { conn, _ in
+            _ = conn.readRequest()
+            conn.write("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial\":")
+            shutdown(conn.fd, Int32(SHUT_RDWR))
+        }
+        let h = try ClientHarness()
+        let r = h.send { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: $0 + .seconds(5)) }
+        guard case .failure(let f) = r else { Issue.record("expected failure"); return }
+        #expect(f.kind == .protocol)
+    }
+
+    /// A body larger than `maxBodyBytes` is refused as `protocol`, with or without Content-Length.
+    @Test(arguments: [true, false])
+    func oversizedBody_IsProtocolFailure(withLength: Bool) throws {
+        let up = try ScriptedServer { conn, _ in
+            _ = conn.readRequest()
+            let body = String(repeating: "x", count: 5000)
+            if withLength {
+                conn.write("HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n\(body)")
+            } else {
+                conn.write("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n\(body)")
+                close(conn.fd)
+            }
+        }
+        let h = try ClientHarness()
+        let r = h.send { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: $0 + .seconds(5), maxBodyBytes: 1000) }
+        guard case .failure(let f) = r else { Issue.record("expected failure"); return }
+        #expect(f.kind == .protocol)
+        #expect(h.activeTransfers == 0)
+    }
+
+    /// Three concurrent 300 ms transfers on one loop finish together, not one after another.
+    @Test func concurrentTransfers_RunInParallel() throws {
+        let up = try ScriptedServer.answering(delay: .milliseconds(300))
+        let h = try ClientHarness()
+        let loop = h.group.loops[0]
+        let client = h.client
+        let done = DispatchSemaphore(value: 0)
+        let start = ContinuousClock.now
+        loop.execute {
+            for _ in 0..<3 {
+                client.send(UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: loop.now + .seconds(5))) { _ in done.signal() }
+            }
+        }
+        for _ in 0..<3 { _ = done.wait(timeout: .now() + 10) }
+        #expect(ContinuousClock.now - start < .milliseconds(850))
+        #expect(up.requests.count == 3)
+    }
+}
