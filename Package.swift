@@ -18,21 +18,24 @@ let package = Package(
 
         // Swift modules, each owning one concern.
         .target(name: "JSON"),
+        .target(name: "Crypto", dependencies: ["COpenSSL"]),
         .target(name: "EventLoop", dependencies: ["CLinux"]),
         .target(name: "HTTP1", dependencies: ["EventLoop", "CLinux"]),
         .target(name: "Upstream", dependencies: ["EventLoop", "CCurl"]),
         .target(name: "Routes", dependencies: ["JSON"]),
-        .target(name: "Flows", dependencies: ["Routes", "Upstream", "EventLoop", "JSON", "COpenSSL"]),
-        .target(name: "Sandbox", dependencies: ["HTTP1", "EventLoop", "JSON", "COpenSSL"]),
-        .target(name: "Gateway", dependencies: ["HTTP1", "Flows", "Routes", "Upstream", "EventLoop", "JSON", "COpenSSL"]),
+        .target(name: "Flows", dependencies: ["Routes", "Upstream", "EventLoop", "JSON", "Crypto"]),
+        .target(name: "Sandbox", dependencies: ["HTTP1", "EventLoop", "JSON", "Crypto"]),
+        .target(name: "Gateway", dependencies: ["HTTP1", "Flows", "Routes", "Upstream", "EventLoop", "JSON", "Crypto"]),
         .executableTarget(name: "switchboard", dependencies: ["Gateway", "Sandbox", "Routes", "EventLoop"]),
 
         // Shared by the test targets only: raw socket clients and scripted upstream servers.
         .target(name: "TestSupport", dependencies: ["EventLoop"], path: "Tests/TestSupport"),
+        .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "EventLoop"]),
         .testTarget(name: "RoutesTests", dependencies: ["Routes", "JSON"]),
         .testTarget(name: "UpstreamTests", dependencies: ["Upstream", "EventLoop", "TestSupport"]),
+        .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "TestSupport", "EventLoop", "JSON", "Crypto"]),
         .testTarget(name: "GatewayTests", dependencies: ["Gateway", "Sandbox", "HTTP1", "EventLoop", "JSON", "Routes", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,1 +1,400 @@
-// Gateway module
+import Crypto
+import EventLoop
+import Flows
+import Glibc
+import HTTP1
+import JSON
+import Routes
+import Synchronization
+import Upstream
+
+/// What each event loop owns: its upstream client, its copy of the route
+/// table, its log buffer. Touched only on that loop's thread.
+final class LoopState: @unchecked Sendable {
+    let loop: EventLoop
+    let client: UpstreamClient
+    var routes: RouteTable
+    let log: LogBuffer
+    /// Sync callers still waiting for their run, by request number: calling the
+    /// closure hands the run to async mode (used by drain).
+    var waiting: [UInt64: () -> Void] = [:]
+    var requestCounter: UInt64 = 0
+
+    init(loop: EventLoop, routes: RouteTable, logLevel: String) {
+        self.loop = loop
+        self.client = UpstreamClient(loop: loop)
+        self.routes = routes
+        self.log = LogBuffer(loop: loop, level: logLevel)
+    }
+}
+
+/// The Switchboard gateway: the HTTP server, route dispatch, runs, the wait
+/// budget and the switch to async mode, `/jobs`, health and readiness.
+///
+/// Create it, call `start()`, and later `drain()` / `shutdown()`. Public methods
+/// are safe from any thread; the request path runs on the event loops.
+public final class Gateway: @unchecked Sendable {
+    /// The configuration it was started with.
+    public let config: GatewayConfig
+    private let group: EventLoopGroup
+    private var server: HTTPServer!
+    private var states: [LoopState] = []
+    private let jobs = JobRegistry()
+    private let redactor: Mutex<Redactor>
+    private let draining = Atomic<Bool>(false)
+    private let processPrefix = Crypto.hex(Crypto.randomBytes(4))
+    private let controlLog: LogBuffer
+
+    /// Creates the gateway with a loaded route table. Nothing listens until `start()`.
+    /// - Throws: `SystemError` when the event loops cannot be created.
+    public init(config: GatewayConfig, routes: RouteTable) throws {
+        self.config = config
+        self.group = try EventLoopGroup(count: config.eventLoops)
+        self.redactor = Mutex(Redactor(secrets: routes.secrets))
+        self.controlLog = LogBuffer(loop: nil, level: config.logLevel)
+        states = group.loops.map { loop in
+            let made = Mutex<LoopState?>(nil)
+            let done = Atomic<Bool>(false)
+            loop.execute {
+                made.withLock { $0 = LoopState(loop: loop, routes: routes, logLevel: config.logLevel) }
+                done.store(true, ordering: .releasing)
+            }
+            while !done.load(ordering: .acquiring) { usleep(200) }
+            return made.withLock { $0! }
+        }
+    }
+
+    /// The port the main listener is bound to (after `start()`).
+    public var port: UInt16 { server.port }
+
+    /// Whether `/readyz` answers 200 (routes loaded, not draining).
+    public var isReady: Bool { !draining.load(ordering: .relaxed) }
+
+    /// Binds the listener (one per loop, `SO_REUSEPORT`) and starts serving.
+    /// - Throws: `SystemError` when the address cannot be bound.
+    public func start() throws {
+        server = HTTPServer(group: group, address: config.listen, limits: config.limits) { [unowned self] req, w in
+            self.handle(req, w)
+        }
+        try server.start()
+        scheduleJobSweep()
+        if config.apiKeys.isEmpty {
+            controlLog.log("warn", "no api_keys configured: the gateway is OPEN to any caller on \(config.listen.host):\(port)")
+        }
+        controlLog.log("info", "listening", [("address", .string("\(config.listen.host):\(port)")), ("event_loops", .int(Int64(group.loops.count)))])
+    }
+
+    /// Replaces the route table on every loop (requests already running keep
+    /// their route). Safe from any thread.
+    public func reload(routes: RouteTable) {
+        redactor.withLock { $0 = Redactor(secrets: routes.secrets) }
+        for s in states { s.loop.execute { s.routes = routes } }
+    }
+
+    /// Graceful drain (SPEC §8): stop accepting, `/readyz` → 503, let in-flight
+    /// synchronous runs finish within `timeout`, then hand those still running
+    /// to async mode (their callers get `202`). Blocks the calling thread (not a
+    /// loop thread) until done.
+    public func drain(timeout: Duration) {
+        draining.store(true, ordering: .relaxed)
+        server.stopAccepting()
+        server.closeIdleConnections()
+        let end = ContinuousClock.now + timeout
+        while ContinuousClock.now < end, waitingCount() > 0 { usleep(10_000) }
+        for s in states {
+            s.loop.execute {
+                let w = s.waiting
+                s.waiting.removeAll()
+                for (_, handOff) in w { handOff() }
+            }
+        }
+        // Give the 202s a moment to be written.
+        let flushEnd = ContinuousClock.now + .milliseconds(500)
+        while ContinuousClock.now < flushEnd, waitingCount() > 0 { usleep(10_000) }
+        usleep(50_000)
+    }
+
+    private func waitingCount() -> Int {
+        var total = 0
+        for s in states {
+            let n = Mutex<Int>(-1)
+            s.loop.execute { let c = s.waiting.count; n.withLock { $0 = c } }
+            while n.withLock({ $0 }) < 0 { usleep(500) }
+            total += n.withLock { $0 }
+        }
+        return total
+    }
+
+    /// Closes every connection and stops the loops. Call once, from a non-loop thread.
+    public func shutdown() {
+        server?.shutdown()
+        for s in states { s.loop.execute { s.log.flush() } }
+        group.shutdown()
+    }
+
+    // MARK: - Request dispatch (loop thread)
+
+    private func handle(_ req: HTTPRequest, _ w: HTTPResponseWriter) {
+        let state = states[w.loop.index]
+        state.requestCounter &+= 1
+        let requestID = "\(processPrefix)\(w.loop.index)-\(state.requestCounter)"
+        let start = w.loop.now
+        if draining.load(ordering: .relaxed) { w.closeAfterResponse = true }
+
+        // Operations endpoints: never need a key.
+        if req.path == "/healthz" {
+            return w.respond(json(200, ["status": "ok"]))
+        }
+        if req.path == "/readyz" {
+            let ready = isReady
+            return w.respond(json(ready ? 200 : 503, ["status": ready ? "ready" : "draining"]))
+        }
+
+        // Authentication (SPEC §7).
+        let caller: String
+        switch authenticate(req) {
+        case .success(let name): caller = name
+        case .failure(let p):
+            finishRequest(state, w, req, p.httpResponse, route: nil, outcome: "error", requestID: requestID, start: start)
+            return
+        }
+
+        if req.path == "/jobs" || req.path.hasPrefix("/jobs/") {
+            return handleJobs(req, w, caller: caller, state: state, requestID: requestID, start: start)
+        }
+
+        switch state.routes.match(method: req.method, path: req.path) {
+        case .notFound:
+            let p = Problem(status: 404, detail: "no route for \(req.method) \(req.path)")
+            finishRequest(state, w, req, p.httpResponse, route: nil, outcome: "error", requestID: requestID, start: start)
+        case .methodNotAllowed(let allow):
+            var r = Problem(status: 405, detail: "\(req.method) is not allowed here").httpResponse
+            r.headers.append(("Allow", allow.joined(separator: ", ")))
+            finishRequest(state, w, req, r, route: nil, outcome: "error", requestID: requestID, start: start)
+        case .matched(let route, let params):
+            runRoute(route, params: params, req, w, caller: caller, state: state, requestID: requestID, start: start)
+        }
+    }
+
+    private func runRoute(_ route: Route, params: [(String, String)], _ req: HTTPRequest, _ w: HTTPResponseWriter,
+                          caller: String, state: LoopState, requestID: String, start: Instant) {
+        var body: JSON? = nil
+        if route.readsRequestBody {
+            do { body = try JSON.parse(req.body) } catch {
+                let p = Problem(status: 400, detail: "the request body must be JSON: \(error)")
+                finishRequest(state, w, req, p.httpResponse, route: route.name, outcome: "error", requestID: requestID, start: start)
+                return
+            }
+        }
+        // Wait budget (SPEC §3): the route's `wait`, or `Prefer: wait=N` (RFC 7240) capped at `max_wait`.
+        let prefer = Preference(req.headers["prefer"])
+        var budget = route.wait
+        var applied: [String] = []
+        if prefer.respondAsync {
+            budget = .zero
+            applied.append("respond-async")
+        } else if let secs = prefer.waitSeconds {
+            budget = min(.seconds(secs), route.maxWait)
+            applied.append("wait=\(min(secs, Int(route.maxWait.milliseconds / 1000)))")
+        }
+
+        let input = FlowInput(method: req.method, path: req.path, pathParams: params, query: req.query,
+                              headers: req.headers.pairs, body: body)
+        let run = FlowRun(route: route, input: input, client: state.client,
+                          redactor: redactor.withLock { $0 }, upstreamBodyBytes: config.upstreamBodyBytes)
+        let token = state.requestCounter
+        var answered = false
+        var budgetTimer: LoopTimer?
+
+        let goAsync: () -> Void = { [unowned self] in
+            guard !answered else { return }
+            answered = true
+            state.loop.cancel(budgetTimer)
+            state.waiting.removeValue(forKey: token)
+            let entry = JobEntry(id: run.jobID, owner: caller, routeName: route.name, loop: state.loop,
+                                 createdAt: wallClockMilliseconds(), run: run)
+            self.jobs.add(entry)
+            run.onFinish { _ in entry.finishedAt = state.loop.now }
+            var o = JSONObject()
+            o["job_id"] = .string(run.jobID)
+            o["status"] = .string("running")
+            o["status_url"] = .string("/jobs/\(run.jobID)")
+            var headers: [(String, String)] = [("Content-Type", "application/json"),
+                                               ("Location", "/jobs/\(run.jobID)"), ("Retry-After", "1")]
+            if !applied.isEmpty { headers.append(("Preference-Applied", applied.joined(separator: ", "))) }
+            let r = HTTPResponse(status: 202, headers: headers, body: JSON.object(o).serialized)
+            self.finishRequest(state, w, req, r, route: route.name, outcome: "async", requestID: requestID, start: start, jobID: run.jobID)
+        }
+
+        run.onFinish { [unowned self] run in
+            guard !answered else { return }
+            answered = true
+            state.loop.cancel(budgetTimer)
+            state.waiting.removeValue(forKey: token)
+            let resp = run.response!
+            var r = HTTPResponse(status: resp.status, headers: resp.headers, body: resp.body)
+            if !applied.isEmpty && !prefer.respondAsync { r.headers.append(("Preference-Applied", applied.joined(separator: ", "))) }
+            self.finishRequest(state, w, req, r, route: route.name, outcome: "sync", requestID: requestID, start: start)
+        }
+        run.start()
+        guard !answered else { return }
+        if budget <= .zero {
+            goAsync()
+        } else {
+            state.waiting[token] = goAsync
+            budgetTimer = state.loop.schedule(at: start + budget, goAsync)
+        }
+    }
+
+    // MARK: - Jobs API
+
+    private func handleJobs(_ req: HTTPRequest, _ w: HTTPResponseWriter, caller: String, state: LoopState, requestID: String, start: Instant) {
+        let parts = req.path.split(separator: "/", omittingEmptySubsequences: true)
+        guard parts.count == 2, req.method == "GET" || req.method == "HEAD" else {
+            let status = parts.count == 2 ? 405 : 404
+            var r = Problem(status: status, detail: status == 405 ? "use GET" : "no such resource").httpResponse
+            if status == 405 { r.headers.append(("Allow", "GET, HEAD")) }
+            finishRequest(state, w, req, r, route: nil, outcome: "error", requestID: requestID, start: start)
+            return
+        }
+        let id = String(parts[1])
+        guard let entry = jobs.find(id, owner: caller) else {
+            let p = Problem(status: 404, detail: "no job \(id)")
+            finishRequest(state, w, req, p.httpResponse, route: nil, outcome: "error", requestID: requestID, start: start)
+            return
+        }
+        var waitSeconds = 0
+        if let q = req.query {
+            for (k, v) in FlowRun.parseQuery(q) where k == "wait" {
+                guard let n = Int(v), n >= 0 else {
+                    let p = Problem(status: 400, detail: "wait must be a whole number of seconds")
+                    finishRequest(state, w, req, p.httpResponse, route: nil, outcome: "error", requestID: requestID, start: start)
+                    return
+                }
+                waitSeconds = min(n, 60)
+            }
+        }
+        let reply: @Sendable (JSON) -> Void = { [unowned self] status in
+            state.loop.execute {
+                let r = HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: status.serialized)
+                self.finishRequest(state, w, req, r, route: nil, outcome: "sync", requestID: requestID, start: start)
+            }
+        }
+        // Read the run on its own loop, then answer on ours.
+        let waitFor = waitSeconds
+        entry.loop.execute {
+            if entry.run.isFinished || waitFor == 0 {
+                reply(entry.statusJSON(traceID: nil))
+                return
+            }
+            var done = false
+            let timer = entry.loop.schedule(at: entry.loop.now + .seconds(waitFor)) {
+                if done { return }
+                done = true
+                reply(entry.statusJSON(traceID: nil))
+            }
+            entry.run.onFinish { _ in
+                if done { return }
+                done = true
+                entry.loop.cancel(timer)
+                reply(entry.statusJSON(traceID: nil))
+            }
+        }
+    }
+
+    /// Drops finished jobs older than the retention, every minute, on loop 0.
+    private func scheduleJobSweep() {
+        let loop = group.loops[0]
+        loop.execute { [weak self] in self?.sweepJobs(on: loop) }
+    }
+
+    private func sweepJobs(on loop: EventLoop) {
+        let retention = config.jobRetention
+        for e in jobs.all {
+            e.loop.execute { [jobs] in
+                if let f = e.finishedAt, e.loop.now - f > retention { jobs.remove(e.id) }
+            }
+        }
+        loop.schedule(at: loop.now + .seconds(60)) { [weak self] in self?.sweepJobs(on: loop) }
+    }
+
+    // MARK: - Helpers
+
+    private enum AuthResult {
+        case success(String)
+        case failure(Problem)
+    }
+
+    /// `Authorization: Bearer <key>` checked against the configured SHA-256 hashes in constant time.
+    private func authenticate(_ req: HTTPRequest) -> AuthResult {
+        if config.apiKeys.isEmpty { return .success("") }
+        guard let h = req.headers["authorization"], h.count > 7, h.prefix(7).lowercased() == "bearer " else {
+            return .failure(Problem(status: 401, detail: "send Authorization: Bearer <api key>"))
+        }
+        let digest = Crypto.sha256(Array(h.dropFirst(7).utf8))
+        var found: String? = nil
+        for k in config.apiKeys where Crypto.constantTimeEquals(k.sha256, digest) { found = k.name }
+        guard let name = found else { return .failure(Problem(status: 401, detail: "unknown API key")) }
+        return .success(name)
+    }
+
+    private func json(_ status: Int, _ fields: [String: String]) -> HTTPResponse {
+        var o = JSONObject()
+        for (k, v) in fields.sorted(by: { $0.key < $1.key }) { o[k] = .string(v) }
+        return HTTPResponse(status: status, headers: [("Content-Type", "application/json")], body: JSON.object(o).serialized)
+    }
+
+    private func finishRequest(_ state: LoopState, _ w: HTTPResponseWriter, _ req: HTTPRequest, _ r: HTTPResponse,
+                               route: String?, outcome: String, requestID: String, start: Instant, jobID: String? = nil) {
+        w.respond(r)
+        let ms = Double((Instant.now() - start).nanosecondsClamped) / 1e6
+        var fields: [(String, JSON)] = [
+            ("request_id", .string(requestID)),
+            ("method", .string(req.method)),
+            ("path", .string(req.path)),
+            ("status", .int(Int64(r.status))),
+            ("duration_ms", .double((ms * 1000).rounded() / 1000)),
+            ("outcome", .string(outcome)),
+            ("bytes", .int(Int64(r.body.count))),
+        ]
+        if let route { fields.insert(("route", .string(route)), at: 1) }
+        if let jobID { fields.append(("job_id", .string(jobID))) }
+        state.log.log("info", "request", fields)
+    }
+}
+
+extension Problem {
+    /// The problem as an HTTP response.
+    var httpResponse: HTTPResponse {
+        let r = response
+        return HTTPResponse(status: r.status, headers: r.headers, body: r.body)
+    }
+}
+
+/// The `Prefer` request header (RFC 7240): `respond-async` and `wait=N` (seconds).
+struct Preference {
+    var respondAsync = false
+    var waitSeconds: Int?
+
+    init(_ header: String?) {
+        guard let header else { return }
+        for part in header.split(separator: ",") {
+            let token = part.split(separator: ";").first.map { $0.trimmingCharacters(in: " \t") } ?? ""
+            let lower = token.lowercased()
+            if lower == "respond-async" { respondAsync = true }
+            if lower.hasPrefix("wait=") {
+                let v = lower.dropFirst(5).trimmingCharacters(in: " \t\"")
+                if let n = Int(v), n >= 0 { waitSeconds = n }
+            }
+        }
+    }
+}
+
+extension StringProtocol {
+    func trimmingCharacters(in set: String) -> String {
+        var s = Substring(self)
+        while let f = s.first, set.contains(f) { s = s.dropFirst() }
+        while let l = s.last, set.contains(l) { s = s.dropLast() }
+        return String(s)
+    }
+}

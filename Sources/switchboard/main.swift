@@ -1,1 +1,184 @@
-print("switchboard")
+// The `switchboard` command line: `serve`, `check`, `sandbox` (SPEC §1).
+import Dispatch
+import EventLoop
+import Foundation
+import Gateway
+import Routes
+import Sandbox
+
+let usage = """
+    usage:
+      switchboard serve [--config FILE] [--routes DIR] [--listen HOST:PORT] [--data DIR]
+                        [--admin-listen HOST:PORT] [--event-loops N] [--drain-timeout DURATION]
+                        [--callback-allow CIDR]...
+      switchboard check [--routes DIR]
+      switchboard sandbox [--listen HOST:PORT] [--callback-secret whsec_...]...
+    """
+
+/// Prints `message` to standard error and exits with `code`.
+func die(_ message: String, code: Int32 = 2) -> Never {
+    FileHandle.standardError.write(Data((message + "\n").utf8))
+    exit(code)
+}
+
+/// Command-line options after the subcommand: `--name value` pairs (repeatable).
+struct Options {
+    var values: [String: [String]] = [:]
+
+    init(_ args: ArraySlice<String>, allowed: Set<String>) {
+        var it = args.makeIterator()
+        while let a = it.next() {
+            if a == "-h" || a == "--help" { print(usage); exit(0) }
+            guard a.hasPrefix("--") else { die("switchboard: unexpected argument \(a)\n\(usage)") }
+            var name = String(a.dropFirst(2))
+            var value: String?
+            if let eq = name.firstIndex(of: "=") {
+                value = String(name[name.index(after: eq)...])
+                name = String(name[..<eq])
+            }
+            guard allowed.contains(name) else { die("switchboard: unknown option --\(name)\n\(usage)") }
+            guard let v = value ?? it.next() else { die("switchboard: --\(name) needs a value") }
+            values[name, default: []].append(v)
+        }
+    }
+
+    func last(_ name: String) -> String? { values[name]?.last }
+    func all(_ name: String) -> [String] { values[name] ?? [] }
+}
+
+func address(_ text: String, option: String) -> SocketAddress {
+    guard let a = SocketAddress(parsing: text) else { die("switchboard: --\(option): expected HOST:PORT, got \(text)") }
+    return a
+}
+
+func loadRoutes(_ dir: String) -> RouteTable {
+    do {
+        return try RouteLoader.load(directory: dir, environment: ProcessInfo.processInfo.environment)
+    } catch {
+        die(error.problems.joined(separator: "\n"), code: 1)
+    }
+}
+
+/// Blocks until one of `signals` arrives; returns it. Other threads keep running.
+func waitForSignal(_ signals: [Int32], handler: @escaping @Sendable (Int32) -> Bool) {
+    let sem = DispatchSemaphore(value: 0)
+    var sources: [DispatchSourceSignal] = []
+    for s in signals {
+        signal(s, SIG_IGN)
+        let src = DispatchSource.makeSignalSource(signal: s, queue: .global())
+        src.setEventHandler { if handler(s) { sem.signal() } }
+        src.resume()
+        sources.append(src)
+    }
+    sem.wait()
+    withExtendedLifetime(sources) {}
+}
+
+func serve(_ o: Options) {
+    var config = GatewayConfig()
+    if let file = o.last("config") {
+        do { config = try GatewayConfig.load(file: file) } catch { die("\(error)", code: 1) }
+    }
+    if let v = o.last("routes") { config.routes = v }
+    if let v = o.last("listen") { config.listen = address(v, option: "listen") }
+    if let v = o.last("admin-listen") { config.adminListen = address(v, option: "admin-listen") }
+    if let v = o.last("data") { config.data = v }
+    if let v = o.last("event-loops") {
+        guard let n = Int(v), n > 0 else { die("switchboard: --event-loops must be a positive integer") }
+        config.eventLoops = n
+    }
+    if let v = o.last("drain-timeout") {
+        guard let d = parseDuration(v) else { die("switchboard: --drain-timeout: invalid duration \(v)") }
+        config.drainTimeout = d
+    }
+    config.callbackAllow += o.all("callback-allow")
+
+    Socket.ignoreSIGPIPE()
+    let routes = loadRoutes(config.routes)
+    let gateway: Gateway
+    do {
+        gateway = try Gateway(config: config, routes: routes)
+        try gateway.start()
+    } catch {
+        die("switchboard: cannot start: \(error)", code: 1)
+    }
+    let routesDir = config.routes
+    let drainTimeout = config.drainTimeout
+    let terminating = Mutex<Int>(0)
+    waitForSignal([SIGTERM, SIGINT, SIGHUP]) { sig in
+        if sig == SIGHUP {
+            do {
+                let table = try RouteLoader.load(directory: routesDir, environment: ProcessInfo.processInfo.environment)
+                gateway.reload(routes: table)
+                logLine("info", "routes reloaded", ["routes": "\(table.routes.count)"])
+            } catch let error as RouteLoadError {
+                logLine("error", "route reload failed; keeping the old routes", ["problems": error.problems.joined(separator: "; ")])
+            } catch {
+                logLine("error", "route reload failed; keeping the old routes", ["problems": "\(error)"])
+            }
+            return false
+        }
+        let n = terminating.withLock { $0 += 1; return $0 }
+        if n > 1 { exit(1) }  // a second SIGTERM/SIGINT exits at once
+        return true
+    }
+    logLine("info", "draining", ["timeout_ms": "\(drainTimeout.milliseconds)"])
+    DispatchQueue.global().async {
+        // A second signal during the drain exits at once.
+        waitForSignal([SIGTERM, SIGINT]) { _ in exit(1) }
+    }
+    gateway.drain(timeout: drainTimeout)
+    gateway.shutdown()
+    logLine("info", "stopped")
+    exit(0)
+}
+
+import Synchronization
+
+/// A control-plane log line (JSON) written straight to standard output.
+func logLine(_ level: String, _ msg: String, _ fields: [String: String] = [:]) {
+    var o: [String: String] = ["time": ISO8601DateFormatter().string(from: Date()), "level": level, "msg": msg]
+    for (k, v) in fields { o[k] = v }
+    if let d = try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]) {
+        FileHandle.standardOutput.write(d + Data("\n".utf8))
+    }
+}
+
+func check(_ o: Options) {
+    let dir = o.last("routes") ?? "routes"
+    let table = loadRoutes(dir)
+    print(RouteLoader.checkReport(table))
+    exit(0)
+}
+
+func sandbox(_ o: Options) {
+    let addr = address(o.last("listen") ?? "127.0.0.1:9090", option: "listen")
+    Socket.ignoreSIGPIPE()
+    do {
+        let group = try EventLoopGroup(count: 1)
+        let s = Sandbox(group: group, address: addr, callbackSecrets: o.all("callback-secret"))
+        try s.start()
+        logLine("info", "sandbox listening", ["address": "\(addr.host):\(s.port)"])
+        waitForSignal([SIGTERM, SIGINT]) { _ in true }
+        s.shutdown()
+        group.shutdown()
+        exit(0)
+    } catch {
+        die("switchboard sandbox: cannot start: \(error)", code: 1)
+    }
+}
+
+let args = CommandLine.arguments
+guard args.count >= 2 else { die(usage) }
+switch args[1] {
+case "serve":
+    serve(Options(args.dropFirst(2), allowed: ["config", "routes", "listen", "admin-listen", "data", "event-loops", "drain-timeout", "callback-allow"]))
+case "check":
+    check(Options(args.dropFirst(2), allowed: ["routes"]))
+case "sandbox":
+    sandbox(Options(args.dropFirst(2), allowed: ["listen", "callback-secret"]))
+case "-h", "--help", "help":
+    print(usage)
+default:
+    die("switchboard: unknown command \(args[1])\n\(usage)")
+}

@@ -1,0 +1,36 @@
+# Switchboard — the two commands README promises:
+#   make run    build, start the sandbox and the gateway with routes/ (embedded journal in .switchboard/)
+#   make test   install what is missing, build, and run every test
+SHELL := /bin/bash
+SANDBOX_LISTEN ?= 127.0.0.1:9090
+LISTEN ?= 127.0.0.1:8080
+
+.PHONY: deps build run test check clean
+
+# System packages the build links against (libcurl with OpenSSL, OpenSSL, pkg-config).
+deps:
+	@if ! pkg-config --exists libcurl openssl 2>/dev/null || ! dpkg -s libcurl4-openssl-dev >/dev/null 2>&1; then \
+	  echo "installing libcurl4-openssl-dev libssl-dev pkg-config"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libcurl4-openssl-dev libssl-dev pkg-config; \
+	fi
+
+build: deps
+	swift build -c release --product switchboard
+
+run: build
+	@bin=$$(swift build -c release --show-bin-path)/switchboard; \
+	$$bin sandbox --listen $(SANDBOX_LISTEN) & sandbox=$$!; \
+	trap 'kill $$sandbox 2>/dev/null' EXIT; \
+	export INVENTORY_URL=http://$(SANDBOX_LISTEN) PAYMENTS_URL=http://$(SANDBOX_LISTEN) \
+	       FULFILLMENT_URL=http://$(SANDBOX_LISTEN) PRICING_URL=http://$(SANDBOX_LISTEN) \
+	       SHIPPING_URL=http://$(SANDBOX_LISTEN); \
+	$$bin check --routes routes && \
+	$$bin serve --routes routes --listen $(LISTEN) --data .switchboard --callback-allow 127.0.0.0/8
+
+test: deps
+	swift build --build-tests
+	swift test --skip-build
+
+clean:
+	rm -rf .build .switchboard

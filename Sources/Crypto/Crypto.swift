@@ -1,0 +1,116 @@
+private import COpenSSL
+import Foundation
+
+/// Cryptographic primitives Switchboard needs, all from OpenSSL (never hand-rolled):
+/// HMAC-SHA256 for Standard Webhooks signatures, SHA-256 for API-key hashes and
+/// request fingerprints, `RAND_bytes` for job ids and secrets. Safe from any thread.
+public enum Crypto {
+    /// HMAC-SHA256 of `message` under `key` (32 bytes), per RFC 2104.
+    public static func hmacSHA256(key: [UInt8], message: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 32)
+        var len: UInt32 = 32
+        key.withUnsafeBufferPointer { k in
+            message.withUnsafeBufferPointer { m in
+                _ = HMAC(EVP_sha256(), k.baseAddress, Int32(k.count), m.baseAddress, m.count, &out, &len)
+            }
+        }
+        return out
+    }
+
+    /// SHA-256 digest of `data` (32 bytes).
+    public static func sha256(_ data: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 32)
+        data.withUnsafeBufferPointer { d in _ = SHA256(d.baseAddress, d.count, &out) }
+        return out
+    }
+
+    /// `count` cryptographically strong random bytes (`RAND_bytes`).
+    /// Traps if OpenSSL's generator fails, which only happens when it cannot be seeded.
+    public static func randomBytes(_ count: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        let ok = out.withUnsafeMutableBufferPointer { RAND_bytes($0.baseAddress, Int32(count)) }
+        precondition(ok == 1, "RAND_bytes failed")
+        return out
+    }
+
+    /// Compares two byte strings in time that depends only on their lengths
+    /// (`CRYPTO_memcmp`), for secrets and signatures.
+    public static func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        guard a.count == b.count else { return false }
+        if a.isEmpty { return true }
+        return a.withUnsafeBytes { x in b.withUnsafeBytes { y in CRYPTO_memcmp(x.baseAddress, y.baseAddress, a.count) == 0 } }
+    }
+
+    /// Lowercase hexadecimal text of `bytes`.
+    public static func hex(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8]()
+        out.reserveCapacity(bytes.count * 2)
+        for b in bytes {
+            out.append(digits[Int(b >> 4)])
+            out.append(digits[Int(b & 15)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Bytes from hexadecimal text (either case); nil when malformed.
+    public static func fromHex(_ text: String) -> [UInt8]? {
+        let u = Array(text.utf8)
+        guard u.count % 2 == 0 else { return nil }
+        func v(_ c: UInt8) -> UInt8? {
+            switch c {
+            case 48...57: return c - 48
+            case 97...102: return c - 87
+            case 65...70: return c - 55
+            default: return nil
+            }
+        }
+        var out = [UInt8]()
+        out.reserveCapacity(u.count / 2)
+        var i = 0
+        while i < u.count {
+            guard let h = v(u[i]), let l = v(u[i + 1]) else { return nil }
+            out.append(h << 4 | l)
+            i += 2
+        }
+        return out
+    }
+
+    /// Standard base64 (RFC 4648 §4, with padding).
+    public static func base64(_ bytes: [UInt8]) -> String { Data(bytes).base64EncodedString() }
+
+    /// Bytes from standard base64; nil when malformed.
+    public static func fromBase64(_ text: String) -> [UInt8]? { Data(base64Encoded: text).map { [UInt8]($0) } }
+}
+
+/// Standard Webhooks signing (https://www.standardwebhooks.com): secrets are
+/// `whsec_<base64 key>`, the signed content is `"{id}.{timestamp}.{body}"`, and the
+/// header `webhook-signature` holds `v1,<base64 HMAC-SHA256>` (space-separated
+/// when several secrets are valid).
+public enum WebhookSignature {
+    /// A new secret: `whsec_` followed by base64 of 32 random bytes.
+    public static func newSecret() -> String { "whsec_" + Crypto.base64(Crypto.randomBytes(32)) }
+
+    /// The HMAC key inside a `whsec_…` secret; nil when it is not of that form.
+    public static func key(fromSecret secret: String) -> [UInt8]? {
+        guard secret.hasPrefix("whsec_") else { return nil }
+        return Crypto.fromBase64(String(secret.dropFirst(6)))
+    }
+
+    /// The `webhook-signature` value (`v1,<base64>`) for one message.
+    /// - Parameters:
+    ///   - timestamp: Unix time in seconds, as sent in `webhook-timestamp`.
+    public static func sign(secret key: [UInt8], id: String, timestamp: Int64, body: [UInt8]) -> String {
+        let content = Array("\(id).\(timestamp).".utf8) + body
+        return "v1," + Crypto.base64(Crypto.hmacSHA256(key: key, message: content))
+    }
+
+    /// Whether any `v1,` signature in `header` matches, compared in constant time.
+    public static func verify(secret key: [UInt8], id: String, timestamp: Int64, body: [UInt8], header: String) -> Bool {
+        let expected = Array(sign(secret: key, id: id, timestamp: timestamp, body: body).utf8)
+        for part in header.split(separator: " ") where Crypto.constantTimeEquals(Array(part.utf8), expected) {
+            return true
+        }
+        return false
+    }
+}

@@ -1,0 +1,429 @@
+import Crypto
+import EventLoop
+import JSON
+import Routes
+import Upstream
+
+/// One run of a route: its step graph executed on one event loop.
+///
+/// Steps with no `after` start at once, concurrently; a step with `after`
+/// starts when every dependency has succeeded and its `when` holds, and is
+/// skipped (never called) when a dependency failed or was skipped. Each
+/// attempt's deadline is `min(now + timeout, step start + retry.within)`;
+/// retries use jittered exponential backoff and honour `Retry-After`.
+///
+/// A run is independent of the HTTP request that started it: it goes on when
+/// the caller stops waiting (the switch to async mode) and reports to every
+/// `onFinish` observer. All methods are called from within `loop`'s thread.
+public final class FlowRun {
+    /// The route being run.
+    public let route: Route
+    /// The job id: ≥ 128 random bits, hex; also the base of step idempotency keys.
+    public let jobID: String
+    /// The caller's request data.
+    public let input: FlowInput
+    /// The loop the run lives on.
+    public let loop: EventLoop
+    /// Per-step outcomes, indexed like `route.steps`.
+    public private(set) var outcomes: [StepOutcome]
+    /// The final response, once finished.
+    public private(set) var response: FlowResponse?
+    /// When the run started (monotonic).
+    public let startedAt: Instant
+    /// When the response was decided (monotonic).
+    public private(set) var finishedAt: Instant?
+    /// Whether some optional step failed, so the result is partial.
+    public private(set) var isPartial = false
+    /// Headers added to every upstream call of this run (e.g. `traceparent`).
+    public var extraHeaders: [(String, String)] = []
+    /// Called with `extraHeaders` for each attempt, to vary per call (e.g. a new
+    /// trace parent id). Default: none.
+    public var headersForAttempt: (() -> [(String, String)])?
+
+    private let client: UpstreamClient
+    private let redactor: Redactor
+    private let maxBodyBytes: Int
+    private var observers: [(FlowRun) -> Void] = []
+    private var stepDeadlines: [Instant]
+    private var inFlight: [UpstreamTransfer?]
+    private var retryTimers: [LoopTimer?]
+    private var queryCache: [(String, String)]?
+
+    /// Prepares a run; nothing is sent until `start()`.
+    /// - Parameters:
+    ///   - jobID: the job id; default: a fresh random id (`FlowRun.newJobID()`).
+    ///   - upstreamBodyBytes: the largest upstream response body a step accepts, in bytes. Default: 10 MiB.
+    ///   - redactor: removes secrets from problem details and bodies.
+    public init(route: Route, input: FlowInput, client: UpstreamClient, jobID: String = FlowRun.newJobID(),
+                redactor: Redactor = Redactor(secrets: []), upstreamBodyBytes: Int = 10 * 1024 * 1024) {
+        self.route = route
+        self.input = input
+        self.client = client
+        self.loop = client.loop
+        self.jobID = jobID
+        self.redactor = redactor
+        self.maxBodyBytes = upstreamBodyBytes
+        self.startedAt = client.loop.now
+        outcomes = Array(repeating: StepOutcome(), count: route.steps.count)
+        stepDeadlines = Array(repeating: .distantFuture, count: route.steps.count)
+        inFlight = Array(repeating: nil, count: route.steps.count)
+        retryTimers = Array(repeating: nil, count: route.steps.count)
+    }
+
+    /// A new job id: 128 random bits from OpenSSL, as 32 lowercase hex digits.
+    public static func newJobID() -> String { Crypto.hex(Crypto.randomBytes(16)) }
+
+    /// Whether the response is decided.
+    public var isFinished: Bool { response != nil }
+
+    /// Whether every step has reached an end (no call still in flight).
+    public var isSettled: Bool { outcomes.allSatisfy { $0.isTerminal || $0.state == .pending } && !outcomes.contains { $0.state == .running } }
+
+    /// Registers `observer` to be called once when the response is decided
+    /// (at once if it already is).
+    public func onFinish(_ observer: @escaping (FlowRun) -> Void) {
+        if response != nil { observer(self) } else { observers.append(observer) }
+    }
+
+    /// Starts every step that can start. Call once.
+    public func start() {
+        advance()
+    }
+
+    /// Marks a step as already finished (recovered from the journal), so it is not called again.
+    /// Call before `start()`.
+    public func restore(step index: Int, outcome: StepOutcome) {
+        outcomes[index] = outcome
+    }
+
+    /// The idempotency key of step `index`: stable per job and step.
+    public func idempotencyKey(step index: Int) -> String { "\(jobID)-\(route.steps[index].id)" }
+
+    // MARK: - Scheduling
+
+    private func advance() {
+        guard response == nil else { return }
+        for i in route.steps.indices where outcomes[i].state == .pending {
+            let step = route.steps[i]
+            var ready = true
+            var blocked: String?
+            for d in step.after {
+                switch outcomes[d].state {
+                case .succeeded: continue
+                case .failed, .skipped: blocked = route.steps[d].id
+                case .pending, .running: ready = false
+                }
+                if blocked != nil { break }
+            }
+            if let blocked {
+                skip(i, because: "dependency \(blocked) did not succeed")
+                continue
+            }
+            guard ready else { continue }
+            if !whenHolds(step) {
+                skip(i, because: "when condition did not hold")
+                continue
+            }
+            outcomes[i].state = .running
+            outcomes[i].startedAt = loop.now
+            if let within = step.retry?.within { stepDeadlines[i] = loop.now + within }
+            attempt(i)
+            if response != nil { return }
+        }
+        finishIfDone()
+    }
+
+    private func skip(_ i: Int, because reason: String) {
+        outcomes[i].state = .skipped
+        outcomes[i].message = reason
+    }
+
+    private func whenHolds(_ step: Step) -> Bool {
+        let ctx = RunContext(run: self, step: step.index, deadline: .distantFuture)
+        return step.when.allSatisfy { $0.holds(in: ctx) }
+    }
+
+    private func finishIfDone() {
+        guard response == nil else { return }
+        if outcomes.contains(where: { !$0.isTerminal }) { return }
+        finish(with: composeResponse())
+    }
+
+    private func finish(with r: FlowResponse) {
+        guard response == nil else { return }
+        response = r
+        finishedAt = loop.now
+        let obs = observers
+        observers.removeAll()
+        for o in obs { o(self) }
+    }
+
+    // MARK: - Attempts
+
+    private func attempt(_ i: Int) {
+        let step = route.steps[i]
+        outcomes[i].attempts += 1
+        let now = loop.now
+        let deadline = min(now + step.timeout, stepDeadlines[i])
+        let ctx = RunContext(run: self, step: i, deadline: deadline)
+        let request: UpstreamRequest
+        do {
+            let url = try step.request.url.renderURL(ctx)
+            var headers = extraHeaders
+            if let h = headersForAttempt { headers += h() }
+            var hasContentType = false
+            for (name, t) in step.request.headers {
+                let v = try t.render(ctx)
+                if name.lowercased() == "content-type" { hasContentType = true }
+                headers.append((name, v.stringValue ?? v.text))
+            }
+            var body: [UInt8] = []
+            if let b = step.request.body {
+                body = try b.render(ctx).serialized
+                if !hasContentType { headers.append(("Content-Type", "application/json")) }
+            }
+            request = UpstreamRequest(method: step.request.method, url: url, headers: headers, body: body,
+                                      deadline: deadline, maxBodyBytes: maxBodyBytes)
+        } catch {
+            let ref = error.reference
+            fail(i, kind: .template, message: "missing value for {{\(ref)}}", response: nil)
+            return
+        }
+        inFlight[i] = client.send(request) { [weak self] result in
+            self?.attemptFinished(i, result)
+        }
+    }
+
+    private func attemptFinished(_ i: Int, _ result: UpstreamResult) {
+        inFlight[i] = nil
+        let step = route.steps[i]
+        switch result {
+        case .success(let r):
+            outcomes[i].status = r.status
+            outcomes[i].headers = r.headers
+            outcomes[i].body = FlowRun.parseBody(r.body)
+            let ok = step.success?.contains(r.status) ?? (200...299).contains(r.status)
+            if ok {
+                outcomes[i].state = .succeeded
+                outcomes[i].errorKind = nil
+                outcomes[i].message = nil
+                outcomes[i].finishedAt = loop.now
+                advance()
+                return
+            }
+            if let retry = step.retry, retry.on.statuses.contains(r.status),
+               scheduleRetry(i, retryAfter: r.header("retry-after")) { return }
+            fail(i, kind: .status, message: "upstream answered \(r.status)", response: r)
+        case .failure(let f):
+            let kind: StepErrorKind
+            let retryable: Bool
+            switch f.kind {
+            case .timeout: kind = .timeout; retryable = step.retry?.on.timeout ?? false
+            case .connect: kind = .connect; retryable = step.retry?.on.connect ?? false
+            case .protocol: kind = .protocol; retryable = step.retry?.on.protocol ?? false
+            }
+            if retryable, scheduleRetry(i, retryAfter: nil) { return }
+            fail(i, kind: kind, message: redactor.redact(f.message), response: nil)
+        }
+    }
+
+    /// Schedules the next attempt after backoff; false when attempts or time ran out.
+    private func scheduleRetry(_ i: Int, retryAfter: String?) -> Bool {
+        guard let retry = route.steps[i].retry, outcomes[i].attempts < retry.attempts, response == nil else { return false }
+        let n = outcomes[i].attempts  // attempts made so far (≥ 1)
+        let base = retry.backoff.nanosecondsClamped
+        let exp = base.multipliedReportingOverflow(by: Int64(1) << Int64(min(n - 1, 20)))
+        let cap = exp.overflow ? Int64.max / 4 : exp.partialValue
+        // Equal jitter: half fixed, half random, so retries from many runs spread out.
+        var delay = cap / 2 + Int64.random(in: 0...max(0, cap / 2))
+        if let ra = retryAfter.flatMap(FlowRun.retryAfterSeconds) { delay = max(delay, ra * 1_000_000_000) }
+        let at = loop.now + .nanoseconds(delay)
+        // Never retry past the step's deadline: an attempt must have time to run.
+        if at >= stepDeadlines[i] { return false }
+        retryTimers[i] = loop.schedule(at: at) { [weak self] in
+            guard let self else { return }
+            self.retryTimers[i] = nil
+            if self.response == nil { self.attempt(i) }
+        }
+        return true
+    }
+
+    private func fail(_ i: Int, kind: StepErrorKind, message: String, response r: UpstreamResponse?) {
+        outcomes[i].state = .failed
+        outcomes[i].errorKind = kind
+        outcomes[i].message = message
+        outcomes[i].finishedAt = loop.now
+        let step = route.steps[i]
+        if step.optional {
+            isPartial = true
+            advance()
+            return
+        }
+        // A required step failed: the run's answer is decided now; later steps never start.
+        var ext: [(String, JSON)] = [("step", .string(step.id)), ("error", .string(kind.rawValue))]
+        if let r {
+            ext.append(("upstream_status", .int(Int64(r.status))))
+            ext.append(("upstream_body", outcomes[i].body))
+        }
+        let status = kind == .timeout ? 504 : 502
+        let detail = "step \(step.id) failed: \(message)"
+        var resp = Problem(status: status, detail: detail, extensions: ext).response
+        resp.body = redactor.redact(resp.body)
+        for j in route.steps.indices where outcomes[j].state == .pending {
+            skip(j, because: "run failed at step \(step.id)")
+        }
+        finish(with: resp)
+    }
+
+    // MARK: - Response
+
+    private func composeResponse() -> FlowResponse {
+        var headers: [(String, String)] = []
+        if isPartial { headers.append(("Switchboard-Partial", "true")) }
+        guard let spec = route.response else {
+            var steps = JSONObject()
+            for (i, s) in route.steps.enumerated() {
+                let o = outcomes[i]
+                var e = JSONObject()
+                switch o.state {
+                case .skipped:
+                    e["status"] = .string("skipped")
+                case .failed:
+                    e["status"] = .string("failed")
+                    e["error"] = .string(o.errorKind?.rawValue ?? "")
+                    if let st = o.status { e["upstream_status"] = .int(Int64(st)) }
+                default:
+                    e["status"] = o.status.map { .int(Int64($0)) } ?? .null
+                    e["body"] = o.body
+                }
+                steps[s.id] = .object(e)
+            }
+            var top = JSONObject()
+            top["steps"] = .object(steps)
+            if isPartial { top["partial"] = .bool(true) }
+            headers.append(("Content-Type", "application/json"))
+            return FlowResponse(status: 200, headers: headers, body: redactor.redact(JSON.object(top).serialized))
+        }
+        let ctx = RunContext(run: self, step: nil, deadline: .distantFuture)
+        do {
+            var hasContentType = false
+            for (name, t) in spec.headers {
+                let v = try t.render(ctx)
+                if name.lowercased() == "content-type" { hasContentType = true }
+                headers.append((name, v.stringValue ?? v.text))
+            }
+            var body: [UInt8] = []
+            if let b = spec.body {
+                body = try b.render(ctx).serialized
+                if !hasContentType { headers.append(("Content-Type", "application/json")) }
+            }
+            return FlowResponse(status: spec.status, headers: headers, body: redactor.redact(body))
+        } catch {
+            let ref = error.reference
+            return Problem(status: 502, detail: "the route's response needs {{\(ref)}}, which the steps did not provide",
+                           extensions: [("error", .string("template"))]).response
+        }
+    }
+
+    // MARK: - Helpers
+
+    /// An upstream body as JSON: parsed when it is JSON, else a string; `.null` when empty.
+    static func parseBody(_ bytes: [UInt8]) -> JSON {
+        if bytes.isEmpty { return .null }
+        if let j = try? JSON.parse(bytes) { return j }
+        return .string(String(decoding: bytes, as: UTF8.self))
+    }
+
+    /// `Retry-After` as seconds (RFC 9110 §10.2.3: delay-seconds; HTTP-dates are not honoured).
+    static func retryAfterSeconds(_ v: String) -> Int64? {
+        guard let s = Int64(v.trimmingSpaces), s >= 0 else { return nil }
+        return min(s, 86_400)
+    }
+
+    fileprivate func header(_ headers: [(String, String)], _ name: String) -> String? {
+        for (n, v) in headers where n.utf8.count == name.utf8.count && n.lowercased() == name.lowercased() { return v }
+        return nil
+    }
+
+    fileprivate func queryValue(_ name: String) -> String? {
+        if queryCache == nil { queryCache = FlowRun.parseQuery(input.query ?? "") }
+        return queryCache!.first { $0.0 == name }?.1
+    }
+
+    /// `application/x-www-form-urlencoded` pairs of a query string (`+` is a space),
+    /// percent-decoded, in order.
+    public static func parseQuery(_ q: String) -> [(String, String)] {
+        q.split(separator: "&", omittingEmptySubsequences: true).map { part in
+            let kv = part.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let k = percentDecode(kv[0])
+            let v = kv.count > 1 ? percentDecode(kv[1]) : ""
+            return (k, v)
+        }
+    }
+
+    static func percentDecode(_ s: Substring) -> String {
+        var out: [UInt8] = []
+        let u = Array(s.utf8)
+        var i = 0
+        while i < u.count {
+            let c = u[i]
+            if c == UInt8(ascii: "+") { out.append(0x20); i += 1; continue }
+            if c == UInt8(ascii: "%"), i + 2 < u.count, let h = Crypto.fromHex(String(decoding: u[(i + 1)...(i + 2)], as: UTF8.self)) {
+                out.append(h[0]); i += 3; continue
+            }
+            out.append(c); i += 1
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+extension String {
+    var trimmingSpaces: Substring {
+        var s = self[...]
+        while s.first == " " || s.first == "\t" { s = s.dropFirst() }
+        while s.last == " " || s.last == "\t" { s = s.dropLast() }
+        return s
+    }
+}
+
+extension UpstreamResponse {
+    fileprivate func header(_ name: String) -> String? {
+        for (n, v) in headers where n.lowercased() == name { return v }
+        return nil
+    }
+}
+
+/// What templates see while rendering one step's request (or the response).
+private struct RunContext: TemplateContext {
+    unowned let run: FlowRun
+    let step: Int?
+    let deadline: Instant
+
+    func resolve(_ ref: TemplateRef) -> JSON? {
+        switch ref {
+        case .requestBody(let path): return run.input.body?.lookup(path)
+        case .requestQuery(let name): return run.queryValue(name).map { .string($0) }
+        case .requestHeader(let name): return run.header(run.input.headers, name).map { .string($0) }
+        case .requestPath(let name): return run.input.pathParams.first { $0.0 == name }.map { .string($0.1) }
+        case .stepStatus(let i):
+            let o = run.outcomes[i]
+            if o.state == .skipped { return .null }
+            return o.status.map { .int(Int64($0)) } ?? (o.state == .failed ? .null : nil)
+        case .stepBody(let i, let path):
+            let o = run.outcomes[i]
+            if o.state == .skipped || (o.state == .failed && o.status == nil) { return .null }
+            return o.body.lookup(path)
+        case .stepHeader(let i, let name):
+            let o = run.outcomes[i]
+            if o.state == .skipped { return .null }
+            return run.header(o.headers, name).map { .string($0) }
+        case .jobID: return .string(run.jobID)
+        case .stepIdempotencyKey:
+            guard let step else { return nil }
+            return .string(run.idempotencyKey(step: step))
+        case .stepRemainingMs:
+            guard step != nil else { return nil }
+            return .int(max(0, (deadline - run.loop.now).milliseconds))
+        }
+    }
+}

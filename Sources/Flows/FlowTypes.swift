@@ -1,0 +1,138 @@
+import EventLoop
+import JSON
+
+/// What a run's templates may read from the caller's request.
+public struct FlowInput: Sendable {
+    /// The request method, e.g. `"POST"`.
+    public var method: String
+    /// The request path (without the query).
+    public var path: String
+    /// Path parameters matched by the route's pattern, percent-decoded.
+    public var pathParams: [(String, String)]
+    /// The raw query string after `?`, or nil.
+    public var query: String?
+    /// Request header fields as received (names compared case-insensitively).
+    public var headers: [(String, String)]
+    /// The request body parsed as JSON; nil when the route never reads it.
+    public var body: JSON?
+
+    public init(method: String, path: String, pathParams: [(String, String)] = [], query: String? = nil,
+                headers: [(String, String)] = [], body: JSON? = nil) {
+        self.method = method
+        self.path = path
+        self.pathParams = pathParams
+        self.query = query
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// Where a step stands in a run.
+public enum StepState: String, Sendable {
+    /// Not started: waiting for its dependencies.
+    case pending
+    /// An attempt (or a retry's backoff) is in progress.
+    case running
+    /// Finished with a successful status.
+    case succeeded
+    /// Finished without success after its last attempt.
+    case failed
+    /// Never called: its `when` did not hold or a dependency failed or was skipped.
+    case skipped
+}
+
+/// Why a step failed: the failure kinds of `switchboard_upstream_errors_total`
+/// plus `template` (a value its request needed was missing).
+public enum StepErrorKind: String, Sendable {
+    case timeout, connect, `protocol`, status, template
+}
+
+/// The outcome of one step of a run, as shown in job status and used by templates.
+public struct StepOutcome: Sendable {
+    /// Where the step stands.
+    public var state: StepState = .pending
+    /// The last upstream status, when a response came.
+    public var status: Int?
+    /// The last response's header fields.
+    public var headers: [(String, String)] = []
+    /// The last response body: parsed JSON, or a JSON string when it was not JSON; `.null` when none.
+    public var body: JSON = .null
+    /// Attempts made so far.
+    public var attempts = 0
+    /// Why it failed (state `.failed`) or was skipped (kind nil, message set).
+    public var errorKind: StepErrorKind?
+    /// A short human-readable reason; never contains a URL or a secret.
+    public var message: String?
+    /// When its first attempt started and when it finished (monotonic).
+    public var startedAt: Instant?
+    public var finishedAt: Instant?
+
+    public init() {}
+
+    /// Whether the step can no longer change.
+    public var isTerminal: Bool { state == .succeeded || state == .failed || state == .skipped }
+
+    /// Time from first attempt to finish, in seconds; nil when it never ran to an end.
+    public var durationSeconds: Double? {
+        guard let s = startedAt, let f = finishedAt else { return nil }
+        return Double((f - s).nanosecondsClamped) / 1e9
+    }
+}
+
+/// The response a run produced: exactly what a synchronous caller receives.
+public struct FlowResponse: Sendable {
+    public var status: Int
+    public var headers: [(String, String)]
+    public var body: [UInt8]
+
+    public init(status: Int, headers: [(String, String)], body: [UInt8]) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// Replaces every occurrence of configured secrets (values of `{{env.*}}`) with
+/// `[redacted]`, for anything Switchboard writes to a caller, a job or a log.
+/// Immutable and `Sendable`; cost is linear in text size per secret.
+public struct Redactor: Sendable {
+    /// The secrets; empty strings and strings under 4 bytes are ignored
+    /// (too short to redact without destroying ordinary text).
+    public let secrets: [String]
+
+    public init(secrets: [String]) {
+        self.secrets = secrets.filter { $0.utf8.count >= 4 }.sorted { $0.utf8.count > $1.utf8.count }
+    }
+
+    /// `text` with every secret replaced.
+    public func redact(_ text: String) -> String {
+        guard !secrets.isEmpty else { return text }
+        var t = text
+        for s in secrets where t.contains(s) { t = t.replacingAll(s, with: "[redacted]") }
+        return t
+    }
+
+    /// `bytes` (UTF-8) with every secret replaced; returns the input when none occurs.
+    public func redact(_ bytes: [UInt8]) -> [UInt8] {
+        guard !secrets.isEmpty else { return bytes }
+        let text = String(decoding: bytes, as: UTF8.self)
+        let r = redact(text)
+        return r == text ? bytes : Array(r.utf8)
+    }
+}
+
+extension String {
+    /// This string with every non-overlapping occurrence of `target` replaced (no Foundation).
+    func replacingAll(_ target: String, with replacement: String) -> String {
+        guard !target.isEmpty else { return self }
+        var out = ""
+        var rest = self[...]
+        while let r = rest.firstRange(of: target) {
+            out += rest[..<r.lowerBound]
+            out += replacement
+            rest = rest[r.upperBound...]
+        }
+        out += rest
+        return out
+    }
+}

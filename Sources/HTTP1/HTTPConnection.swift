@@ -1,0 +1,441 @@
+import CLinux
+import EventLoop
+import Glibc
+
+/// Handed to the responder with each request: the one way to answer it.
+///
+/// Respond exactly once. `respond(_:)` may be called from any thread (it hops to
+/// `loop`); the other members are for `loop`'s thread only. A writer whose
+/// connection has gone (peer closed, reset, server shut down) ignores `respond`.
+public final class HTTPResponseWriter: @unchecked Sendable {
+    /// The loop that owns the connection; the responder runs on it.
+    public let loop: EventLoop
+    var connection: HTTPConnection?
+    private var closeRequested: Bool
+
+    init(connection: HTTPConnection, loop: EventLoop, closeAfterResponse: Bool) {
+        self.connection = connection
+        self.loop = loop
+        self.closeRequested = closeAfterResponse
+    }
+
+    /// Sends `response` (see `HTTPResponse` for what the encoder adds). The first
+    /// call wins; later calls, and calls after the connection closed, are ignored.
+    /// Safe from any thread: off the loop thread it is forwarded with `loop.execute`.
+    public func respond(_ response: HTTPResponse) {
+        guard loop.inEventLoop else {
+            loop.execute { self.respond(response) }
+            return
+        }
+        guard let c = connection else { return }
+        c.respond(from: self, response)
+    }
+
+    /// Whether a response can still be delivered: false once the client connection
+    /// is gone (peer close, reset, error, server shutdown) and after `respond(_:)`.
+    /// Loop thread only.
+    public var isOpen: Bool { connection != nil }
+
+    /// Whether the connection closes after this response (`Connection: close` is
+    /// sent). Initially true when the request did not ask for keep-alive; set it to
+    /// true to close (e.g. while draining). Always true once the server is closing
+    /// idle connections. Loop thread only.
+    public var closeAfterResponse: Bool {
+        get { closeRequested || (connection?.draining ?? false) }
+        set { closeRequested = newValue }
+    }
+}
+
+/// One client connection: reads and parses requests, hands them to the responder
+/// one at a time, writes the responses in order, and enforces the timeouts.
+/// Confined to its loop's thread (all methods are called from within the loop).
+final class HTTPConnection: IOHandler {
+    enum TimerKind { case none, idle, head, body, write, linger }
+
+    let fd: Int32
+    let context: LoopContext
+    let loop: EventLoop
+    var slot = -1
+    private var parser: HTTPRequestParser
+    private let limits: HTTPLimits
+
+    private(set) var closed = false
+    /// A request is with the responder; no further request is parsed until it answers.
+    private var awaiting = false
+    private var writer: HTTPResponseWriter? = nil
+    private var requestIsHEAD = false
+    private var requestVersionMinor = 1
+    /// Set by `HTTPServer.closeIdleConnections()`: close after the current response.
+    private(set) var draining = false
+
+    private var out: [UInt8] = []
+    private var outStart = 0
+    /// Output is waiting for the socket to become writable.
+    private var outPending = false
+    private var closeAfterFlush = false
+    private var lingering = false
+
+    /// Bytes received but not parsed yet (pipelined requests read while busy).
+    private var pend: [UInt8] = []
+    private var pendStart = 0
+    private var readPaused = false
+    private var interest: IOEvents = [.read]
+    private var processing = false
+
+    private var timer: LoopTimer? = nil
+    private var timerKind: TimerKind = .none
+    private var deadline = Instant.distantFuture
+
+    /// Most bytes buffered from a client while its previous request is in progress.
+    private static let pendingCap = 65536
+    /// Most requests served from the socket in one go before yielding to other connections.
+    private static let requestsPerTurn = 32
+    /// How long a closing connection drains the client's input (see `finishClose`).
+    private static let lingerTime: Duration = .seconds(2)
+
+    init(fd: Int32, context: LoopContext) {
+        self.fd = fd
+        self.context = context
+        self.loop = context.loop
+        self.limits = context.shared.limits
+        self.parser = HTTPRequestParser(limits: context.shared.limits)
+    }
+
+    /// Called once registered: a new connection gets `headerTimeout` to send its first byte.
+    func started() {
+        setTimer(.idle, loop.now + limits.headerTimeout)
+    }
+
+    // MARK: - Events
+
+    func ioReady(_ events: IOEvents) {
+        if closed { return }
+        if lingering {
+            lingerRead()
+            return
+        }
+        if events.contains(.error) || events.contains(.hangup) {
+            close()
+            return
+        }
+        if events.contains(.write) && outPending {
+            if flush() { outputFlushed() }
+            if closed { return }
+        }
+        if events.contains(.read) {
+            if awaiting || outPending {
+                busyRead()
+            } else {
+                drive()
+            }
+        }
+    }
+
+    /// Parses and dispatches requests while the connection is free, reading from the
+    /// socket when the buffered bytes run out. Never re-entered: a response given
+    /// synchronously by the responder lets the running loop continue.
+    private func drive() {
+        if processing || closed { return }
+        processing = true
+        defer { processing = false }
+        var served = 0
+        let buf = context.readBuffer
+        let bufSize = LoopContext.readBufferSize
+        loop: while !closed && !awaiting && !outPending && !lingering {
+            if pendStart < pend.count {
+                let r = pend.withUnsafeBytes { parser.parse(UnsafeRawBufferPointer(rebasing: $0[pendStart...])) }
+                switch r {
+                case .needMore:
+                    clearPending()
+                case .request(let req, let consumed):
+                    pendStart += consumed
+                    if pendStart == pend.count { clearPending() }
+                    served += 1
+                    dispatch(req)
+                case .expectContinue(let consumed):
+                    pendStart += consumed
+                    sendContinue()
+                case .error(let e):
+                    fail(e)
+                }
+                continue
+            }
+            if served >= HTTPConnection.requestsPerTurn { break }
+            if readPaused {
+                readPaused = false
+                updateInterest()
+            }
+            let n = Glibc.read(fd, buf, bufSize)
+            if n > 0 {
+                var off = 0
+                while off < n {
+                    switch parser.parse(UnsafeRawBufferPointer(start: buf + off, count: n - off)) {
+                    case .needMore:
+                        off = n
+                    case .request(let req, let consumed):
+                        off += consumed
+                        keepPending(buf + off, n - off)
+                        off = n
+                        served += 1
+                        dispatch(req)
+                    case .expectContinue(let consumed):
+                        off += consumed
+                        keepPending(buf + off, n - off)
+                        off = n
+                        sendContinue()
+                    case .error(let e):
+                        fail(e)
+                        return
+                    }
+                }
+                // A short read means the socket is drained; epoll reports any more.
+                if n < bufSize && pendStart == pend.count && !awaiting && !outPending { break loop }
+            } else if n == 0 {
+                // The client closed: mid-request or between requests, nothing to answer.
+                close()
+                return
+            } else {
+                let e = CLinux_errno()
+                if e == EINTR { continue }
+                if e == EAGAIN || e == EWOULDBLOCK { break loop }
+                close()
+                return
+            }
+        }
+        if !closed && !awaiting && !outPending && !lingering { armReadTimer() }
+    }
+
+    /// Chooses the timer while waiting for request bytes.
+    private func armReadTimer() {
+        switch parser.phase {
+        case .idle:
+            if timerKind != .idle { setTimer(.idle, loop.now + limits.idleTimeout) }
+        case .head:
+            // SPEC §7: a deadline for the whole head, counted from its first byte.
+            if timerKind != .head { setTimer(.head, loop.now + limits.headerTimeout) }
+        case .body:
+            setTimer(.body, loop.now + limits.idleTimeout)
+        }
+    }
+
+    private func keepPending(_ p: UnsafeMutableRawPointer, _ count: Int) {
+        guard count > 0 else { return }
+        pend.append(contentsOf: UnsafeRawBufferPointer(start: p, count: count))
+    }
+
+    private func clearPending() {
+        if pend.capacity > HTTPConnection.pendingCap * 2 { pend = [] } else { pend.removeAll(keepingCapacity: true) }
+        pendStart = 0
+    }
+
+    /// Reads while a request is in progress: buffers pipelined bytes up to a cap,
+    /// then stops reading (backpressure). End of input here means the client gave up.
+    private func busyRead() {
+        let buf = context.readBuffer
+        let bufSize = LoopContext.readBufferSize
+        while true {
+            if pend.count - pendStart >= HTTPConnection.pendingCap {
+                readPaused = true
+                updateInterest()
+                return
+            }
+            let n = Glibc.read(fd, buf, bufSize)
+            if n > 0 {
+                keepPending(buf, n)
+                if n < bufSize { return }
+            } else if n == 0 {
+                close()
+                return
+            } else {
+                let e = CLinux_errno()
+                if e == EINTR { continue }
+                if e != EAGAIN && e != EWOULDBLOCK { close() }
+                return
+            }
+        }
+    }
+
+    // MARK: - Requests and responses
+
+    private func dispatch(_ request: HTTPRequest) {
+        awaiting = true
+        timerKind = .none
+        requestIsHEAD = request.method == "HEAD"
+        requestVersionMinor = request.versionMinor
+        let w = HTTPResponseWriter(connection: self, loop: loop, closeAfterResponse: !request.keepAlive)
+        writer = w
+        context.shared.responder(request, w)
+    }
+
+    func respond(from w: HTTPResponseWriter, _ response: HTTPResponse) {
+        guard !closed, awaiting, writer === w else { return }
+        let close = w.closeAfterResponse
+        w.connection = nil
+        writer = nil
+        awaiting = false
+        closeAfterFlush = close
+        ResponseEncoder.encode(response, into: &out, isHEAD: requestIsHEAD, keepAlive: !close,
+                               versionMinor: requestVersionMinor, dateLine: context.dateCache.line())
+        if flush() { outputFlushed() }
+    }
+
+    private func sendContinue() {
+        out.append(contentsOf: ResponseEncoder.continueBytes)
+        _ = flush()
+    }
+
+    /// Answers a parse error or timeout with a problem and closes.
+    private func fail(_ e: HTTPParseError) {
+        guard !closed else { return }
+        closeAfterFlush = true
+        timerKind = .none
+        ResponseEncoder.encode(e.response, into: &out, isHEAD: false, keepAlive: false,
+                               versionMinor: 1, dateLine: context.dateCache.line())
+        if flush() { outputFlushed() }
+    }
+
+    /// Everything buffered has been written: close, or go on with the next request.
+    private func outputFlushed() {
+        if closeAfterFlush {
+            finishClose()
+        } else {
+            drive()
+        }
+    }
+
+    /// Writes buffered output.
+    /// - Returns: true when all of it was written; false when waiting for
+    ///   writability (or the connection closed on a write error).
+    private func flush() -> Bool {
+        while outStart < out.count {
+            let n = out.withUnsafeBytes { b in
+                send(fd, b.baseAddress! + outStart, b.count - outStart, Int32(MSG_NOSIGNAL))
+            }
+            if n > 0 {
+                outStart += n
+                if outPending { setTimer(.write, loop.now + limits.idleTimeout) }
+                continue
+            }
+            let e = CLinux_errno()
+            if n < 0 && e == EINTR { continue }
+            if n < 0 && (e == EAGAIN || e == EWOULDBLOCK) {
+                if !outPending {
+                    outPending = true
+                    updateInterest()
+                }
+                setTimer(.write, loop.now + limits.idleTimeout)
+                return false
+            }
+            close()
+            return false
+        }
+        if out.capacity > 262_144 { out = [] } else { out.removeAll(keepingCapacity: true) }
+        outStart = 0
+        if outPending {
+            outPending = false
+            updateInterest()
+        }
+        return true
+    }
+
+    // MARK: - Closing
+
+    /// Closes after a final response: sends FIN, then drains the client's input for
+    /// a short while (nginx's lingering close) so unread request bytes do not turn
+    /// into a reset that could destroy the response before the client reads it.
+    private func finishClose() {
+        guard !closed else { return }
+        Glibc.shutdown(fd, Int32(SHUT_WR))
+        lingering = true
+        readPaused = false
+        clearPending()
+        updateInterest()
+        setTimer(.linger, loop.now + HTTPConnection.lingerTime)
+        lingerRead()
+    }
+
+    private func lingerRead() {
+        let buf = context.readBuffer
+        while !closed {
+            let n = Glibc.read(fd, buf, LoopContext.readBufferSize)
+            if n > 0 { continue }
+            if n < 0 {
+                let e = CLinux_errno()
+                if e == EINTR { continue }
+                if e == EAGAIN || e == EWOULDBLOCK { return }
+            }
+            close()
+        }
+    }
+
+    /// Closes now if no request is in progress; otherwise after the current response.
+    func closeIfIdle() {
+        guard !closed else { return }
+        draining = true
+        if !awaiting && !outPending && !lingering && parser.phase == .idle && pendStart == pend.count {
+            close()
+        }
+    }
+
+    /// Closes the descriptor at once; the responder's writer stops accepting a response.
+    func close() {
+        guard !closed else { return }
+        closed = true
+        loop.cancel(timer)
+        timer = nil
+        timerKind = .none
+        if let w = writer {
+            w.connection = nil
+            writer = nil
+        }
+        loop.unregister(fd: fd)
+        Glibc.close(fd)
+        context.remove(self)
+        context.shared.openCount.subtract(1, ordering: .relaxed)
+    }
+
+    private func updateInterest() {
+        var want: IOEvents = []
+        if lingering {
+            want = [.read]
+        } else {
+            if !readPaused { want.insert(.read) }
+            if outPending { want.insert(.write) }
+        }
+        if want != interest {
+            interest = want
+            do { try loop.modify(fd: fd, events: want) } catch { close() }
+        }
+    }
+
+    // MARK: - Timers
+
+    /// Sets the connection's single deadline. The loop timer is moved only when the
+    /// new deadline is earlier; a later one is picked up when the timer fires, so the
+    /// common case (pushing the idle deadline back after each response) costs nothing.
+    private func setTimer(_ kind: TimerKind, _ at: Instant) {
+        timerKind = kind
+        deadline = at
+        if let t = timer, t.isScheduled {
+            if t.deadline <= at { return }
+            loop.cancel(t)
+        }
+        timer = loop.schedule(at: at) { self.timerFired() }
+    }
+
+    private func timerFired() {
+        timer = nil
+        guard !closed, timerKind != .none else { return }
+        if loop.now < deadline {
+            timer = loop.schedule(at: deadline) { self.timerFired() }
+            return
+        }
+        switch timerKind {
+        case .head, .body:
+            // RFC 9110 §15.5.9: 408, then close.
+            fail(.requestTimeout)
+        case .idle, .write, .linger, .none:
+            close()
+        }
+    }
+}

@@ -1,0 +1,291 @@
+import CLinux
+import Dispatch
+import EventLoop
+import Glibc
+import Synchronization
+
+/// State shared by every loop of one server. Immutable apart from the atomic counter.
+final class ServerShared: @unchecked Sendable {
+    let limits: HTTPLimits
+    /// Called on a loop thread; the server's user guarantees it may run on several loops at once.
+    let responder: (HTTPRequest, HTTPResponseWriter) -> Void
+    /// Open client connections across all loops (lingering ones included).
+    let openCount = Atomic<Int>(0)
+
+    init(limits: HTTPLimits, responder: @escaping (HTTPRequest, HTTPResponseWriter) -> Void) {
+        self.limits = limits
+        self.responder = responder
+    }
+}
+
+/// The part of a server that lives on one loop: its listener, its connections, a
+/// read buffer shared by those connections, and the cached Date line.
+/// Confined to the loop's thread; `Sendable` only so it can be named in tasks
+/// handed to `EventLoop.execute`.
+final class LoopContext: @unchecked Sendable {
+    static let readBufferSize = 65536
+
+    let loop: EventLoop
+    let shared: ServerShared
+    let readBuffer: UnsafeMutableRawPointer
+    var dateCache = DateCache()
+    private var listener: Listener? = nil
+    private var connections: [HTTPConnection] = []
+
+    init(loop: EventLoop, shared: ServerShared) {
+        self.loop = loop
+        self.shared = shared
+        readBuffer = UnsafeMutableRawPointer.allocate(byteCount: LoopContext.readBufferSize, alignment: 16)
+    }
+
+    deinit { readBuffer.deallocate() }
+
+    func startListening(fd: Int32) throws {
+        let l = Listener(fd: fd, context: self)
+        try loop.register(fd: fd, events: [.read], handler: l)
+        listener = l
+    }
+
+    func stopListening() {
+        listener?.close()
+        listener = nil
+    }
+
+    /// Takes a freshly accepted descriptor: counts it against `maxConnections`,
+    /// sets `TCP_NODELAY` and registers a connection for it.
+    func accepted(_ cfd: Int32) {
+        let open = shared.openCount.add(1, ordering: .relaxed).newValue
+        if open > shared.limits.maxConnections {
+            shared.openCount.subtract(1, ordering: .relaxed)
+            LoopContext.refuse(cfd)
+            return
+        }
+        Socket.setNoDelay(cfd)
+        let c = HTTPConnection(fd: cfd, context: self)
+        do {
+            try loop.register(fd: cfd, events: [.read], handler: c)
+        } catch {
+            Glibc.close(cfd)
+            shared.openCount.subtract(1, ordering: .relaxed)
+            return
+        }
+        c.slot = connections.count
+        connections.append(c)
+        c.started()
+    }
+
+    /// Over `maxConnections`: best-effort 503, then close at once.
+    static func refuse(_ cfd: Int32) {
+        ResponseEncoder.serviceUnavailable.withUnsafeBytes { b in
+            _ = send(cfd, b.baseAddress!, b.count, Int32(MSG_NOSIGNAL))
+        }
+        Glibc.shutdown(cfd, Int32(SHUT_WR))
+        // Discard what the client already sent, so closing does not send a reset.
+        var scratch = [UInt8](repeating: 0, count: 4096)
+        _ = scratch.withUnsafeMutableBytes { Glibc.read(cfd, $0.baseAddress!, $0.count) }
+        Glibc.close(cfd)
+    }
+
+    func remove(_ c: HTTPConnection) {
+        let i = c.slot
+        guard i >= 0, i < connections.count, connections[i] === c else { return }
+        let last = connections.removeLast()
+        if last !== c {
+            connections[i] = last
+            last.slot = i
+        }
+        c.slot = -1
+    }
+
+    func closeIdle() {
+        for c in connections { c.closeIfIdle() }
+    }
+
+    func closeAll() {
+        for c in connections { c.close() }
+    }
+}
+
+/// A listening socket on one loop. Accepts until `EAGAIN`; when the process or
+/// system runs out of descriptors (or memory) it stops watching the socket for
+/// 100 ms instead of spinning on a listener it cannot drain.
+final class Listener: IOHandler {
+    let fd: Int32
+    let context: LoopContext
+    private var resumeTimer: LoopTimer? = nil
+    private var closed = false
+
+    init(fd: Int32, context: LoopContext) {
+        self.fd = fd
+        self.context = context
+    }
+
+    func ioReady(_ events: IOEvents) {
+        while !closed {
+            let cfd: Int32?
+            do {
+                cfd = try Socket.accept(fd)
+            } catch {
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM or anything unexpected: back off.
+                pause()
+                return
+            }
+            guard let cfd else { return }
+            context.accepted(cfd)
+        }
+    }
+
+    private func pause() {
+        let loop = context.loop
+        try? loop.modify(fd: fd, events: [])
+        loop.cancel(resumeTimer)
+        resumeTimer = loop.schedule(at: loop.now + .milliseconds(100)) { [weak self] in
+            guard let self, !self.closed else { return }
+            self.resumeTimer = nil
+            try? loop.modify(fd: self.fd, events: [.read])
+        }
+    }
+
+    func close() {
+        guard !closed else { return }
+        closed = true
+        context.loop.cancel(resumeTimer)
+        resumeTimer = nil
+        context.loop.unregister(fd: fd)
+        Glibc.close(fd)
+    }
+}
+
+/// An HTTP/1.1 server on an `EventLoopGroup`: one `SO_REUSEPORT` listener per
+/// loop, each connection served entirely on the loop that accepted it.
+///
+/// Requests are handed to `responder` on the connection's loop thread, one at a
+/// time per connection and in order (pipelined requests wait for the previous
+/// response). Framing errors, over-limit requests and slow heads are answered
+/// with an `application/problem+json` body and the connection is closed (see
+/// `HTTPRequestParser` and `HTTPLimits`).
+///
+/// The control methods (`start`, `stopAccepting`, `closeIdleConnections`,
+/// `shutdown`) are safe from any thread; called from outside the group's loops
+/// they return once every loop has done its part (at most 5 s per loop).
+public final class HTTPServer: @unchecked Sendable {
+    /// The loops the server runs on.
+    public let group: EventLoopGroup
+    /// The address given at creation (its port may be 0; see `port`).
+    public let address: SocketAddress
+    /// The limits applied to every connection.
+    public let limits: HTTPLimits
+
+    private let shared: ServerShared
+    private let contexts: [LoopContext]
+    private let boundPort = Atomic<Int>(0)
+    private let started = Atomic<Bool>(false)
+
+    /// Creates a server; nothing is bound until `start()`.
+    /// - Parameters:
+    ///   - group: the loops to serve on (one listener and share of connections each).
+    ///   - address: where to listen; port 0 lets the kernel choose (read `port` after `start()`).
+    ///   - limits: parser and connection limits.
+    ///   - responder: called on the connection's loop thread for every complete
+    ///     request; must eventually call `respond` on the writer exactly once. It
+    ///     may answer later (after timers or other I/O); the connection waits.
+    public init(group: EventLoopGroup, address: SocketAddress, limits: HTTPLimits,
+                responder: @escaping (HTTPRequest, HTTPResponseWriter) -> Void) {
+        self.group = group
+        self.address = address
+        self.limits = limits
+        let shared = ServerShared(limits: limits, responder: responder)
+        self.shared = shared
+        self.contexts = group.loops.map { LoopContext(loop: $0, shared: shared) }
+    }
+
+    /// Binds one `SO_REUSEPORT` listener per loop and starts accepting. With port 0
+    /// the first listener lets the kernel choose and the others reuse that port.
+    /// Call once.
+    /// - Throws: `SystemError` from `socket`, `bind`, `listen` or `epoll_ctl`
+    ///   (e.g. `EADDRINUSE`); nothing stays bound then.
+    public func start() throws {
+        guard !started.exchange(true, ordering: .acquiringAndReleasing) else {
+            throw SystemError(errno: EALREADY, call: "HTTPServer.start")
+        }
+        var fds: [Int32] = []
+        var port = address.port
+        do {
+            for _ in contexts {
+                let (fd, p) = try Socket.listen(SocketAddress(host: address.host, port: port), reusePort: true)
+                fds.append(fd)
+                port = p
+            }
+        } catch {
+            for fd in fds { Glibc.close(fd) }
+            started.store(false, ordering: .releasing)
+            throw error
+        }
+        boundPort.store(Int(port), ordering: .releasing)
+        let failure = Mutex<SystemError?>(nil)
+        let listenFDs = fds
+        let indexOf = Dictionary(uniqueKeysWithValues: contexts.enumerated().map { (ObjectIdentifier($0.element), $0.offset) })
+        onEachLoop { ctx in
+            let fd = listenFDs[indexOf[ObjectIdentifier(ctx)]!]
+            do {
+                try ctx.startListening(fd: fd)
+            } catch {
+                Glibc.close(fd)
+                failure.withLock { $0 = (error as? SystemError) ?? SystemError(errno: EINVAL, call: "epoll_ctl") }
+            }
+        }
+        if let e = failure.withLock({ $0 }) {
+            shutdown()
+            throw e
+        }
+    }
+
+    /// The bound TCP port; valid after `start()` returned (0 before).
+    public var port: UInt16 { UInt16(truncatingIfNeeded: boundPort.load(ordering: .acquiring)) }
+
+    /// The number of open client connections across all loops. Safe from any thread.
+    public var openConnections: Int { shared.openCount.load(ordering: .relaxed) }
+
+    /// Closes the listeners: new connections are refused by the kernel; open ones
+    /// go on. Safe from any thread.
+    public func stopAccepting() {
+        onEachLoop { $0.stopListening() }
+    }
+
+    /// Closes keep-alive connections that have no request in progress; a busy one
+    /// answers its current request with `Connection: close` and closes then (so do
+    /// connections in the middle of receiving a request). Safe from any thread.
+    public func closeIdleConnections() {
+        onEachLoop { $0.closeIdle() }
+    }
+
+    /// Stops accepting and closes every connection at once; responses still to
+    /// come are ignored (their writers report `isOpen == false`). Safe from any thread.
+    public func shutdown() {
+        onEachLoop { ctx in
+            ctx.stopListening()
+            ctx.closeAll()
+        }
+    }
+
+    /// Runs `body` on every loop; waits for them unless called from one of them.
+    private func onEachLoop(_ body: @escaping @Sendable (LoopContext) -> Void) {
+        let onLoop = contexts.contains { $0.loop.inEventLoop }
+        let done = DispatchSemaphore(value: 0)
+        var waits = 0
+        for ctx in contexts {
+            if ctx.loop.inEventLoop {
+                body(ctx)
+            } else {
+                waits += 1
+                ctx.loop.execute {
+                    body(ctx)
+                    done.signal()
+                }
+            }
+        }
+        if !onLoop {
+            for _ in 0..<waits { _ = done.wait(timeout: .now() + .seconds(5)) }
+        }
+    }
+}
