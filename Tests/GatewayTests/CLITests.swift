@@ -1,0 +1,141 @@
+import Foundation
+import Glibc
+import Testing
+import TestSupport
+
+/// The real `switchboard` binary: `check`, `serve` logs and SIGTERM drain.
+@Suite struct CLITests {
+    /// Runs the binary to completion and returns (exit code, stdout, stderr).
+    static func run(_ args: [String], env: [String: String] = [:]) throws -> (Int32, String, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try switchboardBinary())
+        p.arguments = args
+        p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    }
+
+    /// `check` accepts a good directory and prints each route's critical path.
+    @Test func check_PrintsCriticalPath_ForValidRoutes() throws {
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try routeJSON(["name": "a", "method": "GET", "path": "/a",
+                       "steps": [["id": "one", "request": ["method": "GET", "url": "http://127.0.0.1:9/"], "timeout": "2s"],
+                                 ["id": "two", "after": ["one"], "request": ["method": "GET", "url": "http://127.0.0.1:9/"], "timeout": "500ms"]]])
+            .write(toFile: "\(dir)/a.json", atomically: true, encoding: .utf8)
+        let (code, out, _) = try Self.run(["check", "--routes", dir])
+        #expect(code == 0)
+        #expect(out.contains("2.5s"))
+    }
+
+    /// `check` rejects a bad route file with `file: field: message` and a non-zero exit.
+    @Test func check_RejectsBadFile_WithFileFieldMessage() throws {
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "{\"name\":\"a\",\"method\":\"GET\",\"path\":\"/a\",\"steps\":[{\"id\":\"s\",\"request\":{\"method\":\"GET\",\"url\":\"http://x/\"},\"timeout\":\"2 parsecs\"}]}"
+            .write(toFile: "\(dir)/bad.json", atomically: true, encoding: .utf8)
+        let (code, _, err) = try Self.run(["check", "--routes", dir])
+        #expect(code != 0)
+        let line = try #require(err.split(separator: "\n").first)
+        #expect(line.hasPrefix("\(dir)/bad.json: "))
+        #expect(line.contains("timeout"))
+    }
+
+    /// A server process for one test, its output captured to a file.
+    final class Server {
+        let process = Process()
+        let logPath: String
+        let port: UInt16
+
+        init(routesDir: String, env: [String: String], extra: [String] = []) throws {
+            port = UInt16.random(in: 20000...60000)
+            logPath = routesDir + "/out.log"
+            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+            process.executableURL = URL(fileURLWithPath: try switchboardBinary())
+            process.arguments = ["serve", "--routes", routesDir, "--listen", "127.0.0.1:\(port)", "--data", routesDir + "/data", "--event-loops", "1"] + extra
+            process.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+            process.standardOutput = FileHandle(forWritingAtPath: logPath)
+            process.standardError = FileHandle(forWritingAtPath: logPath)
+            try process.run()
+            let ok = eventually(timeout: .seconds(10)) { (try? RawConnection(port: port, timeout: .seconds(1)).request("GET", "/healthz"))?.status == 200 }
+            if !ok { process.terminate(); throw HarnessError.noResponse }
+        }
+
+        var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+        deinit { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+    }
+
+    /// Log lines are JSON, one per request with route, status, duration and outcome, and never hold an env secret.
+    @Test func serve_LogsOneJSONLinePerRequest_WithoutSecrets() throws {
+        let up = try ScriptedServer.answering(status: 500, body: "{\"oops\":true}")
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let secret = "tok_SUPERSECRET_98765"
+        try routeJSON(["name": "crm", "method": "GET", "path": "/crm",
+                       "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/?key={{env.CRM_KEY}}",
+                                                          "headers": ["X-Key": "{{env.CRM_KEY}}"]], "timeout": "1s"]]])
+            .write(toFile: "\(dir)/crm.json", atomically: true, encoding: .utf8)
+        let server = try Server(routesDir: dir, env: ["U": "http://127.0.0.1:\(up.port)", "CRM_KEY": secret])
+        let r = try #require(RawConnection(port: server.port).request("GET", "/crm"))
+        #expect(r.status == 502)
+        #expect(!r.text.contains(secret))
+        kill(server.process.processIdentifier, SIGTERM)
+        server.process.waitUntilExit()
+        let lines = server.log.split(separator: "\n")
+        let requestLines = lines.compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            .filter { $0["msg"] as? String == "request" && $0["route"] as? String == "crm" }
+        let line = try #require(requestLines.first)
+        #expect(line["status"] as? Int == 502)
+        #expect(line["outcome"] as? String == "sync")
+        #expect(line["duration_ms"] is Double || line["duration_ms"] is Int)
+        #expect(line["request_id"] is String)
+        #expect(!server.log.contains(secret))
+        #expect(up.requests.first?.header("x-key") == secret)
+    }
+
+    /// SIGTERM lets an in-flight request finish, refuses new connections, and exits 0.
+    @Test func sigterm_DrainsInFlightRequest_ThenExitsZero() throws {
+        let up = try ScriptedServer.answering(body: "{\"slow\":true}", delay: .milliseconds(800))
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try routeJSON(["name": "slow", "method": "GET", "path": "/slow", "wait": "10s",
+                       "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/"], "timeout": "5s"]]])
+            .write(toFile: "\(dir)/slow.json", atomically: true, encoding: .utf8)
+        let server = try Server(routesDir: dir, env: ["U": "http://127.0.0.1:\(up.port)"])
+        let conn = try RawConnection(port: server.port)
+        conn.write("GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(eventually { up.requests.count == 1 })
+        kill(server.process.processIdentifier, SIGTERM)
+        let r = try #require(conn.readResponse())
+        #expect(r.status == 200)
+        server.process.waitUntilExit()
+        #expect(server.process.terminationStatus == 0)
+        #expect((try? RawConnection(port: server.port, timeout: .seconds(1))) == nil)
+    }
+
+    /// Past the drain timeout, a still-running request is handed to async mode: its caller gets 202.
+    @Test func sigterm_PastDrainTimeout_HandsRunToAsync() throws {
+        let up = try ScriptedServer.answering(delay: .seconds(5))
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try routeJSON(["name": "slow", "method": "GET", "path": "/slow", "wait": "20s", "max_wait": "20s",
+                       "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/"], "timeout": "10s"]]])
+            .write(toFile: "\(dir)/slow.json", atomically: true, encoding: .utf8)
+        let server = try Server(routesDir: dir, env: ["U": "http://127.0.0.1:\(up.port)"], extra: ["--drain-timeout", "300ms"])
+        let conn = try RawConnection(port: server.port)
+        conn.write("GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(eventually { up.requests.count == 1 })
+        kill(server.process.processIdentifier, SIGTERM)
+        let r = try #require(conn.readResponse())
+        #expect(r.status == 202)
+        server.process.waitUntilExit()
+        #expect(server.process.terminationStatus == 0)
+    }
+}

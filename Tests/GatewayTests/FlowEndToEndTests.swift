@@ -1,0 +1,339 @@
+import Foundation
+import Glibc
+import Testing
+import TestSupport
+
+/// End-to-end: real gateway, real sockets, real libcurl, real upstream servers on 127.0.0.1:0.
+@Suite struct FlowEndToEndTests {
+    /// Three independent 250 ms steps run concurrently: the call takes well under 3 × 250 ms.
+    @Test func fanOut_RunsStepsConcurrently() throws {
+        let a = try ScriptedServer.answering(body: "{\"v\":\"a\"}", delay: .milliseconds(250))
+        let b = try ScriptedServer.answering(body: "{\"v\":\"b\"}", delay: .milliseconds(250))
+        let c = try ScriptedServer.answering(body: "{\"v\":\"c\"}", delay: .milliseconds(250))
+        let route = routeJSON([
+            "name": "fan", "method": "GET", "path": "/fan",
+            "steps": ["a", "b", "c"].map { ["id": $0, "request": ["method": "GET", "url": "{{env.\($0.uppercased())}}/x"], "timeout": "2s"] },
+        ])
+        let h = try GatewayHarness(routes: ["fan.json": route], env: ["A": "http://127.0.0.1:\(a.port)", "B": "http://127.0.0.1:\(b.port)", "C": "http://127.0.0.1:\(c.port)"])
+        _ = try h.request("GET", "/fan")  // warm connections
+        let start = ContinuousClock.now
+        let r = try h.request("GET", "/fan")
+        let elapsed = ContinuousClock.now - start
+        #expect(r.status == 200)
+        let steps = r.object["steps"] as? [String: Any]
+        #expect((steps?["b"] as? [String: Any])?["status"] as? Int == 200)
+        #expect(((steps?["c"] as? [String: Any])?["body"] as? [String: Any])?["v"] as? String == "c")
+        #expect(elapsed < .milliseconds(600))
+    }
+
+    static func checkoutRoute() -> String {
+        routeJSON([
+            "name": "checkout", "method": "POST", "path": "/checkout/{order}",
+            "steps": [
+                ["id": "payment", "request": ["method": "POST", "url": "{{env.PAY}}/payments",
+                                              "headers": ["Idempotency-Key": "{{step.idempotency_key}}"],
+                                              "body": ["amount": "{{request.body.amount}}", "order": "{{request.path.order}}"]],
+                 "timeout": "2s"],
+                ["id": "fulfillment", "after": ["payment"], "when": ["steps.payment.body.status": "succeeded"],
+                 "request": ["method": "POST", "url": "{{env.SHIP}}/shipments", "body": ["payment": "{{steps.payment.body.id}}"]],
+                 "timeout": "2s"],
+            ],
+        ])
+    }
+
+    /// After a declined payment (402) the fulfillment upstream receives no call, and the caller gets a 502 naming the step.
+    @Test func ordering_DeclinedPayment_NeverCallsFulfillment() throws {
+        let pay = try ScriptedServer.answering(status: 402, body: "{\"id\":\"pay_1\",\"status\":\"declined\"}")
+        let ship = try ScriptedServer.answering(status: 201, body: "{\"id\":\"shp_1\"}")
+        let h = try GatewayHarness(routes: ["c.json": Self.checkoutRoute()], env: ["PAY": "http://127.0.0.1:\(pay.port)", "SHIP": "http://127.0.0.1:\(ship.port)"])
+        let r = try h.request("POST", "/checkout/7", body: "{\"amount\": 42}")
+        #expect(r.status == 502)
+        #expect(r.header("content-type") == "application/problem+json")
+        #expect(r.object["step"] as? String == "payment")
+        #expect(r.object["upstream_status"] as? Int == 402)
+        #expect((r.object["upstream_body"] as? [String: Any])?["status"] as? String == "declined")
+        usleep(100_000)
+        #expect(pay.requests.count == 1)
+        #expect(ship.requests.isEmpty)
+    }
+
+    /// A successful payment is followed by fulfillment with the payment id; the number stays a number upstream.
+    @Test func ordering_SucceededPayment_CallsFulfillmentWithTypedValues() throws {
+        let pay = try ScriptedServer.answering(body: "{\"id\":\"pay_9\",\"status\":\"succeeded\"}")
+        let ship = try ScriptedServer.answering(status: 201, body: "{\"id\":\"shp_1\"}")
+        let h = try GatewayHarness(routes: ["c.json": Self.checkoutRoute()], env: ["PAY": "http://127.0.0.1:\(pay.port)", "SHIP": "http://127.0.0.1:\(ship.port)"])
+        let r = try h.request("POST", "/checkout/7", body: "{\"amount\": 42}")
+        #expect(r.status == 200)
+        let payBody = try #require(pay.requests.first?.json as? [String: Any])
+        #expect(payBody["amount"] as? Int == 42)
+        #expect(pay.requests.first?.text.contains("\"amount\":42") == true)
+        #expect(payBody["order"] as? String == "7")
+        #expect(pay.requests.first?.header("idempotency-key")?.isEmpty == false)
+        #expect((ship.requests.first?.json as? [String: Any])?["payment"] as? String == "pay_9")
+    }
+
+    /// A `when` that does not hold skips the step; the default response lists it as skipped.
+    @Test func when_NotHolding_SkipsStep() throws {
+        let pay = try ScriptedServer.answering(body: "{\"id\":\"pay_2\",\"status\":\"pending\"}")
+        let ship = try ScriptedServer.answering(status: 201, body: "{\"id\":\"shp_1\"}")
+        let h = try GatewayHarness(routes: ["c.json": Self.checkoutRoute()], env: ["PAY": "http://127.0.0.1:\(pay.port)", "SHIP": "http://127.0.0.1:\(ship.port)"])
+        let r = try h.request("POST", "/checkout/8", body: "{\"amount\": 1}")
+        #expect(r.status == 200)
+        let steps = try #require(r.object["steps"] as? [String: Any])
+        #expect((steps["fulfillment"] as? [String: Any])?["status"] as? String == "skipped")
+        #expect(ship.requests.isEmpty)
+    }
+
+    /// A step timeout answers 504 at the deadline, not when the slow upstream finally replies.
+    @Test func stepTimeout_Answers504AtDeadline() throws {
+        let slow = try ScriptedServer.answering(delay: .seconds(4))
+        let route = routeJSON(["name": "slow", "method": "GET", "path": "/slow",
+                               "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/"], "timeout": "300ms"]]])
+        let h = try GatewayHarness(routes: ["s.json": route], env: ["U": "http://127.0.0.1:\(slow.port)"])
+        let start = ContinuousClock.now
+        let r = try h.request("GET", "/slow")
+        #expect(r.status == 504)
+        #expect(r.object["step"] as? String == "s")
+        #expect(r.object["upstream_status"] == nil)
+        #expect(ContinuousClock.now - start < .seconds(2))
+    }
+
+    /// Retries stop after `attempts`: an always-503 upstream is called exactly 3 times, then 502.
+    @Test func retry_RespectsAttempts() throws {
+        let up = try ScriptedServer.answering(status: 503, body: "{\"e\":1}")
+        let route = routeJSON(["name": "r", "method": "GET", "path": "/r",
+                               "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/"], "timeout": "1s",
+                                          "retry": ["attempts": 3, "backoff": "10ms", "on": [503]]]]])
+        let h = try GatewayHarness(routes: ["r.json": route], env: ["U": "http://127.0.0.1:\(up.port)"])
+        let r = try h.request("GET", "/r")
+        #expect(r.status == 502)
+        #expect(r.object["upstream_status"] as? Int == 503)
+        #expect(up.requests.count == 3)
+    }
+
+    /// Retries stop at `retry.within`: with 10 attempts allowed, a 400 ms window admits only a few.
+    @Test func retry_StopsAtWithinDeadline() throws {
+        let up = try ScriptedServer.answering(status: 503)
+        let route = routeJSON(["name": "r", "method": "GET", "path": "/r",
+                               "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/"], "timeout": "1s",
+                                          "retry": ["attempts": 10, "backoff": "100ms", "within": "400ms", "on": [503]]]]])
+        let h = try GatewayHarness(routes: ["r.json": route], env: ["U": "http://127.0.0.1:\(up.port)"])
+        let start = ContinuousClock.now
+        let r = try h.request("GET", "/r")
+        #expect(r.status == 502)
+        #expect(up.requests.count >= 2)
+        #expect(up.requests.count < 10)
+        #expect(ContinuousClock.now - start < .seconds(2))
+    }
+
+    /// A status not listed in `retry.on` is not retried.
+    @Test func retry_SkipsStatusNotListed() throws {
+        let up = try ScriptedServer.answering(status: 500)
+        let route = routeJSON(["name": "r", "method": "GET", "path": "/r",
+                               "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/"], "timeout": "1s",
+                                          "retry": ["attempts": 3, "backoff": "10ms", "on": [503]]]]])
+        let h = try GatewayHarness(routes: ["r.json": route], env: ["U": "http://127.0.0.1:\(up.port)"])
+        #expect(try h.request("GET", "/r").status == 502)
+        #expect(up.requests.count == 1)
+    }
+
+    /// A flaky upstream that fails twice then succeeds gives the caller the success.
+    @Test func retry_RecoversFromTransientFailures() throws {
+        let counter = Counter()
+        let up = try ScriptedServer { conn, server in
+            while let req = conn.readRequest() {
+                server.record(req)
+                let n = counter.increment()
+                let status = n <= 2 ? 503 : 200
+                conn.write("HTTP/1.1 \(status) X\r\nContent-Length: 11\r\n\r\n{\"n\":\(n)    }".prefix(100).description)
+            }
+        }
+        let route = routeJSON(["name": "r", "method": "GET", "path": "/r",
+                               "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/"], "timeout": "1s",
+                                          "retry": ["attempts": 5, "backoff": "10ms", "on": [503]]]]])
+        let h = try GatewayHarness(routes: ["r.json": route], env: ["U": "http://127.0.0.1:\(up.port)"])
+        #expect(try h.request("GET", "/r").status == 200)
+        #expect(up.requests.count == 3)
+    }
+
+    /// A value from `{{env.*}}` echoed back by a failing upstream never reaches the caller's problem body.
+    @Test func envSecret_NeverAppearsInProblemBody() throws {
+        let up = try ScriptedServer { conn, server in
+            while let req = conn.readRequest() {
+                server.record(req)
+                let auth = req.header("authorization") ?? ""
+                let body = "{\"error\":\"bad token \(auth)\"}"
+                conn.write("HTTP/1.1 500 X\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+            }
+        }
+        let route = routeJSON(["name": "s", "method": "GET", "path": "/s",
+                               "steps": [["id": "crm", "request": ["method": "GET", "url": "{{env.U}}/",
+                                                                    "headers": ["Authorization": "Bearer {{env.CRM_TOKEN}}"]],
+                                          "timeout": "1s"]]])
+        let secret = "sk_live_TOPSECRET_12345"
+        let h = try GatewayHarness(routes: ["s.json": route], env: ["U": "http://127.0.0.1:\(up.port)", "CRM_TOKEN": secret])
+        let r = try h.request("GET", "/s")
+        #expect(r.status == 502)
+        #expect(up.requests.first?.header("authorization") == "Bearer \(secret)")
+        #expect(!r.text.contains(secret))
+        #expect(r.text.contains("[redacted]"))
+    }
+
+    /// Garbage from an upstream gives a 502 naming the step, and the gateway keeps serving.
+    @Test func garbageUpstream_Gives502_AndGatewayKeepsServing() throws {
+        let bad = try ScriptedServer { conn, _ in
+            _ = conn.readRequest()
+            conn.write("NOT HTTP AT ALL\r\n\r\n")
+            close(conn.fd)
+        }
+        let good = try ScriptedServer.answering()
+        let route = routeJSON(["name": "g", "method": "GET", "path": "/g",
+                               "steps": [["id": "broken", "request": ["method": "GET", "url": "{{env.U}}/"], "timeout": "1s"]]])
+        let ok = routeJSON(["name": "ok", "method": "GET", "path": "/ok",
+                            "steps": [["id": "fine", "request": ["method": "GET", "url": "{{env.V}}/"], "timeout": "1s"]]])
+        let h = try GatewayHarness(routes: ["g.json": route, "ok.json": ok], env: ["U": "http://127.0.0.1:\(bad.port)", "V": "http://127.0.0.1:\(good.port)"])
+        let r = try h.request("GET", "/g")
+        #expect(r.status == 502)
+        #expect(r.object["step"] as? String == "broken")
+        #expect(r.object["error"] as? String == "protocol")
+        #expect(try h.request("GET", "/ok").status == 200)
+    }
+
+    /// An upstream that closes mid-body gives a 502 naming the step.
+    @Test func upstreamClosingMidBody_Gives502() throws {
+        let bad = try ScriptedServer { conn, _ in
+            _ = conn.readRequest()
+            conn.write("HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"half\":")
+            shutdown(conn.fd, Int32(SHUT_RDWR))
+        }
+        let route = routeJSON(["name": "g", "method": "GET", "path": "/g",
+                               "steps": [["id": "half", "request": ["method": "GET", "url": "{{env.U}}/"], "timeout": "1s"]]])
+        let h = try GatewayHarness(routes: ["g.json": route], env: ["U": "http://127.0.0.1:\(bad.port)"])
+        let r = try h.request("GET", "/g")
+        #expect(r.status == 502)
+        #expect(r.object["step"] as? String == "half")
+    }
+
+    /// A refused connection gives a 502 with error kind `connect` and no upstream status.
+    @Test func refusedConnection_Gives502Connect() throws {
+        let gone = try ScriptedServer.answering()
+        let port = gone.port
+        gone.stop()
+        let route = routeJSON(["name": "g", "method": "GET", "path": "/g",
+                               "steps": [["id": "down", "request": ["method": "GET", "url": "http://127.0.0.1:\(port)/"], "timeout": "1s"]]])
+        let h = try GatewayHarness(routes: ["g.json": route])
+        let r = try h.request("GET", "/g")
+        #expect(r.status == 502)
+        #expect(r.object["error"] as? String == "connect")
+        #expect(r.object["upstream_status"] == nil)
+    }
+
+    /// An optional step that fails leaves a partial result, marked as such.
+    @Test func optionalStepFailure_GivesPartialResult() throws {
+        let good = try ScriptedServer.answering(body: "{\"x\":1}")
+        let bad = try ScriptedServer.answering(status: 500)
+        let route = routeJSON(["name": "p", "method": "GET", "path": "/p",
+                               "steps": [["id": "main", "request": ["method": "GET", "url": "{{env.G}}/"], "timeout": "1s"],
+                                         ["id": "extra", "optional": true, "request": ["method": "GET", "url": "{{env.B}}/"], "timeout": "1s"]]])
+        let h = try GatewayHarness(routes: ["p.json": route], env: ["G": "http://127.0.0.1:\(good.port)", "B": "http://127.0.0.1:\(bad.port)"])
+        let r = try h.request("GET", "/p")
+        #expect(r.status == 200)
+        #expect(r.object["partial"] as? Bool == true)
+        #expect(r.header("switchboard-partial") == "true")
+        let steps = try #require(r.object["steps"] as? [String: Any])
+        #expect((steps["extra"] as? [String: Any])?["status"] as? String == "failed")
+    }
+
+    /// A templated response composes step values, keeping their JSON types; skipped steps render as null.
+    @Test func templatedResponse_ComposesStepValues() throws {
+        let a = try ScriptedServer.answering(body: "{\"n\":5,\"tags\":[\"x\"]}")
+        let route = routeJSON(["name": "t", "method": "GET", "path": "/t/{id}",
+                               "steps": [["id": "a", "request": ["method": "GET", "url": "{{env.A}}/"], "timeout": "1s"],
+                                         ["id": "never", "after": ["a"], "when": ["steps.a.body.n": 6],
+                                          "request": ["method": "GET", "url": "{{env.A}}/"], "timeout": "1s"]],
+                               "response": ["status": 201, "headers": ["X-Id": "{{request.path.id}}"],
+                                            "body": ["n": "{{steps.a.body.n}}", "tags": "{{steps.a.body.tags}}",
+                                                     "label": "item-{{request.path.id}}", "skipped": "{{steps.never.body}}"]]])
+        let h = try GatewayHarness(routes: ["t.json": route], env: ["A": "http://127.0.0.1:\(a.port)"])
+        let r = try h.request("GET", "/t/77")
+        #expect(r.status == 201)
+        #expect(r.header("x-id") == "77")
+        #expect(r.object["n"] as? Int == 5)
+        #expect(r.object["tags"] as? [String] == ["x"])
+        #expect(r.object["label"] as? String == "item-77")
+        #expect(r.object["skipped"] is NSNull)
+        #expect(a.requests.count == 1)
+    }
+
+    /// Unknown paths get 404 and wrong methods 405 with `Allow`, both as problems.
+    @Test func routing_UnknownPathIs404_WrongMethodIs405() throws {
+        let route = routeJSON(["name": "c", "method": "POST", "path": "/c", "steps": [["id": "s", "request": ["method": "GET", "url": "http://127.0.0.1:1/"], "timeout": "1s"]]])
+        let h = try GatewayHarness(routes: ["c.json": route])
+        let nf = try h.request("GET", "/nothing")
+        #expect(nf.status == 404)
+        #expect(nf.header("content-type") == "application/problem+json")
+        let na = try h.request("GET", "/c")
+        #expect(na.status == 405)
+        #expect(na.header("allow") == "POST")
+    }
+
+    /// A route that reads the body refuses a non-JSON body with 400; one that never reads it accepts any body.
+    @Test func requestBody_ParsedOnlyWhenRead() throws {
+        let up = try ScriptedServer.answering()
+        let reads = routeJSON(["name": "r", "method": "POST", "path": "/reads", "steps": [["id": "s", "request": ["method": "POST", "url": "{{env.U}}/", "body": ["a": "{{request.body.a}}"]], "timeout": "1s"]]])
+        let ignores = routeJSON(["name": "i", "method": "POST", "path": "/ignores", "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/"], "timeout": "1s"]]])
+        let h = try GatewayHarness(routes: ["r.json": reads, "i.json": ignores], env: ["U": "http://127.0.0.1:\(up.port)"])
+        let bad = try h.request("POST", "/reads", body: "not json")
+        #expect(bad.status == 400)
+        #expect(bad.header("content-type") == "application/problem+json")
+        #expect(try h.request("POST", "/ignores", body: "not json").status == 200)
+        #expect(up.requests.count == 1)
+    }
+
+    /// A caller cannot steer the upstream host: path values are percent-encoded into the URL.
+    @Test func callerValues_CannotChangeUpstreamHostOrPath() throws {
+        let up = try ScriptedServer.answering()
+        let route = routeJSON(["name": "u", "method": "GET", "path": "/u/{id}",
+                               "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/items/{{request.path.id}}?q={{request.query.q}}"], "timeout": "1s"]]])
+        let h = try GatewayHarness(routes: ["u.json": route], env: ["U": "http://127.0.0.1:\(up.port)"])
+        let r = try h.request("GET", "/u/a%2F..%2Fadmin?q=x%26admin%3D1")
+        #expect(r.status == 200)
+        let target = try #require(up.requests.first?.target)
+        #expect(target.hasPrefix("/items/"))
+        #expect(!target.contains("/admin"))
+        #expect(!target.contains("&admin"))
+    }
+
+    /// Several requests on one keep-alive connection are all answered, in order.
+    @Test func keepAlive_ServesSequentialRequestsOnOneConnection() throws {
+        let up = try ScriptedServer.answering(body: "{\"ok\":1}")
+        let route = routeJSON(["name": "k", "method": "GET", "path": "/k/{n}",
+                               "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/"], "timeout": "1s"]],
+                               "response": ["status": 200, "body": ["n": "{{request.path.n}}"]]])
+        let h = try GatewayHarness(routes: ["k.json": route], env: ["U": "http://127.0.0.1:\(up.port)"])
+        let c = try h.connect()
+        for i in 0..<5 {
+            let r = try #require(c.request("GET", "/k/\(i)"))
+            #expect(r.object["n"] as? String == "\(i)")
+        }
+    }
+
+    /// `/healthz` and `/readyz` answer 200 without an API key even when keys are configured.
+    @Test func health_NeedsNoKey() throws {
+        let route = routeJSON(["name": "c", "method": "GET", "path": "/c", "steps": [["id": "s", "request": ["method": "GET", "url": "http://127.0.0.1:1/"], "timeout": "1s"]]])
+        let h = try GatewayHarness(routes: ["c.json": route]) { c in
+            c.apiKeys = [.init(name: "shop", sha256: Array(repeating: 1, count: 32))]
+        }
+        #expect(try h.request("GET", "/healthz").status == 200)
+        #expect(try h.request("GET", "/readyz").status == 200)
+        #expect(try h.request("GET", "/c").status == 401)
+    }
+}
+
+/// A thread-safe counter for scripted upstreams.
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func increment() -> Int { lock.withLock { n += 1; return n } }
+    var value: Int { lock.withLock { n } }
+}
