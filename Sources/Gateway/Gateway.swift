@@ -19,6 +19,10 @@ final class LoopState: @unchecked Sendable {
     /// closure hands the run to async mode (used by drain).
     var waiting: [UInt64: () -> Void] = [:]
     var requestCounter: UInt64 = 0
+    /// This loop's counters, merged with the other loops' at scrape time.
+    var metrics = MetricsSnapshot()
+    /// Trace and span ids for runs on this loop.
+    var spanIDs = SpanIDGenerator()
 
     init(loop: EventLoop, routes: RouteTable, logLevel: String) {
         self.loop = loop
@@ -44,6 +48,8 @@ public final class Gateway: @unchecked Sendable {
     private let draining = Atomic<Bool>(false)
     private let processPrefix = Crypto.hex(Crypto.randomBytes(4))
     private let controlLog: LogBuffer
+    private var adminServer: HTTPServer?
+    private let jobsRunning = Atomic<Int>(0)
 
     /// Creates the gateway with a loaded route table. Nothing listens until `start()`.
     /// - Throws: `SystemError` when the event loops cannot be created.
@@ -67,6 +73,9 @@ public final class Gateway: @unchecked Sendable {
     /// The port the main listener is bound to (after `start()`).
     public var port: UInt16 { server.port }
 
+    /// The port of the admin listener (`admin_listen`), if configured and started.
+    public var adminPort: UInt16? { adminServer?.port }
+
     /// Whether `/readyz` answers 200 (routes loaded, not draining).
     public var isReady: Bool { !draining.load(ordering: .relaxed) }
 
@@ -77,6 +86,12 @@ public final class Gateway: @unchecked Sendable {
             self.handle(req, w)
         }
         try server.start()
+        if let admin = config.adminListen {
+            adminServer = HTTPServer(group: group, address: admin, limits: config.limits) { [unowned self] req, w in
+                self.handleAdmin(req, w)
+            }
+            try adminServer!.start()
+        }
         scheduleJobSweep()
         if config.apiKeys.isEmpty {
             controlLog.log("warn", "no api_keys configured: the gateway is OPEN to any caller on \(config.listen.host):\(port)")
@@ -99,6 +114,7 @@ public final class Gateway: @unchecked Sendable {
         draining.store(true, ordering: .relaxed)
         server.stopAccepting()
         server.closeIdleConnections()
+        adminServer?.stopAccepting()
         let end = ContinuousClock.now + timeout
         while ContinuousClock.now < end, waitingCount() > 0 { usleep(10_000) }
         for s in states {
@@ -128,6 +144,7 @@ public final class Gateway: @unchecked Sendable {
     /// Closes every connection and stops the loops. Call once, from a non-loop thread.
     public func shutdown() {
         server?.shutdown()
+        adminServer?.shutdown()
         for s in states { s.loop.execute { s.log.flush() } }
         group.shutdown()
     }
@@ -159,6 +176,9 @@ public final class Gateway: @unchecked Sendable {
             return
         }
 
+        if req.path == "/metrics" && config.adminListen == nil {
+            return serveMetrics(req, w, state: state, requestID: requestID, start: start)
+        }
         if req.path == "/jobs" || req.path.hasPrefix("/jobs/") {
             return handleJobs(req, w, caller: caller, state: state, requestID: requestID, start: start)
         }
@@ -202,6 +222,9 @@ public final class Gateway: @unchecked Sendable {
                               headers: req.headers.pairs, body: body)
         let run = FlowRun(route: route, input: input, client: state.client,
                           redactor: redactor.withLock { $0 }, upstreamBodyBytes: config.upstreamBodyBytes)
+        let trace = TraceContext(traceparent: req.headers["traceparent"], tracestate: req.headers["tracestate"], random: &state.spanIDs)
+        run.headersForAttempt = { trace.headers(random: &state.spanIDs) }
+        run.onFinish { run in Gateway.recordSteps(run, into: &state.metrics) }
         let token = state.requestCounter
         var answered = false
         var budgetTimer: LoopTimer?
@@ -212,9 +235,13 @@ public final class Gateway: @unchecked Sendable {
             state.loop.cancel(budgetTimer)
             state.waiting.removeValue(forKey: token)
             let entry = JobEntry(id: run.jobID, owner: caller, routeName: route.name, loop: state.loop,
-                                 createdAt: wallClockMilliseconds(), run: run)
+                                 createdAt: wallClockMilliseconds(), run: run, traceID: trace.traceID)
             self.jobs.add(entry)
-            run.onFinish { _ in entry.finishedAt = state.loop.now }
+            self.jobsRunning.add(1, ordering: .relaxed)
+            run.onFinish { [unowned self] _ in
+                entry.finishedAt = state.loop.now
+                self.jobsRunning.subtract(1, ordering: .relaxed)
+            }
             var o = JSONObject()
             o["job_id"] = .string(run.jobID)
             o["status"] = .string("running")
@@ -223,7 +250,7 @@ public final class Gateway: @unchecked Sendable {
                                                ("Location", "/jobs/\(run.jobID)"), ("Retry-After", "1")]
             if !applied.isEmpty { headers.append(("Preference-Applied", applied.joined(separator: ", "))) }
             let r = HTTPResponse(status: 202, headers: headers, body: JSON.object(o).serialized)
-            self.finishRequest(state, w, req, r, route: route.name, outcome: "async", requestID: requestID, start: start, jobID: run.jobID)
+            self.finishRequest(state, w, req, r, route: route.name, outcome: "async", requestID: requestID, start: start, jobID: run.jobID, traceID: trace.traceID)
         }
 
         run.onFinish { [unowned self] run in
@@ -234,7 +261,7 @@ public final class Gateway: @unchecked Sendable {
             let resp = run.response!
             var r = HTTPResponse(status: resp.status, headers: resp.headers, body: resp.body)
             if !applied.isEmpty && !prefer.respondAsync { r.headers.append(("Preference-Applied", applied.joined(separator: ", "))) }
-            self.finishRequest(state, w, req, r, route: route.name, outcome: "sync", requestID: requestID, start: start)
+            self.finishRequest(state, w, req, r, route: route.name, outcome: "sync", requestID: requestID, start: start, traceID: trace.traceID)
         }
         run.start()
         guard !answered else { return }
@@ -284,20 +311,20 @@ public final class Gateway: @unchecked Sendable {
         let waitFor = waitSeconds
         entry.loop.execute {
             if entry.run.isFinished || waitFor == 0 {
-                reply(entry.statusJSON(traceID: nil))
+                reply(entry.statusJSON())
                 return
             }
             var done = false
             let timer = entry.loop.schedule(at: entry.loop.now + .seconds(waitFor)) {
                 if done { return }
                 done = true
-                reply(entry.statusJSON(traceID: nil))
+                reply(entry.statusJSON())
             }
             entry.run.onFinish { _ in
                 if done { return }
                 done = true
                 entry.loop.cancel(timer)
-                reply(entry.statusJSON(traceID: nil))
+                reply(entry.statusJSON())
             }
         }
     }
@@ -316,6 +343,63 @@ public final class Gateway: @unchecked Sendable {
             }
         }
         loop.schedule(at: loop.now + .seconds(60)) { [weak self] in self?.sweepJobs(on: loop) }
+    }
+
+    // MARK: - Metrics
+
+    /// Adds a finished run's step durations and upstream errors to this loop's counters.
+    static func recordSteps(_ run: FlowRun, into m: inout MetricsSnapshot) {
+        for (i, step) in run.route.steps.enumerated() {
+            let o = run.outcomes[i]
+            if let d = o.durationSeconds {
+                m.stepDurations[StepKey(route: run.route.name, step: step.id), default: Histogram()].observe(d)
+            }
+            if o.state == .failed, let k = o.errorKind, k != .template {
+                m.upstreamErrors[UpstreamErrorKey(route: run.route.name, step: step.id, kind: k.rawValue), default: 0] &+= 1
+            }
+        }
+    }
+
+    /// Copies every loop's counters on its own loop, merges them, then calls
+    /// `completion` (on the last loop to report) with the exposition text.
+    func scrapeMetrics(_ completion: @escaping @Sendable (String) -> Void) {
+        let n = states.count
+        let acc = Mutex<(MetricsSnapshot, Int)>((MetricsSnapshot(), 0))
+        for s in states {
+            s.loop.execute { [unowned self] in
+                let snap = s.metrics
+                let all: MetricsSnapshot? = acc.withLock { a in
+                    a.0.merge(snap)
+                    a.1 += 1
+                    return a.1 == n ? a.0 : nil
+                }
+                guard let merged = all else { return }
+                var g = Gauges()
+                g.connectionsOpen = (self.server?.openConnections ?? 0) + (self.adminServer?.openConnections ?? 0)
+                g.jobsRunning = self.jobsRunning.load(ordering: .relaxed)
+                completion(PrometheusText.render(merged, g))
+            }
+        }
+    }
+
+    private func serveMetrics(_ req: HTTPRequest, _ w: HTTPResponseWriter, state: LoopState, requestID: String, start: Instant) {
+        scrapeMetrics { text in
+            state.loop.execute {
+                let r = HTTPResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: Array(text.utf8))
+                w.respond(r)
+            }
+        }
+    }
+
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz` only, no API key.
+    private func handleAdmin(_ req: HTTPRequest, _ w: HTTPResponseWriter) {
+        let state = states[w.loop.index]
+        switch req.path {
+        case "/metrics": serveMetrics(req, w, state: state, requestID: "", start: w.loop.now)
+        case "/healthz": w.respond(json(200, ["status": "ok"]))
+        case "/readyz": w.respond(json(isReady ? 200 : 503, ["status": isReady ? "ready" : "draining"]))
+        default: w.respond(Problem(status: 404, detail: "the admin listener serves /metrics, /healthz and /readyz").httpResponse)
+        }
     }
 
     // MARK: - Helpers
@@ -345,9 +429,12 @@ public final class Gateway: @unchecked Sendable {
     }
 
     private func finishRequest(_ state: LoopState, _ w: HTTPResponseWriter, _ req: HTTPRequest, _ r: HTTPResponse,
-                               route: String?, outcome: String, requestID: String, start: Instant, jobID: String? = nil) {
+                               route: String?, outcome: String, requestID: String, start: Instant, jobID: String? = nil,
+                               traceID: String? = nil) {
         w.respond(r)
-        let ms = Double((Instant.now() - start).nanosecondsClamped) / 1e6
+        let seconds = Double((Instant.now() - start).nanosecondsClamped) / 1e9
+        let ms = seconds * 1000
+        state.metrics.request(route: route ?? "", outcome: outcome, status: r.status, seconds: seconds)
         var fields: [(String, JSON)] = [
             ("request_id", .string(requestID)),
             ("method", .string(req.method)),
@@ -359,6 +446,7 @@ public final class Gateway: @unchecked Sendable {
         ]
         if let route { fields.insert(("route", .string(route)), at: 1) }
         if let jobID { fields.append(("job_id", .string(jobID))) }
+        if let traceID { fields.append(("trace_id", .string(traceID))) }
         state.log.log("info", "request", fields)
     }
 }

@@ -16,10 +16,13 @@ final class JobEntry: @unchecked Sendable {
     let createdAt: Int64
     /// The run; touched only on `loop`.
     let run: FlowRun
+    /// The run's W3C trace id.
+    let traceID: String
     /// Monotonic time the run finished (set on `loop`, read by the sweeper on `loop`).
     var finishedAt: Instant?
 
-    init(id: String, owner: String, routeName: String, loop: EventLoop, createdAt: Int64, run: FlowRun) {
+    init(id: String, owner: String, routeName: String, loop: EventLoop, createdAt: Int64, run: FlowRun, traceID: String) {
+        self.traceID = traceID
         self.id = id
         self.owner = owner
         self.routeName = routeName
@@ -29,7 +32,7 @@ final class JobEntry: @unchecked Sendable {
     }
 
     /// The job as `GET /jobs/{id}` shows it (SPEC §3). Call on `loop`.
-    func statusJSON(traceID: String?) -> JSON {
+    func statusJSON() -> JSON {
         var o = JSONObject()
         o["job_id"] = .string(id)
         o["route"] = .string(routeName)
@@ -41,7 +44,7 @@ final class JobEntry: @unchecked Sendable {
         }
         o["status"] = .string(status)
         o["created_at"] = .string(LogBuffer.timestamp(createdAt))
-        if let traceID { o["trace_id"] = .string(traceID) }
+        o["trace_id"] = .string(traceID)
         var steps = JSONObject()
         for (i, s) in run.route.steps.enumerated() {
             let out = run.outcomes[i]

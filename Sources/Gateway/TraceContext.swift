@@ -1,0 +1,84 @@
+import Crypto
+
+/// W3C Trace Context (https://www.w3.org/TR/trace-context/) for one run.
+///
+/// A valid incoming `traceparent` is continued (same trace id and flags, its
+/// `tracestate` passed through); a missing or malformed one is replaced by a
+/// fresh trace id. Every upstream call gets the same trace id with a new parent
+/// id of its own.
+struct TraceContext: Sendable {
+    /// 32 lowercase hex digits, never all zeros.
+    let traceID: String
+    /// 2 hex digits.
+    let flags: String
+    /// The caller's `tracestate`, passed through unchanged when its `traceparent` was valid.
+    let traceState: String?
+
+    /// Continues `traceparent` if valid, else starts a new trace.
+    init(traceparent: String?, tracestate: String?, random: inout SpanIDGenerator) {
+        if let tp = traceparent, let (t, f) = TraceContext.parse(tp) {
+            traceID = t
+            flags = f
+            traceState = tracestate
+        } else {
+            traceID = random.hex(8) + random.hex(8)
+            flags = "01"
+            traceState = nil
+        }
+    }
+
+    /// Parses `version-traceid-parentid-flags`; nil when malformed (W3C §3.2.2).
+    static func parse(_ v: String) -> (String, String)? {
+        let u = Array(v.utf8)
+        // Version 00 is exactly 55 bytes; later versions may append fields after a '-'.
+        guard u.count >= 55, u[2] == 0x2D, u[35] == 0x2D, u[52] == 0x2D else { return nil }
+        if u.count > 55 && u[55] != 0x2D { return nil }
+        func isHex(_ r: Range<Int>) -> Bool { u[r].allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) } }
+        guard isHex(0..<2), isHex(3..<35), isHex(36..<52), isHex(53..<55) else { return nil }
+        let version = String(decoding: u[0..<2], as: UTF8.self)
+        if version == "ff" || (version == "00" && u.count != 55) { return nil }
+        let trace = String(decoding: u[3..<35], as: UTF8.self)
+        let parent = String(decoding: u[36..<52], as: UTF8.self)
+        if trace == String(repeating: "0", count: 32) || parent == String(repeating: "0", count: 16) { return nil }
+        return (trace, String(decoding: u[53..<55], as: UTF8.self))
+    }
+
+    /// The headers for one upstream call: `traceparent` with a new parent id, and `tracestate`.
+    func headers(random: inout SpanIDGenerator) -> [(String, String)] {
+        var h = [("traceparent", "00-\(traceID)-\(random.hex(8))-\(flags)")]
+        if let s = traceState { h.append(("tracestate", s)) }
+        return h
+    }
+}
+
+/// A fast, non-cryptographic generator for trace and span ids (SplitMix64,
+/// seeded from OpenSSL). One per event loop; not thread-safe.
+struct SpanIDGenerator {
+    private var state: UInt64
+
+    init() {
+        let seed = Crypto.randomBytes(8)
+        state = seed.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+    }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// `bytes` (≤ 8) random bytes as lowercase hex, never all zeros.
+    mutating func hex(_ bytes: Int) -> String {
+        var v = next()
+        if v == 0 { v = 1 }
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8](repeating: 0, count: bytes * 2)
+        for i in 0..<(bytes * 2) {
+            out[bytes * 2 - 1 - i] = digits[Int(v & 0xF)]
+            v >>= 4
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
