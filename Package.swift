@@ -25,7 +25,8 @@ let package = Package(
         .target(name: "Routes", dependencies: ["JSON"]),
         .target(name: "Flows", dependencies: ["Routes", "Upstream", "EventLoop", "JSON", "Crypto"]),
         .target(name: "Sandbox", dependencies: ["HTTP1", "EventLoop", "JSON", "Crypto"]),
-        .target(name: "Gateway", dependencies: ["HTTP1", "Flows", "Routes", "Upstream", "EventLoop", "JSON", "Crypto"]),
+        .target(name: "Gateway", dependencies: ["HTTP1", "Flows", "Jobs", "Routes", "Upstream", "EventLoop", "JSON", "Crypto"]),
+        .target(name: "Jobs", dependencies: ["EventLoop", "Upstream", "JSON", "Crypto", "CLinux"]),
         .executableTarget(name: "switchboard", dependencies: ["Gateway", "Sandbox", "Routes", "EventLoop"]),
 
         // Shared by the test targets only: raw socket clients and scripted upstream servers.
@@ -36,6 +37,7 @@ let package = Package(
         .testTarget(name: "RoutesTests", dependencies: ["Routes", "JSON"]),
         .testTarget(name: "UpstreamTests", dependencies: ["Upstream", "EventLoop", "TestSupport"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "TestSupport", "EventLoop", "JSON", "Crypto"]),
+        .testTarget(name: "JobsTests", dependencies: ["Jobs", "Upstream", "EventLoop", "JSON", "Crypto", "TestSupport"]),
         .testTarget(name: "GatewayTests", dependencies: ["Gateway", "Sandbox", "HTTP1", "EventLoop", "JSON", "Routes", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]

@@ -173,9 +173,8 @@ public final class FlowRun {
             if let h = headersForAttempt { headers += h() }
             var hasContentType = false
             for (name, t) in step.request.headers {
-                let v = try t.render(ctx)
                 if name.lowercased() == "content-type" { hasContentType = true }
-                headers.append((name, v.stringValue ?? v.text))
+                headers.append((name, try t.renderHeaderValue(ctx)))
             }
             var body: [UInt8] = []
             if let b = step.request.body {
@@ -308,9 +307,8 @@ public final class FlowRun {
         do {
             var hasContentType = false
             for (name, t) in spec.headers {
-                let v = try t.render(ctx)
                 if name.lowercased() == "content-type" { hasContentType = true }
-                headers.append((name, v.stringValue ?? v.text))
+                headers.append((name, try t.renderHeaderValue(ctx)))
             }
             var body: [UInt8] = []
             if let b = spec.body {

@@ -3,6 +3,7 @@ import EventLoop
 import Flows
 import Glibc
 import HTTP1
+import Jobs
 import JSON
 import Routes
 import Synchronization
@@ -13,6 +14,9 @@ import Upstream
 final class LoopState: @unchecked Sendable {
     let loop: EventLoop
     let client: UpstreamClient
+    /// Signed callback deliveries, on their own curl multi handle so a pinned
+    /// (SSRF-checked) address never shares connections or DNS cache with steps.
+    let deliverer: CallbackDeliverer
     var routes: RouteTable
     let log: LogBuffer
     /// Sync callers still waiting for their run, by request number: calling the
@@ -24,9 +28,10 @@ final class LoopState: @unchecked Sendable {
     /// Trace and span ids for runs on this loop.
     var spanIDs = SpanIDGenerator()
 
-    init(loop: EventLoop, routes: RouteTable, logLevel: String) {
+    init(loop: EventLoop, routes: RouteTable, logLevel: String, deliverer: CallbackDeliverer) {
         self.loop = loop
         self.client = UpstreamClient(loop: loop)
+        self.deliverer = deliverer
         self.routes = routes
         self.log = LogBuffer(loop: loop, level: logLevel)
     }
@@ -49,6 +54,14 @@ public final class Gateway: @unchecked Sendable {
     private let processPrefix = Crypto.hex(Crypto.randomBytes(4))
     private let controlLog: LogBuffer
     private var adminServer: HTTPServer?
+    /// Registered callback endpoints (all callers; lookups filter by owner).
+    let endpoints: CallbackEndpoints
+    /// Callback deliveries: pending, delivered, dead-lettered.
+    let deliveries: DeliveryStore
+    /// Idempotency records (SPEC §5).
+    let idempotency: IdempotencyStore
+    /// The SSRF guard for callback URLs.
+    let policy: AddressPolicy
     private let jobsRunning = Atomic<Int>(0)
 
     /// Creates the gateway with a loaded route table. Nothing listens until `start()`.
@@ -58,11 +71,22 @@ public final class Gateway: @unchecked Sendable {
         self.group = try EventLoopGroup(count: config.eventLoops)
         self.redactor = Mutex(Redactor(secrets: routes.secrets))
         self.controlLog = LogBuffer(loop: nil, level: config.logLevel)
+        do { policy = try AddressPolicy(allowing: config.callbackAllow) } catch {
+            throw GatewayConfig.Error(message: "callback_allow: \(error.description)")
+        }
+        let secret = try config.callbackSecret ?? Gateway.loadOrCreateCallbackSecret(dataDirectory: config.data)
+        endpoints = CallbackEndpoints()
+        deliveries = DeliveryStore()
+        idempotency = IdempotencyStore()
+        let (endpoints, deliveries, policy) = (endpoints, deliveries, policy)
+        let options = DeliveryOptions(schedule: config.callbackRetry)
         states = group.loops.map { loop in
             let made = Mutex<LoopState?>(nil)
             let done = Atomic<Bool>(false)
             loop.execute {
-                made.withLock { $0 = LoopState(loop: loop, routes: routes, logLevel: config.logLevel) }
+                let deliverer = CallbackDeliverer(client: UpstreamClient(loop: loop), store: deliveries, endpoints: endpoints,
+                                                  policy: policy, secret: secret, options: options)
+                made.withLock { $0 = LoopState(loop: loop, routes: routes, logLevel: config.logLevel, deliverer: deliverer) }
                 done.store(true, ordering: .releasing)
             }
             while !done.load(ordering: .acquiring) { usleep(200) }
@@ -179,6 +203,12 @@ public final class Gateway: @unchecked Sendable {
         if req.path == "/metrics" && config.adminListen == nil {
             return serveMetrics(req, w, state: state, requestID: requestID, start: start)
         }
+        if req.path == "/callbacks" || req.path.hasPrefix("/callbacks/") {
+            return handleCallbacks(req, w, caller: caller, state: state, requestID: requestID, start: start)
+        }
+        if req.method == "POST", req.path.hasPrefix("/jobs/"), req.path.hasSuffix("/redeliver") {
+            return handleRedeliver(req, w, caller: caller, state: state, requestID: requestID, start: start)
+        }
         if req.path == "/jobs" || req.path.hasPrefix("/jobs/") {
             return handleJobs(req, w, caller: caller, state: state, requestID: requestID, start: start)
         }
@@ -196,35 +226,168 @@ public final class Gateway: @unchecked Sendable {
         }
     }
 
+    /// Per-request context threaded through the route pipeline.
+    struct RouteCall {
+        let route: Route
+        let params: [(String, String)]
+        let req: HTTPRequest
+        let w: HTTPResponseWriter
+        let caller: String
+        let state: LoopState
+        let requestID: String
+        let start: Instant
+        var body: JSON?
+        var callback: DeliveryTarget?
+    }
+
+    /// Step 1: parse the body when the route reads it, then resolve the callback target.
     private func runRoute(_ route: Route, params: [(String, String)], _ req: HTTPRequest, _ w: HTTPResponseWriter,
                           caller: String, state: LoopState, requestID: String, start: Instant) {
-        var body: JSON? = nil
+        var call = RouteCall(route: route, params: params, req: req, w: w, caller: caller, state: state,
+                             requestID: requestID, start: start, body: nil, callback: nil)
         if route.readsRequestBody {
-            do { body = try JSON.parse(req.body) } catch {
-                let p = Problem(status: 400, detail: "the request body must be JSON: \(error)")
-                finishRequest(state, w, req, p.httpResponse, route: route.name, outcome: "error", requestID: requestID, start: start)
-                return
+            do { call.body = try JSON.parse(req.body) } catch {
+                return refuse(call, Problem(status: 400, detail: "the request body must be JSON: \(error)"))
             }
         }
-        // Wait budget (SPEC §3): the route's `wait`, or `Prefer: wait=N` (RFC 7240) capped at `max_wait`.
-        let prefer = Preference(req.headers["prefer"])
-        var budget = route.wait
-        var applied: [String] = []
-        if prefer.respondAsync {
-            budget = .zero
-            applied.append("respond-async")
-        } else if let secs = prefer.waitSeconds {
-            budget = min(.seconds(secs), route.maxWait)
-            applied.append("wait=\(min(secs, Int(route.maxWait.milliseconds / 1000)))")
+        if let id = req.headers["callback"] {
+            guard CallbackEndpoints.isWellFormedID(id), let e = endpoints.find(id, owner: caller) else {
+                return refuse(call, Problem(status: 422, detail: "unknown callback endpoint \(id)"))
+            }
+            guard !e.disabled else { return refuse(call, Problem(status: 422, detail: "callback endpoint \(id) is disabled")) }
+            call.callback = .endpoint(id: id)
+        } else if let url = req.headers["callback-url"] {
+            // The SSRF check resolves the host (blocking): off the loop, then back.
+            let loop = state.loop
+            let pending = LoopBound(call)  // hops back to this same loop before use
+            policy.vetAsync(url) { [unowned self] result in
+                loop.execute {
+                    let call = pending.value
+                    switch result {
+                    case .success(let target):
+                        var c = call
+                        c.callback = .url(target.url.text)
+                        self.applyIdempotency(c)
+                    case .failure(let e):
+                        let status = { if case .malformed = e { return 400 } else { return 422 } }()
+                        self.refuse(call, Problem(status: status, detail: "Callback-URL refused: \(e.description)"))
+                    }
+                }
+            }
+            return
         }
+        applyIdempotency(call)
+    }
 
-        let input = FlowInput(method: req.method, path: req.path, pathParams: params, query: req.query,
-                              headers: req.headers.pairs, body: body)
-        let run = FlowRun(route: route, input: input, client: state.client,
+    /// Step 2 (SPEC §5): a request with `Idempotency-Key` starts a run only when
+    /// the key is new; a finished one is replayed, a running one attached to.
+    private func applyIdempotency(_ call: RouteCall, retried: Bool = false) {
+        guard let key = call.req.headers["idempotency-key"] else {
+            return startRun(call, jobID: FlowRun.newJobID(), token: nil)
+        }
+        let scope = IdempotencyScope(caller: call.caller, route: call.route.name)
+        let fingerprint = RequestFingerprint(method: call.req.method, target: call.req.target, body: call.req.body)
+        let jobID = FlowRun.newJobID()
+        let begun: IdempotencyBegin
+        do {
+            begun = try idempotency.begin(scope, key: key, fingerprint: fingerprint, jobID: jobID, loopIndex: call.state.loop.index)
+        } catch {
+            return refuse(call, Problem(status: 400, detail: "Idempotency-Key: \(error.description)"))
+        }
+        switch begun {
+        case .new(let token):
+            startRun(call, jobID: jobID, token: token)
+        case .finished(_, let stored):
+            var r = HTTPResponse(status: stored.status, headers: stored.headers, body: stored.body)
+            r.headers.append(("Idempotent-Replayed", "true"))
+            finishRequest(call.state, call.w, call.req, r, route: call.route.name, outcome: "sync", requestID: call.requestID, start: call.start)
+        case .mismatch:
+            refuse(call, Problem(status: 422, detail: "this Idempotency-Key was used for a different request"))
+        case .inProgress(let existing, _):
+            attach(call, scope: scope, key: key, jobID: existing, retried: retried)
+        }
+    }
+
+    /// A duplicate of a running request: wait out this caller's own budget for
+    /// the original run; then answer its response, or `202` with its job id.
+    private func attach(_ call: RouteCall, scope: IdempotencyScope, key: String, jobID: String, retried: Bool) {
+        let state = call.state
+        var answered = false
+        var timer: LoopTimer?
+        let answer: (HTTPResponse, String) -> Void = { [unowned self] r, outcome in
+            guard !answered else { return }
+            answered = true
+            state.loop.cancel(timer)
+            self.finishRequest(state, call.w, call.req, r, route: call.route.name, outcome: outcome, requestID: call.requestID,
+                               start: call.start, jobID: outcome == "async" ? jobID : nil)
+        }
+        let replay: (StoredResponse) -> Void = { stored in
+            var r = HTTPResponse(status: stored.status, headers: stored.headers, body: stored.body)
+            r.headers.append(("Idempotent-Replayed", "true"))
+            answer(r, "sync")
+        }
+        let replayOnLoop = LoopBound(replay)
+        let outcome = idempotency.attach(scope, key: key, jobID: jobID) { stored in
+            state.loop.execute {
+                if let stored { replayOnLoop.value(stored) }
+            }
+        }
+        switch outcome {
+        case .finished(let stored):
+            replay(stored)
+        case .notFound:
+            if retried { return refuse(call, Problem(status: 409, detail: "the request with this Idempotency-Key changed state; retry")) }
+            applyIdempotency(call, retried: true)
+        case .attached:
+            let budget = waitBudget(call).budget
+            timer = state.loop.schedule(at: call.start + budget) { [unowned self] in
+                answer(self.acceptedResponse(jobID: jobID, applied: []), "async")
+            }
+        }
+    }
+
+    /// The wait budget (SPEC §3): the route's `wait`, or `Prefer: wait=N` (RFC 7240)
+    /// capped at `max_wait`; `respond-async` means zero. Also what to put in `Preference-Applied`.
+    private func waitBudget(_ call: RouteCall) -> (budget: Duration, applied: [String], respondAsync: Bool) {
+        let prefer = Preference(call.req.headers["prefer"])
+        if prefer.respondAsync { return (.zero, ["respond-async"], true) }
+        if let secs = prefer.waitSeconds {
+            let capped = min(secs, Int(call.route.maxWait.milliseconds / 1000))
+            return (min(.seconds(secs), call.route.maxWait), ["wait=\(capped)"], false)
+        }
+        return (call.route.wait, [], false)
+    }
+
+    /// The `202 Accepted` for a job (SPEC §3).
+    private func acceptedResponse(jobID: String, applied: [String]) -> HTTPResponse {
+        var o = JSONObject()
+        o["job_id"] = .string(jobID)
+        o["status"] = .string("running")
+        o["status_url"] = .string("/jobs/\(jobID)")
+        var headers: [(String, String)] = [("Content-Type", "application/json"),
+                                           ("Location", "/jobs/\(jobID)"), ("Retry-After", "1")]
+        if !applied.isEmpty { headers.append(("Preference-Applied", applied.joined(separator: ", "))) }
+        return HTTPResponse(status: 202, headers: headers, body: JSON.object(o).serialized)
+    }
+
+    /// Step 3: start the run and hold the caller for the wait budget.
+    private func startRun(_ call: RouteCall, jobID: String, token: IdempotencyToken?) {
+        let state = call.state
+        let route = call.route
+        let (budget, applied, respondAsync) = waitBudget(call)
+        let input = FlowInput(method: call.req.method, path: call.req.path, pathParams: call.params, query: call.req.query,
+                              headers: call.req.headers.pairs, body: call.body)
+        let run = FlowRun(route: route, input: input, client: state.client, jobID: jobID,
                           redactor: redactor.withLock { $0 }, upstreamBodyBytes: config.upstreamBodyBytes)
-        let trace = TraceContext(traceparent: req.headers["traceparent"], tracestate: req.headers["tracestate"], random: &state.spanIDs)
+        let trace = TraceContext(traceparent: call.req.headers["traceparent"], tracestate: call.req.headers["tracestate"], random: &state.spanIDs)
         run.headersForAttempt = { trace.headers(random: &state.spanIDs) }
         run.onFinish { run in Gateway.recordSteps(run, into: &state.metrics) }
+        if let token {
+            run.onFinish { [idempotency] run in
+                let r = run.response!
+                idempotency.complete(token, with: StoredResponse(status: r.status, headers: r.headers, body: r.body))
+            }
+        }
         let token = state.requestCounter
         var answered = false
         var budgetTimer: LoopTimer?
@@ -234,23 +397,19 @@ public final class Gateway: @unchecked Sendable {
             answered = true
             state.loop.cancel(budgetTimer)
             state.waiting.removeValue(forKey: token)
-            let entry = JobEntry(id: run.jobID, owner: caller, routeName: route.name, loop: state.loop,
+            let entry = JobEntry(id: run.jobID, owner: call.caller, routeName: route.name, loop: state.loop,
                                  createdAt: wallClockMilliseconds(), run: run, traceID: trace.traceID)
             self.jobs.add(entry)
             self.jobsRunning.add(1, ordering: .relaxed)
             run.onFinish { [unowned self] _ in
                 entry.finishedAt = state.loop.now
                 self.jobsRunning.subtract(1, ordering: .relaxed)
+                if let target = call.callback {
+                    state.deliverer.enqueue(jobID: entry.id, owner: entry.owner, target: target, body: entry.callbackBody())
+                }
             }
-            var o = JSONObject()
-            o["job_id"] = .string(run.jobID)
-            o["status"] = .string("running")
-            o["status_url"] = .string("/jobs/\(run.jobID)")
-            var headers: [(String, String)] = [("Content-Type", "application/json"),
-                                               ("Location", "/jobs/\(run.jobID)"), ("Retry-After", "1")]
-            if !applied.isEmpty { headers.append(("Preference-Applied", applied.joined(separator: ", "))) }
-            let r = HTTPResponse(status: 202, headers: headers, body: JSON.object(o).serialized)
-            self.finishRequest(state, w, req, r, route: route.name, outcome: "async", requestID: requestID, start: start, jobID: run.jobID, traceID: trace.traceID)
+            self.finishRequest(state, call.w, call.req, self.acceptedResponse(jobID: run.jobID, applied: applied), route: route.name,
+                               outcome: "async", requestID: call.requestID, start: call.start, jobID: run.jobID, traceID: trace.traceID)
         }
 
         run.onFinish { [unowned self] run in
@@ -260,8 +419,9 @@ public final class Gateway: @unchecked Sendable {
             state.waiting.removeValue(forKey: token)
             let resp = run.response!
             var r = HTTPResponse(status: resp.status, headers: resp.headers, body: resp.body)
-            if !applied.isEmpty && !prefer.respondAsync { r.headers.append(("Preference-Applied", applied.joined(separator: ", "))) }
-            self.finishRequest(state, w, req, r, route: route.name, outcome: "sync", requestID: requestID, start: start, traceID: trace.traceID)
+            if !applied.isEmpty && !respondAsync { r.headers.append(("Preference-Applied", applied.joined(separator: ", "))) }
+            self.finishRequest(state, call.w, call.req, r, route: route.name, outcome: "sync", requestID: call.requestID,
+                               start: call.start, traceID: trace.traceID)
         }
         run.start()
         guard !answered else { return }
@@ -269,8 +429,13 @@ public final class Gateway: @unchecked Sendable {
             goAsync()
         } else {
             state.waiting[token] = goAsync
-            budgetTimer = state.loop.schedule(at: start + budget, goAsync)
+            budgetTimer = state.loop.schedule(at: call.start + budget, goAsync)
         }
+    }
+
+    private func refuse(_ call: RouteCall, _ p: Problem) {
+        finishRequest(call.state, call.w, call.req, p.httpResponse, route: call.route.name, outcome: "error",
+                      requestID: call.requestID, start: call.start)
     }
 
     // MARK: - Jobs API
@@ -337,6 +502,9 @@ public final class Gateway: @unchecked Sendable {
 
     private func sweepJobs(on loop: EventLoop) {
         let retention = config.jobRetention
+        idempotency.sweep()
+        let now = wallClockMilliseconds()
+        deliveries.sweep(deliveredBefore: now - retention.milliseconds, failedBefore: now - 7 * 86_400_000)
         for e in jobs.all {
             e.loop.execute { [jobs] in
                 if let f = e.finishedAt, e.loop.now - f > retention { jobs.remove(e.id) }
@@ -377,6 +545,8 @@ public final class Gateway: @unchecked Sendable {
                 var g = Gauges()
                 g.connectionsOpen = (self.server?.openConnections ?? 0) + (self.adminServer?.openConnections ?? 0)
                 g.jobsRunning = self.jobsRunning.load(ordering: .relaxed)
+                g.callbacksPending = self.deliveries.pendingCount
+                g.callbacksDeadLettered = UInt64(self.deliveries.deadLetteredTotal)
                 completion(PrometheusText.render(merged, g))
             }
         }
@@ -422,13 +592,13 @@ public final class Gateway: @unchecked Sendable {
         return .success(name)
     }
 
-    private func json(_ status: Int, _ fields: [String: String]) -> HTTPResponse {
+    func json(_ status: Int, _ fields: [String: String]) -> HTTPResponse {
         var o = JSONObject()
         for (k, v) in fields.sorted(by: { $0.key < $1.key }) { o[k] = .string(v) }
         return HTTPResponse(status: status, headers: [("Content-Type", "application/json")], body: JSON.object(o).serialized)
     }
 
-    private func finishRequest(_ state: LoopState, _ w: HTTPResponseWriter, _ req: HTTPRequest, _ r: HTTPResponse,
+    func finishRequest(_ state: LoopState, _ w: HTTPResponseWriter, _ req: HTTPRequest, _ r: HTTPResponse,
                                route: String?, outcome: String, requestID: String, start: Instant, jobID: String? = nil,
                                traceID: String? = nil) {
         w.respond(r)
@@ -485,4 +655,11 @@ extension StringProtocol {
         while let l = s.last, set.contains(l) { s = s.dropLast() }
         return String(s)
     }
+}
+
+/// Carries a loop-confined value through a `@Sendable` hop (e.g. a background
+/// DNS lookup) back to the same loop. Only read it on the loop it came from.
+struct LoopBound<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
 }

@@ -64,6 +64,14 @@ final class JobEntry: @unchecked Sendable {
         return .object(o)
     }
 
+    /// The callback body (SPEC §4): `{"job_id", "route", "status", "response", "trace_id"}`. Call on `loop`.
+    func callbackBody() -> [UInt8] {
+        guard case .object(let status) = statusJSON() else { return [] }
+        var o = JSONObject()
+        for k in ["job_id", "route", "status", "response", "trace_id"] { o[k] = status[k] }
+        return JSON.object(o).serialized
+    }
+
     /// `{"status", "headers", "body"}` of a response; the body as JSON when it is JSON.
     static func responseJSON(_ r: FlowResponse) -> JSON {
         var resp = JSONObject()

@@ -10,7 +10,8 @@ import Glibc
 public final class HTTPResponseWriter: @unchecked Sendable {
     /// The loop that owns the connection; the responder runs on it.
     public let loop: EventLoop
-    var connection: HTTPConnection?
+    let connection: HTTPConnection
+    var responded = false
     private var closeRequested: Bool
 
     init(connection: HTTPConnection, loop: EventLoop, closeAfterResponse: Bool) {
@@ -27,21 +28,21 @@ public final class HTTPResponseWriter: @unchecked Sendable {
             loop.execute { self.respond(response) }
             return
         }
-        guard let c = connection else { return }
-        c.respond(from: self, response)
+        guard !responded else { return }
+        connection.respond(from: self, response)
     }
 
-    /// Whether a response can still be delivered: false once the client connection
-    /// is gone (peer close, reset, error, server shutdown) and after `respond(_:)`.
-    /// Loop thread only.
-    public var isOpen: Bool { connection != nil }
+    /// Whether the client connection is still open: false once it is gone (peer
+    /// close or reset, a write error, server shutdown), after which `respond` is
+    /// ignored. Loop thread only.
+    public var isOpen: Bool { !connection.closed }
 
     /// Whether the connection closes after this response (`Connection: close` is
     /// sent). Initially true when the request did not ask for keep-alive; set it to
     /// true to close (e.g. while draining). Always true once the server is closing
     /// idle connections. Loop thread only.
     public var closeAfterResponse: Bool {
-        get { closeRequested || (connection?.draining ?? false) }
+        get { closeRequested || connection.draining }
         set { closeRequested = newValue }
     }
 }
@@ -270,7 +271,7 @@ final class HTTPConnection: IOHandler {
     func respond(from w: HTTPResponseWriter, _ response: HTTPResponse) {
         guard !closed, awaiting, writer === w else { return }
         let close = w.closeAfterResponse
-        w.connection = nil
+        w.responded = true
         writer = nil
         awaiting = false
         closeAfterFlush = close
@@ -384,10 +385,7 @@ final class HTTPConnection: IOHandler {
         loop.cancel(timer)
         timer = nil
         timerKind = .none
-        if let w = writer {
-            w.connection = nil
-            writer = nil
-        }
+        writer = nil
         loop.unregister(fd: fd)
         Glibc.close(fd)
         context.remove(self)

@@ -63,6 +63,7 @@ public struct HTTPHeaders: Sendable, Sequence {
     /// The fields as `(name, value)` pairs, in order.
     public var pairs: [(String, String)] { storage.map { ($0.name, $0.value) } }
 
+    /// Iterates the fields in order.
     public func makeIterator() -> IndexingIterator<[Element]> { storage.makeIterator() }
 
     /// ASCII case-insensitive comparison of two field names.
@@ -83,6 +84,7 @@ public struct HTTPHeaders: Sendable, Sequence {
 }
 
 extension HTTPHeaders: CustomStringConvertible {
+    /// The fields as `[Name: value, …]`, for logs and tests.
     public var description: String {
         "[" + storage.map { "\($0.name): \($0.value)" }.joined(separator: ", ") + "]"
     }

@@ -93,7 +93,8 @@ public struct HTTPRequest: Sendable {
 /// given `Content-Length`). Fields whose name is not a token or whose value holds
 /// CR, LF or NUL are dropped (no header injection).
 public struct HTTPResponse: Sendable {
-    /// The status code, 100–999 (anything else is sent as 500).
+    /// The status code, 200–999 for a final response (1xx are not final and 101
+    /// upgrades are not supported); a value outside 100–999 is sent as 500.
     public var status: Int
     /// Header fields in order, as `(name, value)`.
     public var headers: [(String, String)]
@@ -341,6 +342,7 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
         }
     }
 
+    /// `"<status> <reason>"`.
     public var description: String { "\(status) \(reason)" }
 
     /// The problem response the server sends for this error.

@@ -16,13 +16,14 @@ private let COMMA: UInt8 = 0x2C
 /// Longest chunk-size line accepted (size, extensions and CRLF), in bytes.
 private let maxChunkLineBytes = 4096
 
-/// `tchar` from RFC 9110 §5.6.2: `!#$%&'*+-.^_`|~`, DIGIT, ALPHA.
+/// `tchar` from RFC 9110 §5.6.2: `!#$%&'*+-.^_`|~`, DIGIT, ALPHA. A bit per
+/// character of 0–127, two 64-bit masks (no table lookup, no branches per class).
 @inline(__always) func isTokenChar(_ c: UInt8) -> Bool {
-    switch c {
-    case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: return true
-    case 0x21, 0x23...0x27, 0x2A, 0x2B, 0x2D, 0x2E, 0x5E...0x60, 0x7C, 0x7E: return true
-    default: return false
-    }
+    let low: UInt64 = 0x03FF_6CFA_0000_0000   // 0x21, 0x23–0x27, 0x2A, 0x2B, 0x2D, 0x2E, 0–9
+    let high: UInt64 = 0x57FF_FFFF_C7FF_FFFE  // A–Z, 0x5E–0x60, a–z, 0x7C, 0x7E
+    if c < 64 { return (low >> UInt64(c)) & 1 != 0 }
+    if c < 128 { return (high >> UInt64(c &- 64)) & 1 != 0 }
+    return false
 }
 
 /// A field-value byte (RFC 9110 §5.5): VCHAR, SP, HTAB or obs-text; not CTL.
@@ -65,9 +66,9 @@ private let maxChunkLineBytes = 4096
 /// - The request-target must be visible ASCII (no raw UTF-8).
 ///
 /// A value type with no shared state; one parser per connection.
-public struct HTTPRequestParser {
+public struct HTTPRequestParser: Sendable {
     /// The outcome of one `parse(_:)` call (see the type's documentation).
-    public enum Result {
+    public enum Result: Sendable {
         /// All bytes were consumed; more are needed.
         case needMore
         /// A complete request, which ended after `consumed` bytes of the buffer.
@@ -146,18 +147,21 @@ public struct HTTPRequestParser {
         resetRequest()
     }
 
-    /// Parses bytes from `buffer` (see the type's documentation for the results).
+    /// Parses `bytes` (see the type's documentation for the results); `consumed`
+    /// counts from the start of `bytes`.
     public mutating func parse(_ bytes: [UInt8]) -> Result {
         bytes.withUnsafeBytes { parse($0) }
     }
 
-    /// Parses bytes from `buffer` (see the type's documentation for the results).
+    /// Parses `bytes` (see the type's documentation for the results); `consumed`
+    /// counts from `bytes.startIndex`.
     public mutating func parse(_ bytes: ArraySlice<UInt8>) -> Result {
         bytes.withUnsafeBytes { parse($0) }
     }
 
-    /// Parses bytes from `buffer` (see the type's documentation for the results).
-    /// `consumed` counts from the start of `buffer`.
+    /// Parses the bytes in `buffer` (see the type's documentation for the results);
+    /// `consumed` counts from the start of `buffer`. Never reads outside it and
+    /// keeps no pointer into it.
     public mutating func parse(_ buffer: UnsafeRawBufferPointer) -> Result {
         if state == .failed { return .error(failure ?? .invalidRequestLine) }
         guard let raw = buffer.baseAddress, buffer.count > 0 else { return .needMore }
@@ -510,10 +514,8 @@ public struct HTTPRequestParser {
     // MARK: - Body
 
     private mutating func complete(consumed: Int) -> Result {
-        var r = pending!
-        r.body = body
-        pending = nil
-        body = []
+        var r = pending.take()!
+        swap(&r.body, &body)
         state = .start
         return .request(r, consumed: consumed)
     }

@@ -28,8 +28,9 @@ enum ResponseEncoder {
         var givenLength: String? = nil
         var hasDate = false
         for (name, value) in r.headers {
-            guard isValidName(name), isValidValue(value) else { continue }
             switch name.utf8.count {
+            case 0:
+                continue
             case 4 where HTTPHeaders.nameEquals(name, "date"):
                 hasDate = true
             case 10 where HTTPHeaders.nameEquals(name, "connection"):
@@ -42,11 +43,27 @@ enum ResponseEncoder {
             default:
                 break
             }
+            // Append, then check the appended bytes in place; an invalid field is cut off again.
+            let mark = out.count
             out.append(contentsOf: name.utf8)
+            let nameEnd = out.count
             out.append(0x3A)
             out.append(0x20)
             out.append(contentsOf: value.utf8)
-            out.append(contentsOf: crlf)
+            let valid = out.withUnsafeBufferPointer { b -> Bool in
+                for k in mark..<nameEnd where !isTokenChar(b[k]) { return false }
+                for k in (nameEnd + 2)..<b.count {
+                    let c = b[k]
+                    if c == 0x0D || c == 0x0A || c == 0 { return false }
+                }
+                return true
+            }
+            if valid {
+                out.append(contentsOf: crlf)
+            } else {
+                out.removeSubrange(mark...)
+                if name.utf8.count == 4 && HTTPHeaders.nameEquals(name, "date") { hasDate = false }
+            }
         }
         if !hasDate { out.append(contentsOf: dateLine) }
         if bodyAllowed {
@@ -68,20 +85,6 @@ enum ResponseEncoder {
     }
 
     private static let crlf: [UInt8] = [0x0D, 0x0A]
-
-    static func isValidName(_ s: String) -> Bool {
-        var any = false
-        for c in s.utf8 {
-            guard isTokenChar(c) else { return false }
-            any = true
-        }
-        return any
-    }
-
-    static func isValidValue(_ s: String) -> Bool {
-        for c in s.utf8 where c == 0x0D || c == 0x0A || c == 0 { return false }
-        return true
-    }
 
     static func appendDecimal(_ v: Int, to out: inout [UInt8]) {
         if v < 0 { out.append(UInt8(ascii: "-")) }

@@ -2,51 +2,73 @@
 ///
 /// Keys are unique: setting an existing key replaces its value in place (it keeps its
 /// position); the parser and ``init(_:)`` apply the same rule, so a repeated key keeps its
-/// first position and its last value. Lookup is a linear scan while the object is small
-/// and a hash index once it has more than ``indexThreshold`` members, so large upstream
-/// bodies never make lookups or parsing quadratic.
+/// first position and its last value. Members live in one array (one allocation per
+/// object); lookup is a linear scan while the object is small and a hash index once it has
+/// more than ``indexThreshold`` members, so large upstream bodies never make lookups or
+/// parsing quadratic.
 public struct JSONObject: Sendable {
     /// The member count above which a hash index is kept (16).
     public static let indexThreshold = 16
 
-    @usableFromInline var _keys: [String]
-    @usableFromInline var _values: [JSON]
+    /// One key and its value.
+    @usableFromInline
+    struct Member: Sendable {
+        @usableFromInline var key: String
+        @usableFromInline var value: JSON
+
+        @usableFromInline
+        init(key: String, value: JSON) {
+            self.key = key
+            self.value = value
+        }
+    }
+
+    @usableFromInline var members: [Member]
     /// Key → position; present only when `count > indexThreshold`.
-    @usableFromInline var _index: [String: Int]?
+    @usableFromInline var index: [String: Int]?
 
     /// An empty object.
     public init() {
-        _keys = []
-        _values = []
-        _index = nil
+        members = []
+        index = nil
     }
 
     /// An object with `pairs` in order; for a repeated key the last value wins, at the
     /// position where the key first appeared.
     public init(_ pairs: [(String, JSON)]) {
         self.init()
-        _keys.reserveCapacity(pairs.count)
-        _values.reserveCapacity(pairs.count)
+        members.reserveCapacity(pairs.count)
         for (key, value) in pairs { self[key] = value }
     }
 
+    /// An object from members with unique keys (the parser's fast path).
+    init(uniqueMembers: [Member], index: [String: Int]?) {
+        members = uniqueMembers
+        self.index = index
+    }
+
     /// The number of members.
-    public var count: Int { _keys.count }
+    public var count: Int { members.count }
 
     /// Whether the object has no members.
-    public var isEmpty: Bool { _keys.isEmpty }
+    public var isEmpty: Bool { members.isEmpty }
 
     /// The keys, in order.
-    public var keys: [String] { _keys }
+    public var keys: [String] { members.map(\.key) }
 
     /// The values, in key order.
-    public var values: [JSON] { _values }
+    public var values: [JSON] { members.map(\.value) }
 
     /// The position of `key`, or `nil`.
     @inlinable
     func position(of key: String) -> Int? {
-        if let index = _index { return index[key] }
-        return _keys.firstIndex(of: key)
+        if let index { return index[key] }
+        var i = 0
+        while i < members.count {
+            if members[i].key == key { return i }
+            i += 1
+        }
+        return nil
     }
 
     /// The value for `key` (`nil` when absent). Setting `nil` removes the member; setting a
@@ -54,12 +76,12 @@ public struct JSONObject: Sendable {
     public subscript(key: String) -> JSON? {
         get {
             guard let i = position(of: key) else { return nil }
-            return _values[i]
+            return members[i].value
         }
         set {
             if let i = position(of: key) {
                 if let newValue {
-                    _values[i] = newValue
+                    members[i].value = newValue
                 } else {
                     removeMember(at: i)
                 }
@@ -73,32 +95,30 @@ public struct JSONObject: Sendable {
     @discardableResult
     public mutating func removeValue(forKey key: String) -> JSON? {
         guard let i = position(of: key) else { return nil }
-        let old = _values[i]
+        let old = members[i].value
         removeMember(at: i)
         return old
     }
 
     /// Appends a member whose key is known to be new.
     mutating func append(key: String, value: JSON) {
-        _keys.append(key)
-        _values.append(value)
-        if _index != nil {
-            _index![key] = _keys.count - 1
-        } else if _keys.count > JSONObject.indexThreshold {
+        members.append(Member(key: key, value: value))
+        if index != nil {
+            index![key] = members.count - 1
+        } else if members.count > JSONObject.indexThreshold {
             rebuildIndex()
         }
     }
 
     private mutating func removeMember(at i: Int) {
-        _keys.remove(at: i)
-        _values.remove(at: i)
-        if _keys.count > JSONObject.indexThreshold { rebuildIndex() } else { _index = nil }
+        members.remove(at: i)
+        if members.count > JSONObject.indexThreshold { rebuildIndex() } else { index = nil }
     }
 
     private mutating func rebuildIndex() {
-        var index = [String: Int](minimumCapacity: _keys.count)
-        for (i, key) in _keys.enumerated() { index[key] = i }
-        _index = index
+        var built = [String: Int](minimumCapacity: members.count)
+        for (i, member) in members.enumerated() { built[member.key] = i }
+        index = built
     }
 }
 
@@ -106,9 +126,13 @@ extension JSONObject: Equatable {
     /// Two objects are equal when they have the same keys with equal values, in any order.
     public static func == (lhs: JSONObject, rhs: JSONObject) -> Bool {
         guard lhs.count == rhs.count else { return false }
-        if lhs._keys == rhs._keys { return lhs._values == rhs._values }
-        for (i, key) in lhs._keys.enumerated() {
-            guard let other = rhs[key], other == lhs._values[i] else { return false }
+        for (i, member) in lhs.members.enumerated() {
+            let other = rhs.members[i]
+            if other.key == member.key {
+                if other.value != member.value { return false }
+            } else {
+                guard let value = rhs[member.key], value == member.value else { return false }
+            }
         }
         return true
     }
@@ -117,22 +141,22 @@ extension JSONObject: Equatable {
 extension JSONObject: Sequence {
     /// Iterates `(key, value)` members in order.
     public struct Iterator: IteratorProtocol {
-        let object: JSONObject
+        let members: [Member]
         var position = 0
 
         /// The next member, or `nil` at the end.
         public mutating func next() -> (key: String, value: JSON)? {
-            guard position < object._keys.count else { return nil }
+            guard position < members.count else { return nil }
             defer { position += 1 }
-            return (object._keys[position], object._values[position])
+            return (members[position].key, members[position].value)
         }
     }
 
     /// An iterator over the members in order.
-    public func makeIterator() -> Iterator { Iterator(object: self) }
+    public func makeIterator() -> Iterator { Iterator(members: members) }
 
     /// The member count (lets `Array(object)` allocate once).
-    public var underestimatedCount: Int { _keys.count }
+    public var underestimatedCount: Int { members.count }
 }
 
 extension JSONObject: ExpressibleByDictionaryLiteral {

@@ -16,6 +16,7 @@ extension JSON {
     /// - Throws: ``JSONError`` with the byte offset of the first problem.
     public static func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONError) -> JSON {
         var parser = JSONParser(bytes)
+        defer { parser.releaseScratch() }
         return try parser.parseDocument()
     }
 
@@ -69,10 +70,19 @@ struct JSONParser {
     let count: Int
     var pos = 0
     var depth = 0
+    /// Members of the arrays and objects being parsed, shared across nesting levels so each
+    /// finished container is copied once into an exactly sized array.
+    var valueStack = ScratchStack<JSON>()
+    var memberStack = ScratchStack<JSONObject.Member>()
 
     init(_ bytes: UnsafeRawBufferPointer) {
         self.bytes = bytes
         self.count = bytes.count
+    }
+
+    mutating func releaseScratch() {
+        valueStack.release()
+        memberStack.release()
     }
 
     // MARK: Helpers
@@ -146,15 +156,15 @@ struct JSONParser {
     mutating func parseArray() throws(JSONError) -> JSON {
         try enter()
         pos += 1  // [
-        var elements: [JSON] = []
         skipWhitespace()
         if pos < count && bytes[pos] == ASCII.closeBracket {
             pos += 1
             depth -= 1
-            return .array(elements)
+            return .array([])
         }
+        let base = valueStack.count
         while true {
-            elements.append(try parseValue())
+            valueStack.push(try parseValue())
             skipWhitespace()
             guard pos < count else { throw unexpected("',' or ']'") }
             let b = bytes[pos]
@@ -164,6 +174,7 @@ struct JSONParser {
             pos -= 1
             throw unexpected("',' or ']'")
         }
+        let elements = valueStack.popArray(from: base)
         depth -= 1
         return .array(elements)
     }
@@ -171,13 +182,14 @@ struct JSONParser {
     mutating func parseObject() throws(JSONError) -> JSON {
         try enter()
         pos += 1  // {
-        var object = JSONObject()
         skipWhitespace()
         if pos < count && bytes[pos] == ASCII.closeBrace {
             pos += 1
             depth -= 1
-            return .object(object)
+            return .object(JSONObject())
         }
+        let base = memberStack.count
+        var index: [String: Int]?  // key → member number, once the object grows large
         while true {
             skipWhitespace()
             guard pos < count, bytes[pos] == ASCII.quote else { throw unexpected("a string key") }
@@ -186,10 +198,34 @@ struct JSONParser {
             guard pos < count, bytes[pos] == ASCII.colon else { throw unexpected("':' after object key") }
             pos += 1
             let value = try parseValue()
-            if let i = object.position(of: key) {
-                object._values[i] = value  // repeated key: last value wins
+            // A repeated key: the last value wins, at the first position.
+            let members = memberStack.count - base
+            var existing: Int?
+            if let index {
+                existing = index[key]
             } else {
-                object.append(key: key, value: value)
+                let keyLength = key.utf8.count
+                var i = base
+                while i < memberStack.count {
+                    let other = memberStack[i].key
+                    if other.utf8.count == keyLength && other == key {
+                        existing = i - base
+                        break
+                    }
+                    i += 1
+                }
+            }
+            if let existing {
+                memberStack[base + existing].value = value
+            } else {
+                memberStack.push(JSONObject.Member(key: key, value: value))
+                if index != nil {
+                    index![key] = members
+                } else if members + 1 > JSONObject.indexThreshold {
+                    var built = [String: Int](minimumCapacity: 2 * (members + 1))
+                    for i in base..<memberStack.count { built[memberStack[i].key] = i - base }
+                    index = built
+                }
             }
             skipWhitespace()
             guard pos < count else { throw unexpected("',' or '}'") }
@@ -200,6 +236,7 @@ struct JSONParser {
             pos -= 1
             throw unexpected("',' or '}'")
         }
+        let object = JSONObject(uniqueMembers: memberStack.popArray(from: base), index: index)
         depth -= 1
         return .object(object)
     }
@@ -445,5 +482,59 @@ struct JSONParser {
             throw fail("number out of range", at: start)
         }
         return .double(value)
+    }
+}
+
+/// A growable stack of values being parsed, shared by all nesting levels. Finished
+/// containers move their elements out into an exactly sized array (no retain/release
+/// pairs, no per-container growth). Call ``release()`` when done.
+struct ScratchStack<Element> {
+    private var base: UnsafeMutablePointer<Element>?
+    private(set) var count = 0
+    private var capacity = 0
+
+    mutating func push(_ element: Element) {
+        if count == capacity { grow() }
+        (base! + count).initialize(to: element)
+        count += 1
+    }
+
+    private mutating func grow() {
+        let newCapacity = max(16, capacity * 2)
+        let storage = UnsafeMutablePointer<Element>.allocate(capacity: newCapacity)
+        if let base {
+            storage.moveInitialize(from: base, count: count)
+            base.deallocate()
+        }
+        base = storage
+        capacity = newCapacity
+    }
+
+    subscript(i: Int) -> Element {
+        get { base![i] }
+        nonmutating _modify { yield &base![i] }
+    }
+
+    /// Moves the elements from `start` to the top into a new array and pops them.
+    mutating func popArray(from start: Int) -> [Element] {
+        let n = count - start
+        guard n > 0, let base else { return [] }
+        let result = [Element](unsafeUninitializedCapacity: n) { buffer, initialized in
+            buffer.baseAddress!.moveInitialize(from: base + start, count: n)
+            initialized = n
+        }
+        count = start
+        return result
+    }
+
+    /// Destroys what is left (after an error) and frees the storage.
+    mutating func release() {
+        if let base {
+            base.deinitialize(count: count)
+            base.deallocate()
+        }
+        base = nil
+        count = 0
+        capacity = 0
     }
 }

@@ -25,13 +25,13 @@ extension JSON {
             out.append(0x5D)
         case .object(let object):
             out.append(0x7B)
-            let keys = object._keys
-            let values = object._values
-            for i in keys.indices {
-                if i != 0 { out.append(0x2C) }
-                JSON.appendQuoted(keys[i], to: &out)
+            var first = true
+            for member in object.members {
+                if !first { out.append(0x2C) }
+                first = false
+                JSON.appendQuoted(member.key, to: &out)
                 out.append(0x3A)
-                values[i].serialize(into: &out)
+                member.value.serialize(into: &out)
             }
             out.append(0x7D)
         }

@@ -113,6 +113,14 @@ public struct RetryPolicy: Sendable, Equatable {
     /// Which failures are retried.
     public let on: RetryOn
 
+    /// Creates a policy from its parts (no validation: the loader checks route files).
+    public init(attempts: Int, backoff: Duration, within: Duration?, on: RetryOn) {
+        self.attempts = attempts
+        self.backoff = backoff
+        self.within = within
+        self.on = on
+    }
+
     /// The upper bound of the (jittered) delay before retry `k` (1-based): `backoff × 2^(k-1)`.
     public func maxBackoff(beforeRetry k: Int) -> Duration {
         backoff * (1 << max(0, min(k - 1, 30)))

@@ -54,17 +54,26 @@ import TestSupport
         let port: UInt16
 
         init(routesDir: String, env: [String: String], extra: [String] = []) throws {
-            port = UInt16.random(in: 20000...60000)
             logPath = routesDir + "/out.log"
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
             process.executableURL = URL(fileURLWithPath: try switchboardBinary())
-            process.arguments = ["serve", "--routes", routesDir, "--listen", "127.0.0.1:\(port)", "--data", routesDir + "/data", "--event-loops", "1"] + extra
+            process.arguments = ["serve", "--routes", routesDir, "--listen", "127.0.0.1:0", "--data", routesDir + "/data", "--event-loops", "1"] + extra
             process.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
             process.standardOutput = FileHandle(forWritingAtPath: logPath)
             process.standardError = FileHandle(forWritingAtPath: logPath)
             try process.run()
-            let ok = eventually(timeout: .seconds(10)) { (try? RawConnection(port: port, timeout: .seconds(1)).request("GET", "/healthz"))?.status == 200 }
-            if !ok { process.terminate(); throw HarnessError.noResponse }
+            // The port the kernel chose is in the "listening" log line.
+            var found: UInt16?
+            let path = logPath
+            _ = eventually(timeout: .seconds(30)) {
+                let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+                for line in text.split(separator: "\n") where line.contains("\"msg\":\"listening\"") {
+                    if let r = line.range(of: "127.0.0.1:"), let p = UInt16(line[r.upperBound...].prefix { $0.isNumber }) { found = p }
+                }
+                return found != nil
+            }
+            guard let port = found else { process.terminate(); throw HarnessError.noResponse }
+            self.port = port
         }
 
         var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
@@ -135,6 +144,43 @@ import TestSupport
         kill(server.process.processIdentifier, SIGTERM)
         let r = try #require(conn.readResponse())
         #expect(r.status == 202)
+        server.process.waitUntilExit()
+        #expect(server.process.terminationStatus == 0)
+    }
+}
+
+/// `SIGHUP` route reload on the real binary (SPEC §8).
+@Suite struct ReloadTests {
+    /// Reload adds a route and removes another while a request on the old route is in
+    /// flight and completes; a broken file afterwards keeps the last good set.
+    @Test func sighup_SwapsRoutes_AndBadFileKeepsOldSet() throws {
+        let up = try ScriptedServer.answering(body: "{\"v\":1}", delay: .milliseconds(600))
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let old = routeJSON(["name": "old", "method": "GET", "path": "/old",
+                             "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/"], "timeout": "5s"]]])
+        let new = routeJSON(["name": "new", "method": "GET", "path": "/new",
+                             "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/"], "timeout": "5s"]]])
+        try old.write(toFile: "\(dir)/old.json", atomically: true, encoding: .utf8)
+        let server = try CLITests.Server(routesDir: dir, env: ["U": "http://127.0.0.1:\(up.port)"])
+        let pid = server.process.processIdentifier
+
+        let inFlight = try RawConnection(port: server.port)
+        inFlight.write("GET /old HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(eventually { up.requests.count == 1 })
+        try FileManager.default.removeItem(atPath: "\(dir)/old.json")
+        try new.write(toFile: "\(dir)/new.json", atomically: true, encoding: .utf8)
+        kill(pid, SIGHUP)
+        #expect(eventually { (try? RawConnection(port: server.port).request("GET", "/old"))?.status == 404 })
+        #expect(inFlight.readResponse()?.status == 200)
+        #expect(try RawConnection(port: server.port).request("GET", "/new")?.status == 200)
+
+        try "{\"name\": \"broken\", \"bogus\": 1}".write(toFile: "\(dir)/broken.json", atomically: true, encoding: .utf8)
+        kill(pid, SIGHUP)
+        #expect(eventually { server.log.contains("route reload failed") })
+        #expect(server.log.contains("broken.json"))
+        #expect(try RawConnection(port: server.port).request("GET", "/new")?.status == 200)
+        kill(pid, SIGTERM)
         server.process.waitUntilExit()
         #expect(server.process.terminationStatus == 0)
     }

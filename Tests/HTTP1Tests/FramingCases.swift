@@ -1,3 +1,4 @@
+import Testing
 @testable import HTTP1
 
 /// One invalid request and the error (and so the status) it must produce.

@@ -174,7 +174,7 @@ private let modes = [false, true]
 
     /// Limits are inclusive: a request line, header section and body exactly at their limits pass; one byte less fails.
     @Test(arguments: modes)
-    func parser_AcceptsExactlyAtLimits_AndRejectsOneOver(byteByByte: Bool) {
+    func parser_EnforcesLimitsInclusively_WhenAtOrOverLimit(byteByByte: Bool) {
         let line = "POST /0123456789 HTTP/1.0"
         let fields = "Content-Length: 3\r\n\r\n"
         let raw = line + "\r\n" + fields + "abc"
@@ -226,6 +226,14 @@ private let modes = [false, true]
         #expect(again == .unsupportedVersion)
         p.reset()
         guard case .request = p.parse(Array("GET / HTTP/1.1\r\nHost: h\r\n\r\n".utf8)) else { Issue.record("no request after reset"); return }
+    }
+
+    /// `HTTPRequest.init` derives path and query from the target like the parser.
+    @Test func request_DerivesPathAndQuery_WhenCreatedFromTarget() {
+        let r = HTTPRequest(method: "GET", target: "/jobs/abc?wait=5")
+        #expect(r.path == "/jobs/abc")
+        #expect(r.query == "wait=5")
+        #expect(HTTPRequest(method: "GET", target: "/x").query == nil)
     }
 
     /// Each parse error maps to the status the brief requires.

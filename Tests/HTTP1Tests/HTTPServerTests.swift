@@ -298,6 +298,51 @@ import Testing
         }
     }
 
+    /// While the client waits, the writer reports the connection open, before and after responding.
+    @Test func writer_ReportsOpen_WhileClientWaits() throws {
+        let seen = Recorder<[Bool]>([])
+        try withServer(responder: { _, w in
+            w.loop.schedule(at: w.loop.now + .milliseconds(50)) {
+                seen.update { $0.append(w.isOpen) }
+                w.respond(HTTPResponse(status: 204))
+                seen.update { $0.append(w.isOpen) }
+            }
+        }) { s in
+            let c = try s.client()
+            #expect(c.get("/")?.status == 204)
+            #expect(seen.get == [true, true])
+        }
+    }
+
+    /// A second `respond` for the same request is ignored; the connection goes on normally.
+    @Test func server_IgnoresSecondResponse_WhenResponderAnswersTwice() throws {
+        try withServer(responder: { req, w in
+            w.respond(HTTPResponse(status: 200, body: Array(req.path.utf8)))
+            w.respond(HTTPResponse(status: 500, body: Array("again".utf8)))
+        }) { s in
+            let c = try s.client()
+            #expect(c.get("/one")?.bodyText == "/one")
+            #expect(c.get("/two")?.bodyText == "/two")
+        }
+    }
+
+    /// A client that leaves in the middle of a request head gets no response and its descriptor is released.
+    @Test func server_ClosesSilently_WhenClientLeavesMidRequest() throws {
+        let calls = Recorder(0)
+        try withServer(responder: { _, w in
+            calls.update { $0 += 1 }
+            w.respond(HTTPResponse(status: 200))
+        }) { s in
+            do {
+                let c = try s.client()
+                c.send("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+                #expect(eventually { s.server.openConnections == 1 })
+            }
+            #expect(eventually { s.server.openConnections == 0 })
+            #expect(calls.get == 0)
+        }
+    }
+
     /// A responder may answer from another thread; the answer is carried to the loop.
     @Test func server_DeliversResponse_WhenRespondCalledOffLoop() throws {
         try withServer(responder: { _, w in

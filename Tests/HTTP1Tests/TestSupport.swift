@@ -122,7 +122,7 @@ final class TestServer {
 
     /// The default responder: `200` with body `"METHOD PATH BODYLENGTH"`; the path
     /// `/slow` answers after a 50 ms loop timer, `/big?N` answers with N bytes.
-    static let echo: (HTTPRequest, HTTPResponseWriter) -> Void = { req, w in
+    static func echo(_ req: HTTPRequest, _ w: HTTPResponseWriter) {
         if req.path == "/slow" {
             w.loop.schedule(at: w.loop.now + .milliseconds(50)) {
                 w.respond(HTTPResponse(status: 200, body: Array("slow \(req.body.count)".utf8)))

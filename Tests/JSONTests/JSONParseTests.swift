@@ -199,3 +199,12 @@ private func parseError(_ bytes: [UInt8]) -> JSONError? {
         #expect(try JSON.parse(([0x20] + bytes)[1...]) == JSON.parse(bytes))
     }
 }
+
+@Suite struct JSONParseErrorRecoveryTests {
+    /// An error deep inside nested containers is reported without leaking or corrupting later parses.
+    @Test func parse_RecoversCleanly_AfterErrorInsideNestedContainers() throws {
+        let bad = #"[{"a":[1,2,{"b":"x","c":[true,"#
+        #expect(parseError(bad) == JSONError(offset: 30, message: "unexpected end of input, expected a value"))
+        #expect(try JSON.parse(#"[{"a":[1,2,{"b":"x"}]}]"#) == [["a": [1, 2, ["b": "x"]]]])
+    }
+}

@@ -28,7 +28,7 @@ import Testing
         #expect(inventory.dependents == [2])
 
         let payment = route.steps[1]
-        #expect(payment.retry == RetryPolicy.self.init(attempts: 3, backoff: .milliseconds(200), within: nil,
+        #expect(payment.retry == RetryPolicy(attempts: 3, backoff: .milliseconds(200), within: nil,
                                                      on: RetryOn(statuses: [502, 503, 504], timeout: true, connect: true, protocol: false)))
         #expect(payment.request.headers.map(\.name) == ["Idempotency-Key"])
         #expect(payment.request.headers[0].value.references == [.stepIdempotencyKey])
@@ -59,7 +59,7 @@ import Testing
         let step = route.steps[0]
         #expect(step.request.method == "GET")
         #expect(step.timeout == .seconds(10))
-        #expect(step.retry == RetryPolicy.self.init(attempts: 2, backoff: .milliseconds(100), within: nil, on: .default))
+        #expect(step.retry == RetryPolicy(attempts: 2, backoff: .milliseconds(100), within: nil, on: .default))
         #expect(step.isSuccess(status: 204))
         #expect(!step.isSuccess(status: 302))
     }

@@ -1,0 +1,119 @@
+import Crypto
+import EventLoop
+import Flows
+import Foundation
+import HTTP1
+import JSON
+import Jobs
+
+/// The callback endpoints API (SPEC §4): `POST/GET /callbacks`,
+/// `DELETE /callbacks/{id}`, `GET /callbacks/{id}/deliveries?status=failed`,
+/// and `POST /jobs/{id}/redeliver`. All on the request's loop thread.
+extension Gateway {
+    func handleCallbacks(_ req: HTTPRequest, _ w: HTTPResponseWriter, caller: String, state: LoopState, requestID: String, start: Instant) {
+        let parts = req.path.split(separator: "/").map(String.init)
+        let reply: (HTTPResponse) -> Void = { [unowned self] r in
+            self.finishRequest(state, w, req, r, route: nil, outcome: r.status < 400 ? "sync" : "error", requestID: requestID, start: start)
+        }
+        let problem: (Int, String) -> Void = { status, detail in reply(Problem(status: status, detail: detail).httpResponse) }
+        let notAllowed: (String) -> Void = { allow in
+            var r = Problem(status: 405, detail: "\(req.method) is not allowed here").httpResponse
+            r.headers.append(("Allow", allow))
+            reply(r)
+        }
+        switch parts.count {
+        case 1:
+            switch req.method {
+            case "GET", "HEAD":
+                let list = endpoints.list(owner: caller).map { $0.json(includingSecret: false) }
+                reply(HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: JSON.object(["callbacks": .array(list)]).serialized))
+            case "POST":
+                guard case .object(let o)? = try? JSON.parse(req.body), case .string(let url)? = o["url"] else {
+                    return problem(400, "send {\"url\": \"https://…\"}")
+                }
+                for k in o.keys where k != "url" { return problem(400, "unknown field \(k)") }
+                let loop = state.loop
+                let (reply, problem) = (LoopBound(reply), LoopBound(problem))
+                policy.vetAsync(url) { [unowned self] result in
+                    loop.execute {
+                        let (reply, problem) = (reply.value, problem.value)
+                        switch result {
+                        case .success(let target):
+                            let e = self.endpoints.register(target, owner: caller)
+                            reply(HTTPResponse(status: 201, headers: [("Content-Type", "application/json"), ("Location", "/callbacks/\(e.id)")],
+                                               body: e.json(includingSecret: true).serialized))
+                        case .failure(let err):
+                            if case .malformed = err { problem(400, "url: \(err.description)") } else { problem(422, "url refused: \(err.description)") }
+                        }
+                    }
+                }
+            default: notAllowed("GET, POST")
+            }
+        case 2:
+            let id = parts[1]
+            guard endpoints.find(id, owner: caller) != nil else { return problem(404, "no callback endpoint \(id)") }
+            switch req.method {
+            case "GET", "HEAD":
+                let e = endpoints.find(id, owner: caller)!
+                reply(HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: e.json(includingSecret: false).serialized))
+            case "DELETE":
+                endpoints.delete(id, owner: caller)
+                reply(HTTPResponse(status: 204))
+            default: notAllowed("GET, DELETE")
+            }
+        case 3 where parts[2] == "deliveries":
+            let id = parts[1]
+            guard req.method == "GET" || req.method == "HEAD" else { return notAllowed("GET") }
+            guard endpoints.find(id, owner: caller) != nil else { return problem(404, "no callback endpoint \(id)") }
+            var status: DeliveryStatus? = nil
+            for (k, v) in FlowRun.parseQuery(req.query ?? "") where k == "status" {
+                guard let s = DeliveryStatus(rawValue: v) else { return problem(400, "status must be pending, delivered or failed") }
+                status = s
+            }
+            let body = deliveries.listingJSON(endpointID: id, owner: caller, status: status)
+            reply(HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: body.serialized))
+        default:
+            problem(404, "no such resource")
+        }
+    }
+
+    func handleRedeliver(_ req: HTTPRequest, _ w: HTTPResponseWriter, caller: String, state: LoopState, requestID: String, start: Instant) {
+        let parts = req.path.split(separator: "/").map(String.init)
+        let reply: (HTTPResponse) -> Void = { [unowned self] r in
+            self.finishRequest(state, w, req, r, route: nil, outcome: r.status < 400 ? "sync" : "error", requestID: requestID, start: start)
+        }
+        guard parts.count == 3 else { return reply(Problem(status: 404, detail: "no such resource").httpResponse) }
+        switch state.deliverer.redeliver(jobID: parts[1], owner: caller) {
+        case .success(let record):
+            reply(HTTPResponse(status: 202, headers: [("Content-Type", "application/json")], body: JSON.object([
+                "job_id": .string(record.jobID), "webhook_id": .string(record.webhookID), "status": .string(record.status.rawValue),
+            ]).serialized))
+        case .failure(.notFound):
+            reply(Problem(status: 404, detail: "no delivery for job \(parts[1])").httpResponse)
+        case .failure(let e):
+            reply(Problem(status: 409, detail: e.description).httpResponse)
+        }
+    }
+
+    /// The secret for deliveries to ad-hoc `Callback-URL`s when the config has
+    /// none: read from `DATA/callback_secret`, or generated there (mode 0600) on first start.
+    /// - Throws: `GatewayConfig.Error` when the directory or file cannot be used.
+    static func loadOrCreateCallbackSecret(dataDirectory: String) throws -> String {
+        let path = dataDirectory + "/callback_secret"
+        if let d = FileManager.default.contents(atPath: path) {
+            let s = String(decoding: d, as: UTF8.self).trimmingCharacters(in: " \n\r\t")
+            guard WebhookSignature.key(fromSecret: s) != nil else { throw GatewayConfig.Error(message: "\(path): not a whsec_ secret") }
+            return s
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw GatewayConfig.Error(message: "\(dataDirectory): cannot create the data directory: \(error)")
+        }
+        let s = WebhookSignature.newSecret()
+        guard FileManager.default.createFile(atPath: path, contents: Data((s + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
+            throw GatewayConfig.Error(message: "\(path): cannot write the callback secret")
+        }
+        return s
+    }
+}
