@@ -1,0 +1,231 @@
+import Crypto
+import Foundation
+import Gateway
+import Testing
+import TestSupport
+
+/// Callbacks (SPEC §4), idempotency keys (§5) and API keys (§7), end to end.
+@Suite struct CallbackAndIdempotencyTests {
+    static let secret = "whsec_" + Data(repeating: 7, count: 32).base64EncodedString()
+
+    static func slowRoute() -> String {
+        routeJSON(["name": "slow", "method": "POST", "path": "/slow", "wait": "100ms", "max_wait": "5s",
+                   "steps": [["id": "work", "request": ["method": "POST", "url": "{{env.U}}/work", "body": ["n": "{{request.body.n}}"]], "timeout": "5s"]]])
+    }
+
+    static func harness(_ up: ScriptedServer, keys: [(String, String)] = [], retry: [Duration]? = nil) throws -> GatewayHarness {
+        try GatewayHarness(routes: ["s.json": slowRoute()], env: ["U": "http://127.0.0.1:\(up.port)"]) { c in
+            c.callbackAllow = ["127.0.0.0/8"]
+            c.callbackSecret = secret
+            c.apiKeys = keys.map { APIKey(name: $0.0, sha256: Crypto.sha256(Array($0.1.utf8))) }
+            if let retry { c.callbackRetry = retry }
+        }
+    }
+
+    /// A receiver answering each delivery with the next status of `statuses` (the last repeats).
+    static func receiver(_ statuses: [Int]) throws -> ScriptedServer {
+        let n = Counter()
+        return try ScriptedServer { conn, server in
+            while let req = conn.readRequest() {
+                server.record(req)
+                let i = n.increment() - 1
+                conn.write("HTTP/1.1 \(statuses[min(i, statuses.count - 1)]) X\r\nContent-Length: 0\r\n\r\n")
+            }
+        }
+    }
+
+    /// The expected `webhook-signature`, computed here from the spec's definition.
+    static func expectedSignature(secret: String, _ req: RawMessage) -> String {
+        let key = [UInt8](Data(base64Encoded: String(secret.dropFirst(6)))!)
+        let content = Array("\(req.header("webhook-id")!).\(req.header("webhook-timestamp")!).".utf8) + req.body
+        return "v1," + Data(Crypto.hmacSHA256(key: key, message: content)).base64EncodedString()
+    }
+
+    /// A run that outlasts the budget delivers its result, signed with `callback_secret`, to the `Callback-URL`.
+    @Test func callbackURL_ReceivesSignedResult() throws {
+        let up = try ScriptedServer.answering(body: "{\"done\":1}", delay: .milliseconds(400))
+        let rx = try Self.receiver([204])
+        let h = try Self.harness(up)
+        let r = try h.request("POST", "/slow", headers: [("Callback-URL", "http://127.0.0.1:\(rx.port)/hook")], body: "{\"n\":1}")
+        #expect(r.status == 202)
+        let id = try #require(r.object["job_id"] as? String)
+        #expect(eventually { rx.requests.count == 1 })
+        let d = try #require(rx.requests.first)
+        #expect(d.method == "POST")
+        #expect(d.target == "/hook")
+        #expect(d.header("webhook-id")?.isEmpty == false)
+        #expect(d.header("webhook-signature") == Self.expectedSignature(secret: Self.secret, d))
+        let body = d.object
+        #expect(body["job_id"] as? String == id)
+        #expect(body["route"] as? String == "slow")
+        #expect(body["status"] as? String == "succeeded")
+        #expect(((body["response"] as? [String: Any])?["status"]) as? Int == 200)
+        #expect((body["trace_id"] as? String)?.count == 32)
+    }
+
+    /// A run that finishes inside the budget sends no callback.
+    @Test func syncCompletion_SendsNoCallback() throws {
+        let up = try ScriptedServer.answering()
+        let rx = try Self.receiver([204])
+        let h = try Self.harness(up)
+        let r = try h.request("POST", "/slow", headers: [("Callback-URL", "http://127.0.0.1:\(rx.port)/hook"), ("Prefer", "wait=5")], body: "{\"n\":1}")
+        #expect(r.status == 200)
+        usleep(300_000)
+        #expect(rx.requests.isEmpty)
+    }
+
+    /// A registered endpoint gets a fresh secret, signs its deliveries with it, is listed without its secret, and can be deleted.
+    @Test func registeredEndpoint_SignsWithItsOwnSecret() throws {
+        let up = try ScriptedServer.answering(delay: .milliseconds(300))
+        let rx = try Self.receiver([200])
+        let h = try Self.harness(up)
+        let created = try h.request("POST", "/callbacks", body: "{\"url\": \"http://127.0.0.1:\(rx.port)/ep\"}")
+        #expect(created.status == 201)
+        let id = try #require(created.object["id"] as? String)
+        let secret = try #require(created.object["secret"] as? String)
+        #expect(secret.hasPrefix("whsec_"))
+        #expect(secret != Self.secret)
+        let list = try h.request("GET", "/callbacks")
+        #expect(list.text.contains(id))
+        #expect(!list.text.contains(secret))
+
+        #expect(try h.request("POST", "/slow", headers: [("Callback", id)], body: "{\"n\":2}").status == 202)
+        #expect(eventually { rx.requests.count == 1 })
+        let d = try #require(rx.requests.first)
+        #expect(d.header("webhook-signature") == Self.expectedSignature(secret: secret, d))
+
+        #expect(try h.request("DELETE", "/callbacks/\(id)").status == 204)
+        #expect(try h.request("GET", "/callbacks/\(id)").status == 404)
+        #expect(try h.request("POST", "/slow", headers: [("Callback", id)], body: "{\"n\":3}").status == 422)
+    }
+
+    /// A refused callback address is a 422 before any upstream is called.
+    @Test(arguments: ["http://10.0.0.5/hook", "http://169.254.169.254/latest", "http://192.168.1.1/", "http://[::1]:9/x", "http://0.0.0.0/", "ftp://127.0.0.1/x"])
+    func callbackURL_RefusedAddress_Is422BeforeUpstream(url: String) throws {
+        let up = try ScriptedServer.answering()
+        let h = try Self.harness(up)
+        let r = try h.request("POST", "/slow", headers: [("Callback-URL", url)], body: "{\"n\":1}")
+        #expect(r.status == 422 || r.status == 400)
+        #expect(r.header("content-type") == "application/problem+json")
+        usleep(100_000)
+        #expect(up.requests.isEmpty)
+    }
+
+    /// A delivery failing every attempt is dead-lettered and listed; redelivery then succeeds with the same webhook id.
+    @Test func deadLetter_ThenRedeliver() throws {
+        let up = try ScriptedServer.answering(delay: .milliseconds(200))
+        let flip = Counter()
+        let rx = try ScriptedServer { conn, server in
+            while let req = conn.readRequest() {
+                server.record(req)
+                let status = flip.value > 0 ? 200 : 500
+                conn.write("HTTP/1.1 \(status) X\r\nContent-Length: 0\r\n\r\n")
+            }
+        }
+        let h = try Self.harness(up, retry: [.zero, .milliseconds(50)])
+        let ep = try h.request("POST", "/callbacks", body: "{\"url\": \"http://127.0.0.1:\(rx.port)/dl\"}")
+        let epID = try #require(ep.object["id"] as? String)
+        let r = try h.request("POST", "/slow", headers: [("Callback", epID)], body: "{\"n\":4}")
+        let jobID = try #require(r.object["job_id"] as? String)
+        var listed: [String: Any]?
+        #expect(eventually {
+            let l = try? h.request("GET", "/callbacks/\(epID)/deliveries?status=failed")
+            listed = ((l?.object["deliveries"] as? [[String: Any]]) ?? []).first
+            return listed != nil
+        })
+        #expect(listed?["job_id"] as? String == jobID)
+        #expect(listed?["attempts"] as? Int == 2)
+        #expect(listed?["status"] as? String == "failed")
+        #expect(listed?["last_status"] as? Int == 500)
+        _ = flip.increment()
+        #expect(try h.request("POST", "/jobs/\(jobID)/redeliver").status == 202)
+        #expect(eventually { rx.requests.count == 3 })
+        #expect(Set(rx.requests.compactMap { $0.header("webhook-id") }).count == 1)
+    }
+
+    /// A `410 Gone` answer disables the endpoint.
+    @Test func gone_DisablesEndpoint() throws {
+        let up = try ScriptedServer.answering(delay: .milliseconds(200))
+        let rx = try Self.receiver([410])
+        let h = try Self.harness(up)
+        let ep = try h.request("POST", "/callbacks", body: "{\"url\": \"http://127.0.0.1:\(rx.port)/gone\"}")
+        let epID = try #require(ep.object["id"] as? String)
+        #expect(try h.request("POST", "/slow", headers: [("Callback", epID)], body: "{\"n\":5}").status == 202)
+        #expect(eventually { (try? h.request("GET", "/callbacks/\(epID)"))?.object["disabled"] as? Bool == true })
+        #expect(rx.requests.count == 1)
+    }
+
+    /// Same key and request: the finished run's response is replayed, the upstream called once.
+    @Test func idempotency_ReplaysFinishedRun() throws {
+        let up = try ScriptedServer.answering(body: "{\"charge\":\"ch_1\"}")
+        let h = try Self.harness(up)
+        let hdr = [("Idempotency-Key", "order-1"), ("Prefer", "wait=5")]
+        let first = try h.request("POST", "/slow", headers: hdr, body: "{\"n\":1}")
+        let second = try h.request("POST", "/slow", headers: hdr, body: "{\"n\":1}")
+        #expect(first.status == 200)
+        #expect(second.status == 200)
+        #expect(second.header("idempotent-replayed") == "true")
+        #expect(first.header("idempotent-replayed") == nil)
+        #expect(second.body == first.body)
+        #expect(up.requests.count == 1)
+    }
+
+    /// Same key, different body: 422, and no new upstream call.
+    @Test func idempotency_DifferentRequest_Is422() throws {
+        let up = try ScriptedServer.answering()
+        let h = try Self.harness(up)
+        #expect(try h.request("POST", "/slow", headers: [("Idempotency-Key", "k2"), ("Prefer", "wait=5")], body: "{\"n\":1}").status == 200)
+        let r = try h.request("POST", "/slow", headers: [("Idempotency-Key", "k2"), ("Prefer", "wait=5")], body: "{\"n\":2}")
+        #expect(r.status == 422)
+        #expect(up.requests.count == 1)
+    }
+
+    /// A duplicate arriving while the run goes attaches to it: after its own budget it gets the same 202 and job id.
+    @Test func idempotency_AttachesToRunningRun() throws {
+        let up = try ScriptedServer.answering(delay: .milliseconds(900))
+        let h = try Self.harness(up)
+        let hdr = [("Idempotency-Key", "k3")]
+        let first = try h.request("POST", "/slow", headers: hdr, body: "{\"n\":1}")
+        #expect(first.status == 202)
+        let second = try h.request("POST", "/slow", headers: hdr, body: "{\"n\":1}")
+        #expect(second.status == 202)
+        #expect(second.object["job_id"] as? String == first.object["job_id"] as? String)
+        let id = try #require(first.object["job_id"] as? String)
+        #expect(try h.request("GET", "/jobs/\(id)?wait=5").object["status"] as? String == "succeeded")
+        let third = try h.request("POST", "/slow", headers: hdr, body: "{\"n\":1}")
+        #expect(third.status == 200)
+        #expect(third.header("idempotent-replayed") == "true")
+        #expect(up.requests.count == 1)
+    }
+
+    /// Concurrent requests with one key call the upstream exactly once.
+    @Test func idempotency_ConcurrentRequests_CallUpstreamOnce() throws {
+        let up = try ScriptedServer.answering(delay: .milliseconds(200))
+        let h = try Self.harness(up)
+        let statuses = Counter()
+        DispatchQueue.concurrentPerform(iterations: 6) { _ in
+            if let r = try? h.request("POST", "/slow", headers: [("Idempotency-Key", "race"), ("Prefer", "wait=3")], body: "{\"n\":9}"), r.status == 200 {
+                _ = statuses.increment()
+            }
+        }
+        #expect(statuses.value == 6)
+        #expect(up.requests.count == 1)
+    }
+
+    /// With API keys: a missing or wrong key is 401; another caller's job is 404; the owner sees it.
+    @Test func apiKeys_IsolateCallers() throws {
+        let up = try ScriptedServer.answering(delay: .milliseconds(300))
+        let h = try Self.harness(up, keys: [("shop", "key-shop"), ("crm", "key-crm")])
+        #expect(try h.request("POST", "/slow", body: "{\"n\":1}").status == 401)
+        #expect(try h.request("POST", "/slow", headers: [("Authorization", "Bearer nope")], body: "{\"n\":1}").status == 401)
+        let r = try h.request("POST", "/slow", headers: [("Authorization", "Bearer key-shop")], body: "{\"n\":1}")
+        #expect(r.status == 202)
+        let id = try #require(r.object["job_id"] as? String)
+        #expect(try h.request("GET", "/jobs/\(id)", headers: [("Authorization", "Bearer key-crm")]).status == 404)
+        #expect(try h.request("GET", "/jobs/\(id)", headers: [("Authorization", "Bearer key-shop")]).status == 200)
+        let ep = try h.request("POST", "/callbacks", headers: [("Authorization", "Bearer key-shop")], body: "{\"url\": \"http://127.0.0.1:9/x\"}")
+        let epID = try #require(ep.object["id"] as? String)
+        #expect(try h.request("GET", "/callbacks/\(epID)", headers: [("Authorization", "Bearer key-crm")]).status == 404)
+        #expect(try h.request("GET", "/metrics").status == 401)
+    }
+}
