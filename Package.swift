@@ -20,7 +20,7 @@ let package = Package(
         .target(name: "JSON"),
         .target(name: "Crypto", dependencies: ["COpenSSL"]),
         .target(name: "EventLoop", dependencies: ["CLinux"]),
-        .target(name: "HTTP1", dependencies: ["EventLoop", "CLinux"]),
+        .target(name: "HTTP1", dependencies: ["EventLoop", "CLinux", "COpenSSL"]),
         .target(name: "Upstream", dependencies: ["EventLoop", "CCurl"]),
         .target(name: "Routes", dependencies: ["JSON"]),
         .target(name: "Flows", dependencies: ["Routes", "Upstream", "EventLoop", "JSON", "Crypto"]),
@@ -32,6 +32,7 @@ let package = Package(
         // Shared by the test targets only: raw socket clients and scripted upstream servers.
         .target(name: "TestSupport", dependencies: ["EventLoop"], path: "Tests/TestSupport"),
         .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
+        .testTarget(name: "FlowsTests", dependencies: ["Flows"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "EventLoop"]),
         .testTarget(name: "RoutesTests", dependencies: ["Routes", "JSON"]),
@@ -39,6 +40,7 @@ let package = Package(
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "TestSupport", "EventLoop", "JSON", "Crypto"]),
         .testTarget(name: "JobsTests", dependencies: ["Jobs", "Upstream", "EventLoop", "JSON", "Crypto", "TestSupport"]),
         .testTarget(name: "GatewayTests", dependencies: ["Gateway", "Sandbox", "HTTP1", "EventLoop", "JSON", "Routes", "TestSupport"]),
+        .testTarget(name: "HardeningTests", dependencies: ["Gateway", "HTTP1", "Routes", "Upstream", "Jobs", "EventLoop", "JSON", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -318,6 +318,7 @@ public final class Gateway: @unchecked Sendable {
             guard !answered else { return }
             answered = true
             state.loop.cancel(timer)
+            timer = nil  // the timer holds this closure: break the cycle
             self.finishRequest(state, call.w, call.req, r, route: call.route.name, outcome: outcome, requestID: call.requestID,
                                start: call.start, jobID: outcome == "async" ? jobID : nil)
         }
@@ -396,6 +397,7 @@ public final class Gateway: @unchecked Sendable {
             guard !answered else { return }
             answered = true
             state.loop.cancel(budgetTimer)
+            budgetTimer = nil  // the timer holds this closure: break the cycle
             state.waiting.removeValue(forKey: token)
             let entry = JobEntry(id: run.jobID, owner: call.caller, routeName: route.name, loop: state.loop,
                                  createdAt: wallClockMilliseconds(), run: run, traceID: trace.traceID)
@@ -416,6 +418,7 @@ public final class Gateway: @unchecked Sendable {
             guard !answered else { return }
             answered = true
             state.loop.cancel(budgetTimer)
+            budgetTimer = nil  // the timer holds this closure: break the cycle
             state.waiting.removeValue(forKey: token)
             let resp = run.response!
             var r = HTTPResponse(status: resp.status, headers: resp.headers, body: resp.body)
