@@ -34,3 +34,24 @@ test: deps
 
 clean:
 	rm -rf .build .switchboard
+
+# --- Hardening (issue 7). Not part of `make test`. ---
+.PHONY: fuzz-smoke test-tsan test-asan
+
+FUZZ_SMOKE_SECONDS ?= 10
+# Builds and runs every libFuzzer target for FUZZ_SMOKE_SECONDS each (see fuzz/README.md).
+fuzz-smoke:
+	@mkdir -p .build-fuzz; for t in $$(fuzz/run --list); do \
+	  echo "== fuzz $$t ($(FUZZ_SMOKE_SECONDS)s)"; log=.build-fuzz/$$t.smoke.log; \
+	  if ! fuzz/run $$t $(FUZZ_SMOKE_SECONDS) > $$log 2>&1; then tail -40 $$log; echo "fuzz $$t FAILED (log: $$log)"; exit 1; fi; \
+	  grep -E '^(Done|stat::number_of_executed_units)' $$log; \
+	done
+
+# The test suite under ThreadSanitizer / AddressSanitizer, each in its own scratch path.
+# Narrow with FILTER, e.g. make test-tsan FILTER='HTTP1Tests|UpstreamTests|GatewayTests'.
+FILTER ?=
+test-tsan: deps
+	swift test --sanitize=thread --scratch-path .build-tsan $(if $(FILTER),--filter '$(FILTER)')
+
+test-asan: deps
+	swift test --sanitize=address --scratch-path .build-asan $(if $(FILTER),--filter '$(FILTER)')

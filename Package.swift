@@ -18,6 +18,7 @@ let package = Package(
 
         // Swift modules, each owning one concern.
         .target(name: "JSON"),
+        .target(name: "Journal"),
         .target(name: "Crypto", dependencies: ["COpenSSL"]),
         .target(name: "EventLoop", dependencies: ["CLinux"]),
         .target(name: "HTTP1", dependencies: ["EventLoop", "CLinux", "COpenSSL"]),
@@ -25,7 +26,7 @@ let package = Package(
         .target(name: "Routes", dependencies: ["JSON"]),
         .target(name: "Flows", dependencies: ["Routes", "Upstream", "EventLoop", "JSON", "Crypto"]),
         .target(name: "Sandbox", dependencies: ["HTTP1", "EventLoop", "JSON", "Crypto"]),
-        .target(name: "Gateway", dependencies: ["HTTP1", "Flows", "Jobs", "Routes", "Upstream", "EventLoop", "JSON", "Crypto"]),
+        .target(name: "Gateway", dependencies: ["HTTP1", "Flows", "Jobs", "Journal", "Routes", "Upstream", "EventLoop", "JSON", "Crypto"]),
         .target(name: "Jobs", dependencies: ["EventLoop", "Upstream", "JSON", "Crypto", "CLinux"]),
         .executableTarget(name: "switchboard", dependencies: ["Gateway", "Sandbox", "Routes", "EventLoop"]),
 
@@ -34,6 +35,7 @@ let package = Package(
         .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
         .testTarget(name: "FlowsTests", dependencies: ["Flows"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
+        .testTarget(name: "JournalTests", dependencies: ["Journal"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "EventLoop"]),
         .testTarget(name: "RoutesTests", dependencies: ["Routes", "JSON"]),
         .testTarget(name: "UpstreamTests", dependencies: ["Upstream", "EventLoop", "TestSupport"]),

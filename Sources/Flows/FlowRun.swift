@@ -1,4 +1,5 @@
 import Crypto
+import Glibc
 import EventLoop
 import JSON
 import Routes
@@ -36,6 +37,9 @@ public final class FlowRun {
     public private(set) var isPartial = false
     /// Headers added to every upstream call of this run (e.g. `traceparent`).
     public var extraHeaders: [(String, String)] = []
+    /// Called when a step reaches an end (succeeded, failed or skipped), with its
+    /// index and outcome — e.g. to journal it so a restarted job never calls it again.
+    public var onStepSettled: ((Int, StepOutcome) -> Void)?
     /// Called with `extraHeaders` for each attempt, to vary per call (e.g. a new
     /// trace parent id). Default: none.
     public var headersForAttempt: (() -> [(String, String)])?
@@ -71,7 +75,9 @@ public final class FlowRun {
     }
 
     /// A new job id: 128 random bits from OpenSSL, as 32 lowercase hex digits.
-    public static func newJobID() -> String { Crypto.hex(Crypto.randomBytes(16)) }
+    /// The bits come from a per-thread pool of `RAND_bytes` output refilled 4 KiB
+    /// at a time (one OpenSSL call per 256 ids); each id uses 16 fresh bytes.
+    public static func newJobID() -> String { JobIDPool.current.next() }
 
     /// Whether the response is decided.
     public var isFinished: Bool { response != nil }
@@ -136,6 +142,13 @@ public final class FlowRun {
     private func skip(_ i: Int, because reason: String) {
         outcomes[i].state = .skipped
         outcomes[i].message = reason
+        onStepSettled?(i, outcomes[i])
+    }
+
+    /// Sets the response of a run that finished before a restart (from the journal);
+    /// its observers are called. Call instead of `start()`.
+    public func restoreFinished(response r: FlowResponse) {
+        finish(with: r)
     }
 
     private func whenHolds(_ step: Step) -> Bool {
@@ -207,6 +220,7 @@ public final class FlowRun {
                 outcomes[i].errorKind = nil
                 outcomes[i].message = nil
                 outcomes[i].finishedAt = loop.now
+                onStepSettled?(i, outcomes[i])
                 advance()
                 return
             }
@@ -252,6 +266,7 @@ public final class FlowRun {
         outcomes[i].errorKind = kind
         outcomes[i].message = message
         outcomes[i].finishedAt = loop.now
+        onStepSettled?(i, outcomes[i])
         let step = route.steps[i]
         if step.optional {
             isPartial = true
@@ -372,6 +387,50 @@ public final class FlowRun {
             out.append(c); i += 1
         }
         return String(decoding: out, as: UTF8.self)
+    }
+}
+
+/// Per-thread buffer of CSPRNG bytes for job ids (see `FlowRun.newJobID()`).
+private final class JobIDPool {
+    private static let size = 4096
+    private let bytes = UnsafeMutablePointer<UInt8>.allocate(capacity: JobIDPool.size)
+    private var used = JobIDPool.size
+
+    deinit { bytes.deallocate() }
+
+    private static let key: pthread_key_t = {
+        var k = pthread_key_t()
+        pthread_key_create(&k) { p in Unmanaged<JobIDPool>.fromOpaque(p).release() }
+        return k
+    }()
+
+    static var current: JobIDPool {
+        if let p = pthread_getspecific(key) { return Unmanaged<JobIDPool>.fromOpaque(p).takeUnretainedValue() }
+        let pool = JobIDPool()
+        pthread_setspecific(key, Unmanaged.passRetained(pool).toOpaque())
+        return pool
+    }
+
+    func next() -> String {
+        if used + 16 > JobIDPool.size {
+            let fresh = Crypto.randomBytes(JobIDPool.size)
+            fresh.withUnsafeBufferPointer { bytes.update(from: $0.baseAddress!, count: JobIDPool.size) }
+            used = 0
+        }
+        let src = bytes + used
+        used += 16
+        let id = String(unsafeUninitializedCapacity: 32) { out in
+            let digits: StaticString = "0123456789abcdef"
+            let d = digits.utf8Start
+            for k in 0..<16 {
+                out[2 * k] = d[Int(src[k] >> 4)]
+                out[2 * k + 1] = d[Int(src[k] & 15)]
+            }
+            return 32
+        }
+        // Never hand out the same bytes twice.
+        src.update(repeating: 0, count: 16)
+        return id
     }
 }
 

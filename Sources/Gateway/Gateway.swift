@@ -5,6 +5,7 @@ import Glibc
 import HTTP1
 import Jobs
 import JSON
+import Journal
 import Routes
 import Synchronization
 import Upstream
@@ -62,10 +63,15 @@ public final class Gateway: @unchecked Sendable {
     let idempotency: IdempotencyStore
     /// The SSRF guard for callback URLs.
     let policy: AddressPolicy
+    /// Durable state: the embedded journal in the data directory.
+    let durable: DurableState
     private let jobsRunning = Atomic<Int>(0)
 
     /// Creates the gateway with a loaded route table. Nothing listens until `start()`.
-    /// - Throws: `SystemError` when the event loops cannot be created.
+    /// Opens the journal in `config.data` (recovery happens in `start()`).
+    /// - Throws: `SystemError` when the event loops cannot be created;
+    ///   `GatewayConfig.Error` when the data directory is locked by another
+    ///   process or cannot be used.
     public init(config: GatewayConfig, routes: RouteTable) throws {
         self.config = config
         self.group = try EventLoopGroup(count: config.eventLoops)
@@ -75,9 +81,38 @@ public final class Gateway: @unchecked Sendable {
             throw GatewayConfig.Error(message: "callback_allow: \(error.description)")
         }
         let secret = try config.callbackSecret ?? Gateway.loadOrCreateCallbackSecret(dataDirectory: config.data)
-        endpoints = CallbackEndpoints()
-        deliveries = DeliveryStore()
-        idempotency = IdempotencyStore()
+        let journal: Journal
+        do {
+            journal = try Journal.open(directory: config.data)
+        } catch {
+            throw GatewayConfig.Error(message: "\(config.data): cannot open the journal: \(error.description)")
+        }
+        let durable = DurableState(journal: journal)
+        self.durable = durable
+        // Every change to shared state goes to the journal, in the order it happens.
+        endpoints = CallbackEndpoints { change in
+            switch change {
+            case .registered(let e), .updated(let e): durable.write([DurableState.endpoint(e)], durable: true)
+            case .deleted(let id): durable.write([.delete("endpoint/\(id)")], durable: true)
+            }
+        }
+        deliveries = DeliveryStore { change in
+            switch change {
+            case .enqueued(let r), .updated(let r): durable.write([DurableState.delivery(r)], durable: true)
+            case .removed(let job): durable.write([.delete("delivery/\(job)")], durable: false)
+            }
+        }
+        // Idempotency records of synchronous runs are written without waiting for
+        // an fsync (README: "What is durable when").
+        idempotency = IdempotencyStore { change in
+            switch change {
+            case .began(let r), .completed(let r): durable.write([DurableState.idempotency(r)], durable: false)
+            case .removed(let scope, let key): durable.write([.delete(DurableState.idempotencyKey(scope, key))], durable: false)
+            }
+        }
+        if journal.openReport.droppedBytes > 0 || !journal.openReport.problems.isEmpty {
+            controlLog.log("warn", "journal recovered from a torn or corrupt tail", [("report", .string(journal.openReport.description))])
+        }
         let (endpoints, deliveries, policy) = (endpoints, deliveries, policy)
         let options = DeliveryOptions(schedule: config.callbackRetry)
         states = group.loops.map { loop in
@@ -109,6 +144,7 @@ public final class Gateway: @unchecked Sendable {
         server = HTTPServer(group: group, address: config.listen, limits: config.limits) { [unowned self] req, w in
             self.handle(req, w)
         }
+        try recover()
         try server.start()
         if let admin = config.adminListen {
             adminServer = HTTPServer(group: group, address: admin, limits: config.limits) { [unowned self] req, w in
@@ -169,6 +205,7 @@ public final class Gateway: @unchecked Sendable {
     public func shutdown() {
         server?.shutdown()
         adminServer?.shutdown()
+        durable.journal.close()
         for s in states { s.loop.execute { s.log.flush() } }
         group.shutdown()
     }
@@ -383,6 +420,7 @@ public final class Gateway: @unchecked Sendable {
         let trace = TraceContext(traceparent: call.req.headers["traceparent"], tracestate: call.req.headers["tracestate"], random: &state.spanIDs)
         run.headersForAttempt = { trace.headers(random: &state.spanIDs) }
         run.onFinish { run in Gateway.recordSteps(run, into: &state.metrics) }
+        let idempotencyToken = token
         if let token {
             run.onFinish { [idempotency] run in
                 let r = run.response!
@@ -401,17 +439,23 @@ public final class Gateway: @unchecked Sendable {
             state.waiting.removeValue(forKey: token)
             let entry = JobEntry(id: run.jobID, owner: call.caller, routeName: route.name, loop: state.loop,
                                  createdAt: wallClockMilliseconds(), run: run, traceID: trace.traceID)
-            self.jobs.add(entry)
-            self.jobsRunning.add(1, ordering: .relaxed)
-            run.onFinish { [unowned self] _ in
-                entry.finishedAt = state.loop.now
-                self.jobsRunning.subtract(1, ordering: .relaxed)
-                if let target = call.callback {
-                    state.deliverer.enqueue(jobID: entry.id, owner: entry.owner, target: target, body: entry.callbackBody())
+            // The job is journaled (with the steps already done) before its 202 is sent.
+            var records = [DurableState.jobAccepted(id: entry.id, route: route.name, owner: call.caller, createdAt: entry.createdAt,
+                                                    traceID: trace.traceID, input: input, callback: call.callback,
+                                                    idempotency: idempotencyToken.map { ($0.scope, $0.key) })]
+            for (i, o) in run.outcomes.enumerated() where o.isTerminal {
+                records.append(DurableState.stepFinished(job: entry.id, index: i, outcome: o))
+            }
+            self.track(entry, callback: call.callback, state: state)
+            let accepted = self.acceptedResponse(jobID: run.jobID, applied: applied)
+            let jobID = run.jobID
+            self.durable.write(records, durable: true) { [unowned self] ok in
+                state.loop.execute {
+                    let r = ok ? accepted : Problem(status: 503, detail: "the job could not be made durable; it may still run").httpResponse
+                    self.finishRequest(state, call.w, call.req, r, route: route.name, outcome: ok ? "async" : "error",
+                                       requestID: call.requestID, start: call.start, jobID: jobID, traceID: trace.traceID)
                 }
             }
-            self.finishRequest(state, call.w, call.req, self.acceptedResponse(jobID: run.jobID, applied: applied), route: route.name,
-                               outcome: "async", requestID: call.requestID, start: call.start, jobID: run.jobID, traceID: trace.traceID)
         }
 
         run.onFinish { [unowned self] run in
@@ -434,6 +478,97 @@ public final class Gateway: @unchecked Sendable {
             state.waiting[token] = goAsync
             budgetTimer = state.loop.schedule(at: call.start + budget, goAsync)
         }
+    }
+
+    /// Registers an async job and journals what happens to it from now on:
+    /// each settled step, then the result, then the callback delivery.
+    /// Call on `state.loop`.
+    private func track(_ entry: JobEntry, callback: DeliveryTarget?, state: LoopState) {
+        let run = entry.run
+        jobs.add(entry)
+        jobsRunning.add(1, ordering: .relaxed)
+        run.onStepSettled = { [durable] i, outcome in
+            durable.write([DurableState.stepFinished(job: entry.id, index: i, outcome: outcome)], durable: true)
+        }
+        run.onFinish { [unowned self] run in
+            entry.finishedAt = state.loop.now
+            self.jobsRunning.subtract(1, ordering: .relaxed)
+            self.durable.write([DurableState.jobFinished(job: entry.id, response: run.response!)], durable: true)
+            if let target = callback {
+                state.deliverer.enqueue(jobID: entry.id, owner: entry.owner, target: target, body: entry.callbackBody())
+            }
+        }
+    }
+
+    /// Rebuilds state from the journal (SPEC §6): endpoints, idempotency records
+    /// and deliveries as they were; every accepted job that had not finished runs
+    /// on, its finished steps restored (never called again) and steps that were in
+    /// flight re-sent with the same `{{step.idempotency_key}}` (the key derives
+    /// from the job id). Called once from `start()`, before the listener opens.
+    private func recover() throws {
+        let state = try durable.recover()
+        endpoints.restore(state.endpoints)
+        idempotency.restore(state.idempotency)
+        deliveries.restore(state.deliveries)
+        let resumed = Atomic<Int>(0)
+        for (n, job) in state.jobs.enumerated() {
+            let ls = states[n % states.count]
+            let done = Atomic<Bool>(false)
+            let bound = LoopBound(job)
+            ls.loop.execute { [unowned self] in
+                if self.resume(bound.value, on: ls) { resumed.add(1, ordering: .relaxed) }
+                done.store(true, ordering: .releasing)
+            }
+            while !done.load(ordering: .acquiring) { usleep(100) }
+        }
+        for (n, d) in state.deliveries.enumerated() where d.status == .pending {
+            let ls = states[n % states.count]
+            ls.loop.execute { ls.deliverer.resume(jobID: d.jobID) }
+        }
+        if !state.jobs.isEmpty || !state.deliveries.isEmpty || state.undecodable > 0 {
+            controlLog.log("info", "recovered from the journal", [
+                ("jobs", .int(Int64(state.jobs.count))), ("jobs_resumed", .int(Int64(resumed.load(ordering: .relaxed)))),
+                ("deliveries", .int(Int64(state.deliveries.count))), ("endpoints", .int(Int64(state.endpoints.count))),
+                ("idempotency_records", .int(Int64(state.idempotency.count))), ("undecodable_records", .int(Int64(state.undecodable))),
+            ])
+        }
+    }
+
+    /// Recreates one journaled job on `ls`'s loop. Returns whether it had to run on.
+    private func resume(_ job: DurableState.RecoveredJob, on ls: LoopState) -> Bool {
+        let route = ls.routes.route(named: job.route)
+        let run: FlowRun
+        if let route {
+            run = FlowRun(route: route, input: job.input, client: ls.client, jobID: job.id,
+                          redactor: redactor.withLock { $0 }, upstreamBodyBytes: config.upstreamBodyBytes)
+            for (i, o) in job.steps where i < route.steps.count && o.isTerminal { run.restore(step: i, outcome: o) }
+        } else {
+            // The route is gone: the job cannot run. Its record stays in the
+            // journal, so it resumes once the route is configured again.
+            ls.log.log("error", "journaled job names a route that is not configured; not resumed",
+                       [("job_id", .string(job.id)), ("route", .string(job.route))])
+            return false
+        }
+        let traceID = job.traceID.isEmpty ? ls.spanIDs.hex(8) + ls.spanIDs.hex(8) : job.traceID
+        let trace = TraceContext(traceparent: "00-\(traceID)-\(ls.spanIDs.hex(8))-01", tracestate: nil, random: &ls.spanIDs)
+        run.headersForAttempt = { trace.headers(random: &ls.spanIDs) }
+        let entry = JobEntry(id: job.id, owner: job.owner, routeName: job.route, loop: ls.loop, createdAt: job.createdAt, run: run, traceID: traceID)
+        if let response = job.response {
+            jobs.add(entry)
+            run.restoreFinished(response: response)
+            entry.finishedAt = ls.loop.now
+            return false
+        }
+        track(entry, callback: job.callback, state: ls)
+        if let (scope, key) = job.idempotency {
+            let token = IdempotencyToken(scope: scope, key: key, jobID: job.id)
+            run.onFinish { [idempotency] run in
+                let r = run.response!
+                idempotency.complete(token, with: StoredResponse(status: r.status, headers: r.headers, body: r.body))
+            }
+        }
+        run.start()
+        return true
     }
 
     private func refuse(_ call: RouteCall, _ p: Problem) {
@@ -550,6 +685,7 @@ public final class Gateway: @unchecked Sendable {
                 g.jobsRunning = self.jobsRunning.load(ordering: .relaxed)
                 g.callbacksPending = self.deliveries.pendingCount
                 g.callbacksDeadLettered = UInt64(self.deliveries.deadLetteredTotal)
+                g.journalBytes = self.durable.journal.stats.totalBytes
                 completion(PrometheusText.render(merged, g))
             }
         }

@@ -36,6 +36,20 @@ public final class LogBuffer {
     /// Values must already be free of secrets. Call on the buffer's loop thread.
     public func log(_ level: String, _ message: String, _ fields: [(String, JSON)] = []) {
         guard LogBuffer.rank(level) >= minimumLevel else { return }
+        if LogBuffer.keysAreDistinct(fields) {
+            // Fast path: the same bytes as the JSONObject path, written directly.
+            appendTimeLevelMessage(level, message)
+            for (k, v) in fields {
+                pending.append(0x2C)
+                JSON.appendQuoted(k, to: &pending)
+                pending.append(0x3A)
+                v.serialize(into: &pending)
+            }
+            pending.append(0x7D)
+            pending.append(0x0A)
+            scheduleFlush()
+            return
+        }
         var o = JSONObject()
         o["time"] = .string(LogBuffer.timestamp(wallClockMilliseconds()))
         o["level"] = .string(level)
@@ -43,6 +57,50 @@ public final class LogBuffer {
         for (k, v) in fields { o[k] = v }
         JSON.object(o).serialize(into: &pending)
         pending.append(0x0A)
+        scheduleFlush()
+    }
+
+    /// Whether no field repeats another or `time`, `level`, `msg` (the fast path's condition).
+    private static func keysAreDistinct(_ fields: [(String, JSON)]) -> Bool {
+        for i in fields.indices {
+            let k = fields[i].0
+            if k == "time" || k == "level" || k == "msg" { return false }
+            var j = i + 1
+            while j < fields.count {
+                if fields[j].0 == k { return false }
+                j += 1
+            }
+        }
+        return true
+    }
+
+    // `{"time":"2026-11-29T18:27:04.123Z","level":"…","msg":"…"` (no closing brace).
+    private func appendTimeLevelMessage(_ level: String, _ message: String) {
+        let ms = wallClockMilliseconds()
+        let second = ms >= 0 ? ms / 1000 : (ms - 999) / 1000
+        if second != cachedSecond || cachedPrefix.isEmpty {
+            // `{"time":"2026-11-29T18:27:04.` — everything before the milliseconds.
+            let full = LogBuffer.timestamp(second * 1000)
+            cachedPrefix = Array("{\"time\":\"".utf8) + Array(full.utf8.dropLast(4))
+            cachedSecond = second
+        }
+        pending.append(contentsOf: cachedPrefix)
+        let frac = Int(ms - second * 1000)
+        pending.append(UInt8(0x30 + frac / 100))
+        pending.append(UInt8(0x30 + (frac / 10) % 10))
+        pending.append(UInt8(0x30 + frac % 10))
+        pending.append(contentsOf: LogBuffer.afterTime)
+        JSON.appendQuoted(level, to: &pending)
+        pending.append(contentsOf: LogBuffer.afterLevel)
+        JSON.appendQuoted(message, to: &pending)
+    }
+
+    private var cachedSecond: Int64 = .min
+    private var cachedPrefix: [UInt8] = []
+    private static let afterTime = Array("Z\",\"level\":".utf8)
+    private static let afterLevel = Array(",\"msg\":".utf8)
+
+    private func scheduleFlush() {
         if let loop {
             if !flushScheduled {
                 flushScheduled = true

@@ -50,13 +50,20 @@ public final class HTTPResponseWriter: @unchecked Sendable {
 /// One client connection: reads and parses requests, hands them to the responder
 /// one at a time, writes the responses in order, and enforces the timeouts.
 /// Confined to its loop's thread (all methods are called from within the loop).
+///
+/// The transport is the socket itself or, on a TLS listener, a `TLSSession` over
+/// it: `receive` and `transmit` check `tls` once per call and otherwise share all
+/// of the connection's logic. A TLS connection first completes its handshake
+/// (`handshakeStep`), within `headerTimeout` of the accept.
 final class HTTPConnection: IOHandler {
-    enum TimerKind { case none, idle, head, body, write, linger }
+    enum TimerKind { case none, handshake, idle, head, body, write, linger }
 
     let fd: Int32
     let context: LoopContext
     let loop: EventLoop
     var slot = -1
+    /// The TLS session; nil on a plain-HTTP connection.
+    private let tls: TLSSession?
     private var parser: HTTPRequestParser
     private let limits: HTTPLimits
 
@@ -94,17 +101,70 @@ final class HTTPConnection: IOHandler {
     /// How long a closing connection drains the client's input (see `finishClose`).
     private static let lingerTime: Duration = .seconds(2)
 
-    init(fd: Int32, context: LoopContext) {
+    init(fd: Int32, context: LoopContext, tls: TLSSession? = nil) {
         self.fd = fd
         self.context = context
         self.loop = context.loop
         self.limits = context.shared.limits
         self.parser = HTTPRequestParser(limits: context.shared.limits)
+        self.tls = tls
     }
 
-    /// Called once registered: a new connection gets `headerTimeout` to send its first byte.
+    /// Called once registered: a new connection gets `headerTimeout` to send its
+    /// first byte, a TLS one to complete its handshake (tried at once: the
+    /// ClientHello has often arrived with the accept).
     func started() {
-        setTimer(.idle, loop.now + limits.headerTimeout)
+        if let tls {
+            setTimer(.handshake, loop.now + limits.headerTimeout)
+            handshakeStep(tls)
+        } else {
+            setTimer(.idle, loop.now + limits.headerTimeout)
+        }
+    }
+
+    // MARK: - Transport
+
+    /// Reads from the socket or the TLS session.
+    /// - Returns: a byte count (> 0), 0 at end of input, or a `TransportIO` code.
+    @inline(__always)
+    private func receive(_ buffer: UnsafeMutableRawPointer, _ count: Int) -> Int {
+        if let tls { return tls.read(buffer, count) }
+        while true {
+            let n = Glibc.read(fd, buffer, count)
+            if n >= 0 { return n }
+            let e = CLinux_errno()
+            if e == EINTR { continue }
+            return e == EAGAIN || e == EWOULDBLOCK ? TransportIO.wouldBlock : TransportIO.failed
+        }
+    }
+
+    /// Writes to the socket or the TLS session (`count` > 0).
+    /// - Returns: a byte count (> 0) or a `TransportIO` code.
+    @inline(__always)
+    private func transmit(_ bytes: UnsafeRawPointer, _ count: Int) -> Int {
+        if let tls { return tls.write(bytes, count) }
+        while true {
+            let n = send(fd, bytes, count, Int32(MSG_NOSIGNAL))
+            if n > 0 { return n }
+            let e = CLinux_errno()
+            if n < 0 && e == EINTR { continue }
+            return n < 0 && (e == EAGAIN || e == EWOULDBLOCK) ? TransportIO.wouldBlock : TransportIO.failed
+        }
+    }
+
+    /// Advances the TLS handshake; once done, waits for the first request
+    /// (`headerTimeout` again) and serves what already arrived.
+    private func handshakeStep(_ tls: TLSSession) {
+        switch tls.handshake() {
+        case .done:
+            updateInterest()
+            setTimer(.idle, loop.now + limits.headerTimeout)
+            drive()
+        case .again:
+            updateInterest()
+        case .failed:
+            close()
+        }
     }
 
     // MARK: - Events
@@ -118,6 +178,25 @@ final class HTTPConnection: IOHandler {
         if events.contains(.error) || events.contains(.hangup) {
             close()
             return
+        }
+        var events = events
+        if let tls {
+            if !tls.established {
+                handshakeStep(tls)
+                return
+            }
+            if tls.readNeedsWritable || tls.writeNeedsReadable {
+                // OpenSSL waited for the other direction: retry the call that did.
+                if tls.readNeedsWritable && events.contains(.write) {
+                    tls.readNeedsWritable = false
+                    events.insert(.read)
+                }
+                if tls.writeNeedsReadable && events.contains(.read) {
+                    tls.writeNeedsReadable = false
+                    events.insert(.write)
+                }
+                updateInterest()
+            }
         }
         if events.contains(.write) && outPending {
             if flush() { outputFlushed() }
@@ -140,6 +219,7 @@ final class HTTPConnection: IOHandler {
         processing = true
         defer { processing = false }
         var served = 0
+        var yielded = false
         let buf = context.readBuffer
         let bufSize = LoopContext.readBufferSize
         loop: while !closed && !awaiting && !outPending && !lingering {
@@ -161,12 +241,15 @@ final class HTTPConnection: IOHandler {
                 }
                 continue
             }
-            if served >= HTTPConnection.requestsPerTurn { break }
+            if served >= HTTPConnection.requestsPerTurn {
+                yielded = true
+                break
+            }
             if readPaused {
                 readPaused = false
                 updateInterest()
             }
-            let n = Glibc.read(fd, buf, bufSize)
+            let n = receive(buf, bufSize)
             if n > 0 {
                 var off = 0
                 while off < n {
@@ -189,19 +272,30 @@ final class HTTPConnection: IOHandler {
                         return
                     }
                 }
-                // A short read means the socket is drained; epoll reports any more.
-                if n < bufSize && pendStart == pend.count && !awaiting && !outPending { break loop }
+                // A short read means the socket is drained; epoll reports any more
+                // (but not bytes a TLS session already took from the socket).
+                if n < bufSize && pendStart == pend.count && !awaiting && !outPending {
+                    if let tls, tls.hasDecrypted { continue }
+                    break loop
+                }
             } else if n == 0 {
                 // The client closed: mid-request or between requests, nothing to answer.
                 close()
                 return
+            } else if n == TransportIO.wouldBlock {
+                break loop
+            } else if n == TransportIO.wouldBlockOther {
+                updateInterest()
+                break loop
             } else {
-                let e = CLinux_errno()
-                if e == EINTR { continue }
-                if e == EAGAIN || e == EWOULDBLOCK { break loop }
                 close()
                 return
             }
+        }
+        if yielded, let tls, !closed, !awaiting, !outPending, !lingering, tls.hasDecrypted {
+            // Yielded after `requestsPerTurn` with decrypted bytes waiting that
+            // epoll cannot report: come back after this round of events.
+            loop.deferUntilEndOfIteration { [weak self] in self?.drive() }
         }
         if !closed && !awaiting && !outPending && !lingering { armReadTimer() }
     }
@@ -240,17 +334,17 @@ final class HTTPConnection: IOHandler {
                 updateInterest()
                 return
             }
-            let n = Glibc.read(fd, buf, bufSize)
+            let n = receive(buf, bufSize)
             if n > 0 {
                 keepPending(buf, n)
+                // Bytes a TLS session keeps are read when the connection is free again.
                 if n < bufSize { return }
             } else if n == 0 {
                 close()
                 return
             } else {
-                let e = CLinux_errno()
-                if e == EINTR { continue }
-                if e != EAGAIN && e != EWOULDBLOCK { close() }
+                if n == TransportIO.wouldBlockOther { updateInterest() }
+                if n == TransportIO.failed { close() }
                 return
             }
         }
@@ -309,18 +403,14 @@ final class HTTPConnection: IOHandler {
     ///   writability (or the connection closed on a write error).
     private func flush() -> Bool {
         while outStart < out.count {
-            let n = out.withUnsafeBytes { b in
-                send(fd, b.baseAddress! + outStart, b.count - outStart, Int32(MSG_NOSIGNAL))
-            }
+            let n = out.withUnsafeBytes { b in transmit(b.baseAddress! + outStart, b.count - outStart) }
             if n > 0 {
                 outStart += n
                 if outPending { setTimer(.write, loop.now + limits.idleTimeout) }
                 continue
             }
-            let e = CLinux_errno()
-            if n < 0 && e == EINTR { continue }
-            if n < 0 && (e == EAGAIN || e == EWOULDBLOCK) {
-                if !outPending {
+            if n == TransportIO.wouldBlock || n == TransportIO.wouldBlockOther {
+                if !outPending || n == TransportIO.wouldBlockOther {
                     outPending = true
                     updateInterest()
                 }
@@ -346,6 +436,7 @@ final class HTTPConnection: IOHandler {
     /// into a reset that could destroy the response before the client reads it.
     private func finishClose() {
         guard !closed else { return }
+        tls?.sendCloseNotify()
         Glibc.shutdown(fd, Int32(SHUT_WR))
         lingering = true
         readPaused = false
@@ -387,6 +478,7 @@ final class HTTPConnection: IOHandler {
         timerKind = .none
         writer = nil
         loop.unregister(fd: fd)
+        tls?.close()
         Glibc.close(fd)
         context.remove(self)
         context.shared.openCount.subtract(1, ordering: .relaxed)
@@ -399,6 +491,10 @@ final class HTTPConnection: IOHandler {
         } else {
             if !readPaused { want.insert(.read) }
             if outPending { want.insert(.write) }
+            if let tls {
+                if tls.readNeedsWritable { want.insert(.write) }
+                if tls.writeNeedsReadable { want.insert(.read) }
+            }
         }
         if want != interest {
             interest = want
@@ -432,7 +528,7 @@ final class HTTPConnection: IOHandler {
         case .head, .body:
             // RFC 9110 §15.5.9: 408, then close.
             fail(.requestTimeout)
-        case .idle, .write, .linger, .none:
+        case .handshake, .idle, .write, .linger, .none:
             close()
         }
     }

@@ -29,6 +29,9 @@ final class LoopContext: @unchecked Sendable {
     let shared: ServerShared
     let readBuffer: UnsafeMutableRawPointer
     var dateCache = DateCache()
+    /// The TLS context for new connections (nil: plain HTTP). Replaced by
+    /// `HTTPServer.reloadTLS()`; open sessions keep the context they started with.
+    var tlsContext: TLSContext? = nil
     private var listener: Listener? = nil
     private var connections: [HTTPConnection] = []
 
@@ -57,11 +60,21 @@ final class LoopContext: @unchecked Sendable {
         let open = shared.openCount.add(1, ordering: .relaxed).newValue
         if open > shared.limits.maxConnections {
             shared.openCount.subtract(1, ordering: .relaxed)
-            LoopContext.refuse(cfd)
+            // A plain-text 503 means nothing to a TLS client: just close.
+            if tlsContext == nil { LoopContext.refuse(cfd) } else { Glibc.close(cfd) }
             return
         }
         Socket.setNoDelay(cfd)
-        let c = HTTPConnection(fd: cfd, context: self)
+        var session: TLSSession? = nil
+        if let tlsContext {
+            session = TLSSession(context: tlsContext, fd: cfd)
+            if session == nil {
+                Glibc.close(cfd)
+                shared.openCount.subtract(1, ordering: .relaxed)
+                return
+            }
+        }
+        let c = HTTPConnection(fd: cfd, context: self, tls: session)
         do {
             try loop.register(fd: cfd, events: [.read], handler: c)
         } catch {
@@ -165,8 +178,15 @@ final class Listener: IOHandler {
 /// with an `application/problem+json` body and the connection is closed (see
 /// `HTTPRequestParser` and `HTTPLimits`).
 ///
+/// With a `TLSConfiguration` every listener speaks TLS only (OpenSSL, TLS 1.2 or
+/// later, ALPN `http/1.1`); handshakes run non-blocking on the loops and must
+/// finish within `HTTPLimits.headerTimeout` of the connection's accept, or the
+/// connection is closed. A client that does not speak TLS (e.g. plain HTTP) is
+/// closed without an answer. `reloadTLS()` swaps in a re-read certificate for
+/// new connections.
+///
 /// The control methods (`start`, `stopAccepting`, `closeIdleConnections`,
-/// `shutdown`) are safe from any thread; called from outside the group's loops
+/// `shutdown`, `reloadTLS`) are safe from any thread; called from outside the group's loops
 /// they return once every loop has done its part (at most 5 s per loop).
 public final class HTTPServer: @unchecked Sendable {
     /// The loops the server runs on.
@@ -175,6 +195,8 @@ public final class HTTPServer: @unchecked Sendable {
     public let address: SocketAddress
     /// The limits applied to every connection.
     public let limits: HTTPLimits
+    /// The certificate and key when the server speaks TLS; nil for plain HTTP.
+    public let tls: TLSConfiguration?
 
     private let shared: ServerShared
     private let contexts: [LoopContext]
@@ -186,14 +208,18 @@ public final class HTTPServer: @unchecked Sendable {
     ///   - group: the loops to serve on (one listener and share of connections each).
     ///   - address: where to listen; port 0 lets the kernel choose (read `port` after `start()`).
     ///   - limits: parser and connection limits.
+    ///   - tls: when set, the server speaks TLS only, with this certificate and key
+    ///     (loaded by `start()`). Default: nil, plain HTTP.
     ///   - responder: called on the connection's loop thread for every complete
     ///     request; must eventually call `respond` on the writer exactly once. It
     ///     may answer later (after timers or other I/O); the connection waits.
     public init(group: EventLoopGroup, address: SocketAddress, limits: HTTPLimits,
+                tls: TLSConfiguration? = nil,
                 responder: @escaping (HTTPRequest, HTTPResponseWriter) -> Void) {
         self.group = group
         self.address = address
         self.limits = limits
+        self.tls = tls
         let shared = ServerShared(limits: limits, responder: responder)
         self.shared = shared
         self.contexts = group.loops.map { LoopContext(loop: $0, shared: shared) }
@@ -201,13 +227,23 @@ public final class HTTPServer: @unchecked Sendable {
 
     /// Binds one `SO_REUSEPORT` listener per loop and starts accepting. With port 0
     /// the first listener lets the kernel choose and the others reuse that port.
-    /// Call once.
-    /// - Throws: `SystemError` from `socket`, `bind`, `listen` or `epoll_ctl`
-    ///   (e.g. `EADDRINUSE`); nothing stays bound then.
+    /// With TLS it first loads the certificate and key (and ignores `SIGPIPE`
+    /// process-wide, since OpenSSL writes with plain `write(2)`). Call once.
+    /// - Throws: `TLSError` when the certificate or key cannot be read or parsed
+    ///   or do not match; `SystemError` from `socket`, `bind`, `listen` or
+    ///   `epoll_ctl` (e.g. `EADDRINUSE`). Nothing stays bound then.
     public func start() throws {
         guard !started.exchange(true, ordering: .acquiringAndReleasing) else {
             throw SystemError(errno: EALREADY, call: "HTTPServer.start")
         }
+        let tlsContext: TLSContext?
+        do {
+            tlsContext = try tls.map { try TLSContext($0) }
+        } catch {
+            started.store(false, ordering: .releasing)
+            throw error
+        }
+        if tlsContext != nil { Socket.ignoreSIGPIPE() }
         var fds: [Int32] = []
         var port = address.port
         do {
@@ -227,6 +263,7 @@ public final class HTTPServer: @unchecked Sendable {
         let indexOf = Dictionary(uniqueKeysWithValues: contexts.enumerated().map { (ObjectIdentifier($0.element), $0.offset) })
         onEachLoop { ctx in
             let fd = listenFDs[indexOf[ObjectIdentifier(ctx)]!]
+            ctx.tlsContext = tlsContext
             do {
                 try ctx.startListening(fd: fd)
             } catch {
@@ -238,6 +275,19 @@ public final class HTTPServer: @unchecked Sendable {
             shutdown()
             throw e
         }
+    }
+
+    /// Re-reads the TLS certificate and key from `tls`'s paths (e.g. on `SIGHUP`
+    /// after a renewal) and uses them for connections accepted from now on; open
+    /// connections keep their session. Does nothing for a plain-HTTP server or
+    /// before `start()`. Safe from any thread; returns once every loop has
+    /// switched.
+    /// - Throws: `TLSError` when the new files cannot be loaded or do not match;
+    ///   the server then keeps serving the previous certificate.
+    public func reloadTLS() throws {
+        guard let tls, started.load(ordering: .acquiring) else { return }
+        let fresh = try TLSContext(tls)
+        onEachLoop { $0.tlsContext = fresh }
     }
 
     /// The bound TCP port; valid after `start()` returned (0 before).

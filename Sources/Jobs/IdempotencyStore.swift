@@ -105,6 +105,13 @@ public struct IdempotencyToken: Hashable, Sendable {
     public let key: String
     /// The job id the record was claimed for.
     public let jobID: String
+
+    /// A token for a record restored from the journal whose run is resumed.
+    public init(scope: IdempotencyScope, key: String, jobID: String) {
+        self.scope = scope
+        self.key = key
+        self.jobID = jobID
+    }
 }
 
 /// What `IdempotencyStore.begin` found.

@@ -138,12 +138,12 @@ final class TestServer {
                                body: Array("\(req.method) \(req.path) \(req.body.count)".utf8)))
     }
 
-    init(loops: Int = 1, limits: HTTPLimits = HTTPLimits(),
+    init(loops: Int = 1, limits: HTTPLimits = HTTPLimits(), tls: TLSConfiguration? = nil,
          responder: @escaping (HTTPRequest, HTTPResponseWriter) -> Void = TestServer.echo) throws {
         Socket.ignoreSIGPIPE()
         group = try EventLoopGroup(count: loops)
         server = HTTPServer(group: group, address: SocketAddress(host: "127.0.0.1", port: 0),
-                            limits: limits, responder: responder)
+                            limits: limits, tls: tls, responder: responder)
         do {
             try server.start()
         } catch {
@@ -163,10 +163,10 @@ final class TestServer {
 }
 
 /// Runs `body` with a fresh server and always stops it.
-func withServer(loops: Int = 1, limits: HTTPLimits = HTTPLimits(),
+func withServer(loops: Int = 1, limits: HTTPLimits = HTTPLimits(), tls: TLSConfiguration? = nil,
                 responder: @escaping (HTTPRequest, HTTPResponseWriter) -> Void = TestServer.echo,
                 _ body: (TestServer) throws -> Void) throws {
-    let s = try TestServer(loops: loops, limits: limits, responder: responder)
+    let s = try TestServer(loops: loops, limits: limits, tls: tls, responder: responder)
     defer { s.stop() }
     try body(s)
 }

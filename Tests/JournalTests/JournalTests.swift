@@ -1,0 +1,191 @@
+import Foundation
+import Journal
+import Testing
+
+struct JournalBasicsTests {
+    /// Records appended durably are replayed identically after close and reopen.
+    @Test func reopen_ReplaysSameState_AfterClose() async throws {
+        let dir = TempDirectory()
+        var expected = ExpectedState()
+        do {
+            let journal = try Journal.open(directory: dir.path, options: testOptions())
+            let batches: [[JournalRecord]] = [
+                [.put("job/1", kind: 1, payload: payload(1)), .append("job/1", kind: 2, payload: payload(2))],
+                [.put("job/2", kind: 1, payload: Array("héllo".utf8))],
+                [.append("job/1", kind: 3, payload: [])],
+            ]
+            for batch in batches {
+                try await journal.append(batch)
+                expected.apply(batch)
+            }
+            #expect(try journal.replay() == expected.keys)
+            journal.close()
+        }
+        let reopened = try Journal.open(directory: dir.path, options: testOptions())
+        #expect(try reopened.replay() == expected.keys)
+        #expect(reopened.openReport.droppedBytes == 0)
+        #expect(reopened.openReport.problems.isEmpty)
+        #expect(reopened.openReport.liveRecords == 4)
+        #expect(reopened.openReport.liveKeys == 2)
+    }
+
+    /// `put` replaces a key's records, `append` adds to them (or starts them), `delete` drops the key.
+    @Test func operations_FollowPutAppendDeleteSemantics_BeforeAndAfterReopen() async throws {
+        let dir = TempDirectory()
+        let journal = try Journal.open(directory: dir.path, options: testOptions())
+        try await journal.append([.put("a", kind: 1, payload: [1])])
+        try await journal.append([.append("a", kind: 2, payload: [2])])
+        try await journal.append([.put("a", kind: 3, payload: [3])])       // replaces [1, 2]
+        try await journal.append([.append("b", kind: 4, payload: [4])])    // starts b
+        try await journal.append([.put("c", payload: [5]), .delete("c")])  // c gone
+        try await journal.append([.delete("never-existed")])
+        try await journal.append([.put("d", payload: [6])])
+        try await journal.append([.delete("d")])
+        try await journal.append([.append("d", payload: [7])])             // d restarts after delete
+        let want: [String: [JournalRecord]] = [
+            "a": [.put("a", kind: 3, payload: [3])],
+            "b": [.append("b", kind: 4, payload: [4])],
+            "d": [.append("d", payload: [7])],
+        ]
+        #expect(try journal.replay() == want)
+        #expect(journal.stats.liveKeys == 3)
+        #expect(journal.stats.liveRecords == 3)
+        journal.close()
+        #expect(try Journal.open(directory: dir.path, options: testOptions()).replay() == want)
+    }
+
+    /// `forEachLiveRecord` yields live records across keys in the order they were appended.
+    @Test func forEachLiveRecord_YieldsAppendOrder_AcrossKeys() async throws {
+        let dir = TempDirectory()
+        let journal = try Journal.open(directory: dir.path, options: testOptions())
+        try await journal.append([.put("z", payload: [1])])
+        try await journal.append([.put("a", payload: [2])])
+        try await journal.append([.append("z", payload: [3])])
+        try await journal.append([.put("m", payload: [4]), .put("a", payload: [5])])
+        var seen: [[UInt8]] = []
+        try journal.forEachLiveRecord { seen.append($0.payload) }
+        #expect(seen == [[1], [3], [4], [5]])
+    }
+
+    /// A second open of a locked directory fails with `.locked` naming this process; it opens again after close.
+    @Test func open_FailsWithLocked_WhenDirectoryIsAlreadyOpen() throws {
+        let dir = TempDirectory()
+        let first = try Journal.open(directory: dir.path, options: testOptions())
+        #expect {
+            _ = try Journal.open(directory: dir.path, options: testOptions())
+        } throws: { error in
+            guard case let .locked(path, pid) = error as? JournalError else { return false }
+            return path == dir.file("LOCK") && pid == getpid()
+        }
+        first.close()
+        let second = try Journal.open(directory: dir.path, options: testOptions())
+        second.close()
+    }
+
+    /// Open fails with `.locked` while another process (flock(1)) holds the directory's LOCK file.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/flock")))
+    func open_FailsWithLocked_WhenAnotherProcessHoldsTheLock() throws {
+        let dir = TempDirectory()
+        try FileManager.default.createDirectory(atPath: dir.path, withIntermediateDirectories: true)
+        let holder = Process()
+        // The shell takes the lock on fd 9 (waiting while a probe below holds it), then
+        // becomes `sleep` with fd 9 still open, so terminating it releases the lock.
+        holder.executableURL = URL(fileURLWithPath: "/bin/sh")
+        holder.arguments = ["-c", "exec 9>>\"$0\" && flock 9 && exec sleep 30", dir.file("LOCK")]
+        try holder.run()
+        defer { holder.terminate(); holder.waitUntilExit() }
+        var sawLocked = false
+        for _ in 0..<200 where !sawLocked {
+            do {
+                let journal = try Journal.open(directory: dir.path, options: testOptions())
+                journal.close()  // flock(1) had not started yet; try again
+                usleep(10_000)
+            } catch JournalError.locked {
+                sawLocked = true
+            }
+        }
+        #expect(sawLocked)
+    }
+
+    /// The active segment rolls over at `segmentBytes`, and reopening replays records from every segment.
+    @Test func segments_RollOver_WhenSegmentBytesReached() async throws {
+        let dir = TempDirectory()
+        let options = testOptions(segmentBytes: 1024)
+        var expected = ExpectedState()
+        do {
+            let journal = try Journal.open(directory: dir.path, options: options)
+            for i in 0..<100 {
+                let batch: [JournalRecord] = [.put("key/\(i)", payload: payload(i, count: 100))]
+                try await journal.append(batch)
+                expected.apply(batch)
+            }
+            #expect(journal.stats.segmentCount >= 9)
+            journal.close()
+        }
+        #expect(dir.logFiles().count >= 9)
+        #expect(dir.logFiles().allSatisfy { dir.size($0) <= 1024 + 200 })
+        let reopened = try Journal.open(directory: dir.path, options: options)
+        #expect(try reopened.replay() == expected.keys)
+    }
+
+    /// Non-durable appends complete without any fsync; `sync()` then makes them durable with one.
+    @Test func append_DoesNotSync_WhenNotDurable() async throws {
+        let dir = TempDirectory()
+        let journal = try Journal.open(directory: dir.path, options: testOptions())
+        for i in 0..<20 { try await journal.append([.put("k\(i)", payload: [UInt8(i)])], durable: false) }
+        #expect(journal.stats.syncs == 0)
+        #expect(try journal.replay().count == 20)
+        try journal.sync()
+        #expect(journal.stats.syncs == 1)
+    }
+
+    /// A key over 65,535 bytes or a record over `maxRecordBytes` is rejected and nothing of its append is written.
+    @Test func append_RejectsWholeAppend_WhenARecordIsTooLarge() async throws {
+        let dir = TempDirectory()
+        var options = testOptions()
+        options.maxRecordBytes = 1000
+        let journal = try Journal.open(directory: dir.path, options: options)
+        await #expect(throws: JournalError.self) {
+            try await journal.append([.put("ok", payload: [1]), .put("big", payload: payload(0, count: 2000))])
+        }
+        await #expect(throws: JournalError.self) {
+            try await journal.append([.put(String(repeating: "k", count: 70_000))])
+        }
+        #expect(journal.stats.appendedRecords == 0)
+        try await journal.append([.put("after", payload: [2])])
+        #expect(try journal.replay() == ["after": [.put("after", payload: [2])]])
+    }
+
+    /// After `close()`, appends complete with `.closed` and blocking calls throw `.closed`.
+    @Test func append_FailsWithClosed_AfterClose() async throws {
+        let dir = TempDirectory()
+        let journal = try Journal.open(directory: dir.path, options: testOptions())
+        journal.close()
+        journal.close()  // idempotent
+        let result = journal.appendAndWait([.put("k")])
+        #expect(result.failure == .closed)
+        #expect(throws: JournalError.closed) { try journal.sync() }
+        #expect(throws: JournalError.closed) { _ = try journal.replay() }
+    }
+
+    /// Close writes and syncs non-durable appends still pending, so a reopen sees them.
+    @Test func close_FlushesPendingAppends_BeforeReleasingTheLock() throws {
+        let dir = TempDirectory()
+        do {
+            let journal = try Journal.open(directory: dir.path, options: testOptions())
+            for i in 0..<500 { journal.append([.put("k\(i)", payload: payload(i))], durable: false) { _ in } }
+            journal.close()
+        }
+        #expect(try Journal.open(directory: dir.path, options: testOptions()).replay().count == 500)
+    }
+
+    /// Opening creates the directory and its missing parents.
+    @Test func open_CreatesDirectory_WhenMissing() throws {
+        let dir = TempDirectory()
+        let nested = dir.path + "/a/b/data"
+        let journal = try Journal.open(directory: nested, options: testOptions())
+        #expect(FileManager.default.fileExists(atPath: nested + "/LOCK"))
+        #expect(FileManager.default.fileExists(atPath: nested + "/segment-000001.log"))
+        journal.close()
+    }
+}
