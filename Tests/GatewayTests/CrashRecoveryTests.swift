@@ -1,0 +1,87 @@
+import Foundation
+import Glibc
+import Testing
+import TestSupport
+
+/// Durability across `kill -9` (SPEC §6), with the real binary and its journal on disk.
+@Suite(.serialized) struct CrashRecoveryTests {
+    static func orderRoute() -> String {
+        routeJSON(["name": "order", "method": "POST", "path": "/order/{n}", "wait": "0s",
+                   "steps": [
+                       ["id": "pay", "request": ["method": "POST", "url": "{{env.PAY}}/pay",
+                                                 "headers": ["Idempotency-Key": "{{step.idempotency_key}}"], "body": ["n": "{{request.path.n}}"]],
+                        "timeout": "5s"],
+                       ["id": "ship", "after": ["pay"], "request": ["method": "POST", "url": "{{env.SHIP}}/ship",
+                                                                     "headers": ["Idempotency-Key": "{{step.idempotency_key}}"], "body": ["n": "{{request.path.n}}"]],
+                        "timeout": "5s"],
+                   ]])
+    }
+
+    /// Accepts jobs under concurrent load, kills the gateway with SIGKILL at a random moment while
+    /// steps are in flight, restarts it on the same data directory, and checks: every job that got a
+    /// 202 finishes and its callback is delivered; the payment step, whose outcome was journaled,
+    /// is never called again; the shipment step that was in flight is re-sent only with the same key.
+    @Test(arguments: [150, 400, 650])
+    func sigkill_EveryAcceptedJobFinishes_WithoutRepeatingRecordedSteps(killAfterMs: Int) throws {
+        let pay = try ScriptedServer.answering(body: "{\"id\":\"pay\",\"status\":\"succeeded\"}")
+        let ship = try ScriptedServer.answering(status: 201, body: "{\"id\":\"shp\"}", delay: .milliseconds(900))
+        let rx = try ScriptedServer.answering(status: 204, body: "")
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Self.orderRoute().write(toFile: "\(dir)/order.json", atomically: true, encoding: .utf8)
+        let env = ["PAY": "http://127.0.0.1:\(pay.port)", "SHIP": "http://127.0.0.1:\(ship.port)"]
+        let extra = ["--callback-allow", "127.0.0.0/8"]
+
+        var server = try CLITests.Server(routesDir: dir, env: env, extra: extra)
+        let port = server.port
+        let ids = NSLock()
+        nonisolated(unsafe) var jobIDs: [String] = []
+        DispatchQueue.concurrentPerform(iterations: 12) { n in
+            let c = try? RawConnection(port: port)
+            if let r = c?.request("POST", "/order/\(n)", headers: [("Callback-URL", "http://127.0.0.1:\(rx.port)/cb")]),
+               r.status == 202, let id = r.object["job_id"] as? String {
+                ids.withLock { jobIDs.append(id) }
+            }
+        }
+        #expect(jobIDs.count == 12)
+        usleep(useconds_t(killAfterMs * 1000))
+        kill(server.process.processIdentifier, SIGKILL)
+        server.process.waitUntilExit()
+        let shipCallsBeforeRestart = ship.requests.count
+
+        server = try CLITests.Server(routesDir: dir, env: env, extra: extra)
+        defer { kill(server.process.processIdentifier, SIGTERM); server.process.waitUntilExit() }
+        for id in jobIDs {
+            let job = try #require(RawConnection(port: server.port).request("GET", "/jobs/\(id)?wait=20"))
+            #expect(job.status == 200, "job \(id) unknown after restart")
+            #expect(job.object["status"] as? String == "succeeded", "job \(id): \(job.text)")
+        }
+        #expect(eventually(timeout: .seconds(20)) { Set(rx.requests.compactMap { $0.object["job_id"] as? String }).isSuperset(of: jobIDs) },
+                "callbacks delivered: \(rx.requests.count) of \(jobIDs.count)")
+
+        // Payments: exactly one call per job (the outcome was journaled long before the kill).
+        let payKeys = pay.requests.compactMap { $0.header("idempotency-key") }
+        #expect(payKeys.count == jobIDs.count)
+        #expect(Set(payKeys).count == jobIDs.count)
+        // Shipments: at most one re-send per job, always with the same key.
+        var shipCalls: [String: Int] = [:]
+        for k in ship.requests.compactMap({ $0.header("idempotency-key") }) { shipCalls[k, default: 0] += 1 }
+        #expect(shipCalls.count == jobIDs.count)
+        #expect(shipCalls.values.allSatisfy { $0 <= 2 })
+        #expect(ship.requests.count >= shipCallsBeforeRestart)
+        #expect(server.log.contains("recovered from the journal"))
+    }
+
+    /// A second process on a data directory that is in use refuses to start, with a clear message.
+    @Test func secondProcess_OnLockedDataDirectory_Refuses() throws {
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Self.orderRoute().write(toFile: "\(dir)/order.json", atomically: true, encoding: .utf8)
+        let env = ["PAY": "http://127.0.0.1:9", "SHIP": "http://127.0.0.1:9"]
+        let first = try CLITests.Server(routesDir: dir, env: env)
+        defer { kill(first.process.processIdentifier, SIGTERM); first.process.waitUntilExit() }
+        let (code, _, err) = try CLITests.run(["serve", "--routes", dir, "--listen", "127.0.0.1:0", "--data", dir + "/data"], env: env)
+        #expect(code != 0)
+        #expect(err.contains("lock"))
+    }
+}
