@@ -83,7 +83,10 @@ public final class Gateway: @unchecked Sendable {
         let secret = try config.callbackSecret ?? Gateway.loadOrCreateCallbackSecret(dataDirectory: config.data)
         let journal: Journal
         do {
-            journal = try Journal.open(directory: config.data)
+            var options = JournalOptions()
+            options.fsync = config.journalSync != "off"
+            options.syncEveryRecord = config.journalSync == "record"
+            journal = try Journal.open(directory: config.data, options: options)
         } catch {
             throw GatewayConfig.Error(message: "\(config.data): cannot open the journal: \(error.description)")
         }

@@ -46,6 +46,10 @@ public struct GatewayConfig: Sendable {
     public var jobRetention: Duration = .seconds(86_400)
     /// Log level: `debug`, `info` (default), `warn`, `error`.
     public var logLevel = "info"
+    /// How the journal syncs: `group` (default: concurrent durable appends share
+    /// one `fdatasync`), `record` (one `fdatasync` per append — for comparison
+    /// benchmarks), or `off` (no fsync: a machine crash can lose acknowledged jobs).
+    public var journalSync = "group"
 
     public init() {}
 
@@ -140,6 +144,14 @@ public struct GatewayConfig: Sendable {
                     case "upstream_body_bytes": c.upstreamBodyBytes = try int(k, lv)
                     default: throw fail(k, "unknown field")
                     }
+                }
+            case "journal":
+                guard case .object(let j) = v else { throw fail(key, "must be an object") }
+                for (jk, jv) in j {
+                    guard jk == "sync" else { throw fail("journal.\(jk)", "unknown field") }
+                    let mode = try string("journal.sync", jv)
+                    guard ["group", "record", "off"].contains(mode) else { throw fail("journal.sync", "must be group, record or off") }
+                    c.journalSync = mode
                 }
             case "tls":
                 throw fail(key, "TLS listeners are not supported yet")
