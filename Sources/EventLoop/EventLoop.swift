@@ -47,7 +47,9 @@ public final class EventLoop: @unchecked Sendable {
     private let pending = Mutex<[@Sendable () -> Void]>([])
     private let wakePending = Atomic<Bool>(false)
     private let stopping = Atomic<Bool>(false)
-    private var threadID: pthread_t? = nil
+    /// The running thread (`pthread_t`, an unsigned integer on Linux); 0 when not running.
+    /// Atomic: `inEventLoop` reads it from any thread.
+    private let threadID = Atomic<UInt>(0)
     private var cachedNow = Instant.now()
     private var deferred: [() -> Void] = []
 
@@ -74,8 +76,8 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Whether the calling thread is this loop's thread.
     public var inEventLoop: Bool {
-        guard let t = threadID else { return false }
-        return pthread_equal(t, pthread_self()) != 0
+        let t = threadID.load(ordering: .acquiring)
+        return t != 0 && pthread_equal(t, pthread_self()) != 0
     }
 
     /// The monotonic time cached at the start of the current loop iteration
@@ -172,7 +174,7 @@ public final class EventLoop: @unchecked Sendable {
     /// Runs the loop on the calling thread until `stop()`. Returns after the
     /// iteration in which `stop()` was observed.
     public func run() {
-        threadID = pthread_self()
+        threadID.store(pthread_self(), ordering: .releasing)
         let maxEvents: Int32 = 256
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: Int(maxEvents))
         defer { events.deallocate() }
@@ -209,7 +211,7 @@ public final class EventLoop: @unchecked Sendable {
             runExpiredTimers()
             runDeferred()
         }
-        threadID = nil
+        threadID.store(0, ordering: .releasing)
     }
 
     private func drainWakeups() {

@@ -310,6 +310,8 @@ import Testing
         }) { s in
             let c = try s.client()
             #expect(c.get("/")?.status == 204)
+            // The second observation runs just after the response is handed to the socket.
+            #expect(eventually { seen.get.count == 2 })
             #expect(seen.get == [true, true])
         }
     }

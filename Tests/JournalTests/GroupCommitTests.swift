@@ -29,7 +29,8 @@ struct GroupCommitTests {
         let syncs = journal.stats.syncs
         print("journal group commit: 1000 concurrent durable appends from 8 threads took \(syncs) fsyncs")
         #expect(syncs >= 1)
-        #expect(syncs <= 250)
+        // Shared fsyncs: far fewer than one per append (even under a sanitizer's slowdown).
+        #expect(syncs < 600)
         journal.close()
 
         let reopened = try Journal.open(directory: dir.path, options: testOptions())
