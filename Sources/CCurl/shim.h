@@ -16,6 +16,9 @@ static inline CURLcode CCurl_easy_setopt_datafunction(CURL *h, CURLoption o, CCu
 static inline CURLcode CCurl_easy_getinfo_long(CURL *h, CURLINFO i, long *v) { return curl_easy_getinfo(h, i, v); }
 static inline CURLcode CCurl_easy_getinfo_pointer(CURL *h, CURLINFO i, void **v) { return curl_easy_getinfo(h, i, v); }
 
+typedef int (*CCurl_closesocket_callback)(void *clientp, curl_socket_t item);
+static inline CURLcode CCurl_easy_setopt_closesocketfunction(CURL *h, CCurl_closesocket_callback f) { return curl_easy_setopt(h, CURLOPT_CLOSESOCKETFUNCTION, f); }
+
 typedef int (*CCurl_socket_callback)(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp);
 typedef int (*CCurl_timer_callback)(CURLM *multi, long timeout_ms, void *userp);
 static inline CURLMcode CCurl_multi_setopt_long(CURLM *m, CURLMoption o, long v) { return curl_multi_setopt(m, o, v); }

@@ -213,7 +213,7 @@ public final class FlowRun {
         case .success(let r):
             outcomes[i].status = r.status
             outcomes[i].headers = r.headers
-            outcomes[i].body = FlowRun.parseBody(r.body)
+            outcomes[i].setUpstreamBody(r.body)
             let ok = step.success?.contains(r.status) ?? (200...299).contains(r.status)
             if ok {
                 outcomes[i].state = .succeeded
@@ -327,7 +327,8 @@ public final class FlowRun {
             }
             var body: [UInt8] = []
             if let b = spec.body {
-                body = try b.render(ctx).serialized
+                // Straight to bytes: an upstream body already in canonical form is copied as is.
+                try b.serialize(ctx, into: &body)
                 if !hasContentType { headers.append(("Content-Type", "application/json")) }
             }
             return FlowResponse(status: spec.status, headers: headers, body: redactor.redact(body))
@@ -400,7 +401,7 @@ private final class JobIDPool {
 
     private static let key: pthread_key_t = {
         var k = pthread_key_t()
-        pthread_key_create(&k) { p in Unmanaged<JobIDPool>.fromOpaque(p).release() }
+        pthread_key_create(&k) { p in if let p { Unmanaged<JobIDPool>.fromOpaque(p).release() } }
         return k
     }()
 
@@ -455,6 +456,14 @@ private struct RunContext: TemplateContext {
     unowned let run: FlowRun
     let step: Int?
     let deadline: Instant
+
+    func resolveSerialized(_ ref: TemplateRef) -> [UInt8]? {
+        // A whole upstream body received in canonical form: pass its bytes through.
+        guard case .stepBody(let i, let path) = ref, path.isEmpty else { return nil }
+        let o = run.outcomes[i]
+        if o.state == .skipped || (o.state == .failed && o.status == nil) { return nil }
+        return o.serializedBodyIfCanonical
+    }
 
     func resolve(_ ref: TemplateRef) -> JSON? {
         switch ref {

@@ -1,6 +1,7 @@
 import EventLoop
 import Glibc
 import JSON
+import Synchronization
 
 /// What a run's templates may read from the caller's request.
 public struct FlowInput: Sendable {
@@ -57,7 +58,27 @@ public struct StepOutcome: Sendable {
     /// The last response's header fields.
     public var headers: [(String, String)] = []
     /// The last response body: parsed JSON, or a JSON string when it was not JSON; `.null` when none.
-    public var body: JSON = .null
+    /// An upstream body is kept as received and parsed on first use.
+    public var body: JSON {
+        get { lazyBody?.json ?? storedBody }
+        set { storedBody = newValue; lazyBody = nil }
+    }
+    var storedBody: JSON = .null
+    var lazyBody: LazyBody?
+
+    /// Sets `body` from upstream bytes without parsing them yet.
+    mutating func setUpstreamBody(_ bytes: [UInt8]) {
+        if bytes.isEmpty { body = .null; return }
+        storedBody = .null
+        lazyBody = LazyBody(raw: bytes)
+    }
+
+    /// The body as compact JSON bytes when the upstream sent it in exactly the form
+    /// serializing `body` gives (so it can be passed through as is); nil otherwise.
+    var serializedBodyIfCanonical: [UInt8]? {
+        guard let l = lazyBody, l.canonical else { return nil }
+        return l.raw
+    }
     /// Attempts made so far.
     public var attempts = 0
     /// Why it failed (state `.failed`) or was skipped (kind nil, message set).
@@ -77,6 +98,28 @@ public struct StepOutcome: Sendable {
     public var durationSeconds: Double? {
         guard let s = startedAt, let f = finishedAt else { return nil }
         return Double((f - s).nanosecondsClamped) / 1e9
+    }
+}
+
+/// An upstream body as received, parsed to JSON on first use (at most once).
+final class LazyBody: @unchecked Sendable {
+    let raw: [UInt8]
+    /// `raw` is exactly what serializing its parsed value gives.
+    let canonical: Bool
+    private let parsed = Mutex<JSON?>(nil)
+
+    init(raw: [UInt8]) {
+        self.raw = raw
+        self.canonical = JSON.isCanonicalCompact(raw)
+    }
+
+    var json: JSON {
+        parsed.withLock { cached -> JSON in
+            if let cached { return cached }
+            let j = FlowRun.parseBody(raw)
+            cached = j
+            return j
+        }
     }
 }
 

@@ -52,6 +52,15 @@ public protocol TemplateContext {
     /// ``TemplateError``). Return `.null` for a value that exists but is null, e.g. a
     /// skipped step's body.
     func resolve(_ ref: TemplateRef) -> JSON?
+
+    /// The value of `ref` as compact JSON bytes, exactly as `resolve(ref)?.serialize(into:)`
+    /// would write them, when the context has them at hand (e.g. an upstream body received
+    /// in canonical form); nil otherwise, and `resolve` is used. Default: nil.
+    func resolveSerialized(_ ref: TemplateRef) -> [UInt8]?
+}
+
+extension TemplateContext {
+    public func resolveSerialized(_ ref: TemplateRef) -> [UInt8]? { nil }
 }
 
 /// A template that could not be compiled or rendered.
@@ -315,6 +324,11 @@ public indirect enum TemplateValue: Sendable {
         case .literal(let json):
             json.serialize(into: &out)
         case .string(let template):
+            if template.parts.count == 1, case .reference(let ref, _) = template.parts[0],
+               let bytes = ctx.resolveSerialized(ref) {
+                out.append(contentsOf: bytes)
+                return
+            }
             try template.render(ctx).serialize(into: &out)
         case .array(let elements):
             out.append(0x5B)

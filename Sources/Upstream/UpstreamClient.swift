@@ -22,7 +22,11 @@ public final class UpstreamClient: @unchecked Sendable {
     fileprivate let multi: UnsafeMutableRawPointer
     private var sockets: [Int32: CurlSocket] = [:]
     private var timer: LoopTimer?
-    private var freeHandles: [UnsafeMutableRawPointer] = []
+    /// curl asked to be called "as soon as possible" (timeout 0): done at the end of
+    /// the loop iteration instead of through a timer.
+    private var immediateWanted = false
+    private var immediateQueued = false
+    private var freeHandles: [PooledEasy] = []
     /// Transfers in flight (for tests and metrics).
     public private(set) var activeTransfers = 0
     private var processing = false
@@ -54,8 +58,34 @@ public final class UpstreamClient: @unchecked Sendable {
     deinit {
         loop.cancel(timer)
         for (fd, _) in sockets { loop.unregister(fd: fd) }
-        for h in freeHandles { curl_easy_cleanup(h) }
+        sockets.removeAll()
+        for h in freeHandles { curl_easy_cleanup(h.easy) }
         curl_multi_cleanup(multi)
+    }
+
+    /// A new easy handle with the options every transfer shares; the per-transfer
+    /// ones are set by `UpstreamTransfer.configure` (no `curl_easy_reset` between uses).
+    private func makeHandle() -> PooledEasy {
+        let h = curl_easy_init()!
+        _ = CCurl_easy_setopt_string(h, CURLOPT_PROTOCOLS_STR, "http,https")
+        _ = CCurl_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
+        _ = CCurl_easy_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)
+        _ = CCurl_easy_setopt_datafunction(h, CURLOPT_WRITEFUNCTION, { ptr, size, n, ud in
+            let t = Unmanaged<UpstreamTransfer>.fromOpaque(ud!).takeUnretainedValue()
+            return t.received(body: UnsafeRawBufferPointer(start: ptr, count: size * n))
+        })
+        _ = CCurl_easy_setopt_datafunction(h, CURLOPT_HEADERFUNCTION, { ptr, size, n, ud in
+            let t = Unmanaged<UpstreamTransfer>.fromOpaque(ud!).takeUnretainedValue()
+            t.received(headerLine: UnsafeRawBufferPointer(start: ptr, count: size * n))
+            return size * n
+        })
+        // Told when curl closes a socket, so a parked (still registered) one is forgotten.
+        _ = CCurl_easy_setopt_closesocketfunction(h, { clientp, fd in
+            Unmanaged<UpstreamClient>.fromOpaque(clientp!).takeUnretainedValue().socketClosing(fd)
+            return close(fd)
+        })
+        _ = CCurl_easy_setopt_pointer(h, CURLOPT_CLOSESOCKETDATA, Unmanaged.passUnretained(self).toOpaque())
+        return PooledEasy(easy: h)
     }
 
     /// Starts one attempt. `completion` runs exactly once on the loop thread,
@@ -63,18 +93,19 @@ public final class UpstreamClient: @unchecked Sendable {
     /// - Returns: the transfer, which can be cancelled.
     @discardableResult
     public func send(_ request: UpstreamRequest, completion: @escaping (UpstreamResult) -> Void) -> UpstreamTransfer {
-        let easy = freeHandles.popLast() ?? curl_easy_init()!
-        let t = UpstreamTransfer(client: self, easy: easy, request: request, completion: completion)
+        let pooled = freeHandles.popLast() ?? makeHandle()
+        let easy = pooled.easy
+        let t = UpstreamTransfer(client: self, pooled: pooled, request: request, completion: completion)
         let remainingMs = (request.deadline - loop.now).milliseconds
         if remainingMs <= 0 {
             // Already past the deadline: fail without touching the network.
-            freeHandles.append(easy)
+            freeHandles.append(pooled)
             t.easy = nil
             loop.deferUntilEndOfIteration { t.finish(.failure(UpstreamFailure(kind: .timeout, message: "deadline passed before the attempt started"))) }
             return t
         }
         if let failure = t.configure(remainingMs: remainingMs) {
-            freeHandles.append(easy)
+            freeHandles.append(pooled)
             t.easy = nil
             loop.deferUntilEndOfIteration { t.finish(.failure(failure)) }
             return t
@@ -86,26 +117,39 @@ public final class UpstreamClient: @unchecked Sendable {
     }
 
     fileprivate func release(_ t: UpstreamTransfer) {
-        guard let easy = t.easy else { return }
-        curl_multi_remove_handle(multi, easy)
-        curl_easy_reset(easy)
+        guard t.easy != nil else { return }
+        curl_multi_remove_handle(multi, t.pooled.easy)
         t.easy = nil
-        freeHandles.append(easy)
+        freeHandles.append(t.pooled)
         activeTransfers -= 1
         t.releaseFromCurl()
     }
 
     // MARK: curl → loop
 
+    // A kept-alive connection goes back to curl's cache after every transfer: curl
+    // says REMOVE, and ADDs the same socket again for the next transfer. Instead of
+    // an epoll_ctl DEL + ADD pair per transfer, a socket watched for reading only
+    // stays registered ("parked"): it is re-armed without a system call when curl
+    // wants it again, dropped (DEL) if it becomes ready while parked (the peer closed
+    // it), and forgotten when curl closes it (CURLOPT_CLOSESOCKETFUNCTION; closing
+    // removes it from epoll).
     private func socketChanged(_ fd: Int32, what: Int32) {
         if what == CURL_POLL_REMOVE {
-            if sockets.removeValue(forKey: fd) != nil { loop.unregister(fd: fd) }
+            guard let s = sockets[fd] else { return }
+            if s.events == .read && !s.parked {
+                s.parked = true
+            } else {
+                sockets.removeValue(forKey: fd)
+                loop.unregister(fd: fd)
+            }
             return
         }
         var events: IOEvents = []
         if what & CURL_POLL_IN != 0 { events.insert(.read) }
         if what & CURL_POLL_OUT != 0 { events.insert(.write) }
         if let s = sockets[fd] {
+            s.parked = false
             if s.events == events { return }  // skip epoll_ctl calls that change nothing
             s.events = events
             do { try loop.modify(fd: fd, events: events) } catch {
@@ -118,11 +162,52 @@ public final class UpstreamClient: @unchecked Sendable {
         }
     }
 
+    /// curl is about to close `fd`: a parked socket is still registered; forget it
+    /// (closing removes it from epoll).
+    fileprivate func socketClosing(_ fd: Int32) {
+        if let s = sockets[fd] {
+            sockets.removeValue(forKey: fd)
+            if s.parked { loop.unregister(fd: fd) }
+        }
+    }
+
+    /// A parked socket became ready (e.g. the peer closed the idle connection):
+    /// stop watching it; curl finds out when it next tries to reuse it.
+    fileprivate func parkedSocketReady(_ fd: Int32) {
+        if let s = sockets[fd], s.parked {
+            sockets.removeValue(forKey: fd)
+            loop.unregister(fd: fd)
+        }
+    }
+
     private func timerChanged(_ ms: Int) {
-        loop.cancel(timer)
-        timer = nil
-        if ms < 0 { return }
-        timer = loop.schedule(at: loop.now + .milliseconds(ms)) { [unowned self] in
+        if ms == 0 {
+            // "As soon as possible": at the end of this loop iteration, no timer.
+            if let t = timer { loop.cancel(t); timer = nil }
+            immediateWanted = true
+            if !immediateQueued {
+                immediateQueued = true
+                loop.deferUntilEndOfIteration { [weak self] in
+                    guard let self else { return }
+                    self.immediateQueued = false
+                    guard self.immediateWanted else { return }
+                    self.immediateWanted = false
+                    self.action(fd: -1, flags: 0)
+                }
+            }
+            return
+        }
+        immediateWanted = false
+        if ms < 0 {
+            if let t = timer { loop.cancel(t); timer = nil }
+            return
+        }
+        let at = loop.now + .milliseconds(ms)
+        if let t = timer {
+            if t.isScheduled && t.deadline == at { return }
+            loop.cancel(t)
+        }
+        timer = loop.schedule(at: at) { [unowned self] in
             self.timer = nil
             self.action(fd: -1, flags: 0)
         }
@@ -158,6 +243,8 @@ private final class CurlSocket: IOHandler {
     unowned let client: UpstreamClient
     let fd: Int32
     var events: IOEvents
+    /// Back in curl's connection cache, still registered for reading.
+    var parked = false
 
     init(client: UpstreamClient, fd: Int32, events: IOEvents) {
         self.client = client
@@ -166,6 +253,7 @@ private final class CurlSocket: IOHandler {
     }
 
     func ioReady(_ ev: IOEvents) {
+        if parked { return client.parkedSocketReady(fd) }
         var flags: Int32 = 0
         if ev.contains(.read) || ev.contains(.hangup) { flags |= CURL_CSELECT_IN }
         if ev.contains(.write) { flags |= CURL_CSELECT_OUT }
@@ -174,9 +262,20 @@ private final class CurlSocket: IOHandler {
     }
 }
 
+/// A pooled easy handle and which per-transfer options its last use left set.
+private final class PooledEasy {
+    let easy: UnsafeMutableRawPointer
+    var customRequest = false
+    var noBody = false
+    var postFields = false
+    var resolve = false
+    init(easy: UnsafeMutableRawPointer) { self.easy = easy }
+}
+
 /// One upstream attempt in flight. Loop thread only.
 public final class UpstreamTransfer {
     private unowned let client: UpstreamClient
+    fileprivate let pooled: PooledEasy
     fileprivate var easy: UnsafeMutableRawPointer?
     private let request: UpstreamRequest
     private var completion: ((UpstreamResult) -> Void)?
@@ -189,9 +288,10 @@ public final class UpstreamTransfer {
     private var tooLarge = false
     private var selfRetain: Unmanaged<UpstreamTransfer>?
 
-    fileprivate init(client: UpstreamClient, easy: UnsafeMutableRawPointer, request: UpstreamRequest, completion: @escaping (UpstreamResult) -> Void) {
+    fileprivate init(client: UpstreamClient, pooled: PooledEasy, request: UpstreamRequest, completion: @escaping (UpstreamResult) -> Void) {
         self.client = client
-        self.easy = easy
+        self.pooled = pooled
+        self.easy = pooled.easy
         self.request = request
         self.completion = completion
     }
@@ -227,25 +327,23 @@ public final class UpstreamTransfer {
         if CCurl_easy_setopt_string(h, CURLOPT_URL, request.url) != CURLE_OK {
             return UpstreamFailure(kind: .protocol, message: "invalid URL")
         }
-        _ = CCurl_easy_setopt_string(h, CURLOPT_PROTOCOLS_STR, "http,https")
-        _ = CCurl_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
-        _ = CCurl_easy_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)
+        // Undo what the handle's previous transfer set (the shared options stay).
+        let p = pooled
+        if p.customRequest { _ = CCurl_easy_setopt_pointer(h, CURLOPT_CUSTOMREQUEST, nil); p.customRequest = false }
+        if p.noBody { _ = CCurl_easy_setopt_long(h, CURLOPT_NOBODY, 0); p.noBody = false }
+        if p.postFields {
+            _ = CCurl_easy_setopt_pointer(h, CURLOPT_POSTFIELDS, nil)
+            _ = CCurl_easy_setopt_off(h, CURLOPT_POSTFIELDSIZE_LARGE, -1)
+            p.postFields = false
+        }
+        if p.resolve { _ = CCurl_easy_setopt_slist(h, CURLOPT_RESOLVE, nil); p.resolve = false }
         _ = CCurl_easy_setopt_long(h, CURLOPT_TIMEOUT_MS, Int(max(1, remainingMs)))
         let connectMs = max(1, min(remainingMs, request.connectTimeout.milliseconds))
         _ = CCurl_easy_setopt_long(h, CURLOPT_CONNECTTIMEOUT_MS, Int(connectMs))
         _ = CCurl_easy_setopt_off(h, CURLOPT_MAXFILESIZE_LARGE, curl_off_t(request.maxBodyBytes))
         let me = Unmanaged.passUnretained(self).toOpaque()
         _ = CCurl_easy_setopt_pointer(h, CURLOPT_PRIVATE, me)
-        _ = CCurl_easy_setopt_datafunction(h, CURLOPT_WRITEFUNCTION, { ptr, size, n, ud in
-            let t = Unmanaged<UpstreamTransfer>.fromOpaque(ud!).takeUnretainedValue()
-            return t.received(body: UnsafeRawBufferPointer(start: ptr, count: size * n))
-        })
         _ = CCurl_easy_setopt_pointer(h, CURLOPT_WRITEDATA, me)
-        _ = CCurl_easy_setopt_datafunction(h, CURLOPT_HEADERFUNCTION, { ptr, size, n, ud in
-            let t = Unmanaged<UpstreamTransfer>.fromOpaque(ud!).takeUnretainedValue()
-            t.received(headerLine: UnsafeRawBufferPointer(start: ptr, count: size * n))
-            return size * n
-        })
         _ = CCurl_easy_setopt_pointer(h, CURLOPT_HEADERDATA, me)
 
         switch request.method {
@@ -253,6 +351,7 @@ public final class UpstreamTransfer {
             _ = CCurl_easy_setopt_long(h, CURLOPT_HTTPGET, 1)
         case "HEAD":
             _ = CCurl_easy_setopt_long(h, CURLOPT_NOBODY, 1)
+            p.noBody = true
         default:
             if !request.body.isEmpty || request.method != "GET" {
                 let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, request.body.count), alignment: 1)
@@ -260,9 +359,11 @@ public final class UpstreamTransfer {
                 bodyCopy = buf
                 _ = CCurl_easy_setopt_off(h, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(request.body.count))
                 _ = CCurl_easy_setopt_pointer(h, CURLOPT_POSTFIELDS, buf.baseAddress)
+                p.postFields = true
             }
             if request.method != "POST" {
                 _ = CCurl_easy_setopt_string(h, CURLOPT_CUSTOMREQUEST, request.method)
+                p.customRequest = true
             }
         }
         var list: UnsafeMutablePointer<curl_slist>? = nil
@@ -278,11 +379,12 @@ public final class UpstreamTransfer {
             for e in request.resolve { r = curl_slist_append(r, e) }
             resolveList = r
             _ = CCurl_easy_setopt_slist(h, CURLOPT_RESOLVE, r)
+            p.resolve = true
         }
         return nil
     }
 
-    private func received(body chunk: UnsafeRawBufferPointer) -> Int {
+    fileprivate func received(body chunk: UnsafeRawBufferPointer) -> Int {
         if body.count + chunk.count > request.maxBodyBytes {
             tooLarge = true
             return 0  // makes curl abort with CURLE_WRITE_ERROR
@@ -291,7 +393,7 @@ public final class UpstreamTransfer {
         return chunk.count
     }
 
-    private func received(headerLine raw: UnsafeRawBufferPointer) {
+    fileprivate func received(headerLine raw: UnsafeRawBufferPointer) {
         var end = raw.count
         while end > 0 && (raw[end - 1] == 0x0A || raw[end - 1] == 0x0D) { end -= 1 }
         if end == 0 { return }
