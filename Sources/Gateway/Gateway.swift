@@ -144,7 +144,7 @@ public final class Gateway: @unchecked Sendable {
     /// Binds the listener (one per loop, `SO_REUSEPORT`) and starts serving.
     /// - Throws: `SystemError` when the address cannot be bound.
     public func start() throws {
-        server = HTTPServer(group: group, address: config.listen, limits: config.limits) { [unowned self] req, w in
+        server = HTTPServer(group: group, address: config.listen, limits: config.limits, tls: config.tls) { [unowned self] req, w in
             self.handle(req, w)
         }
         try recover()
@@ -159,8 +159,14 @@ public final class Gateway: @unchecked Sendable {
         if config.apiKeys.isEmpty {
             controlLog.log("warn", "no api_keys configured: the gateway is OPEN to any caller on \(config.listen.host):\(port)")
         }
-        controlLog.log("info", "listening", [("address", .string("\(config.listen.host):\(port)")), ("event_loops", .int(Int64(group.loops.count)))])
+        controlLog.log("info", "listening", [("address", .string("\(config.listen.host):\(port)")), ("event_loops", .int(Int64(group.loops.count))),
+                                            ("scheme", .string(config.tls == nil ? "http" : "https"))])
     }
+
+    /// Re-reads the TLS certificate and key for new connections (SIGHUP); open
+    /// connections keep their session. A no-op without TLS.
+    /// - Throws: `TLSError` when the new files are unusable; the old certificate stays.
+    public func reloadTLS() throws { try server.reloadTLS() }
 
     /// Replaces the route table on every loop (requests already running keep
     /// their route). Safe from any thread.

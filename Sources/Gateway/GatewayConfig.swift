@@ -50,6 +50,9 @@ public struct GatewayConfig: Sendable {
     /// one `fdatasync`), `record` (one `fdatasync` per append — for comparison
     /// benchmarks), or `off` (no fsync: a machine crash can lose acknowledged jobs).
     public var journalSync = "group"
+    /// The main listener speaks TLS only (1.2+, ALPN http/1.1) when set. The
+    /// handshake must finish within `limits.headerTimeout`. Default: nil (plain).
+    public var tls: TLSConfiguration?
 
     public init() {}
 
@@ -154,7 +157,11 @@ public struct GatewayConfig: Sendable {
                     c.journalSync = mode
                 }
             case "tls":
-                throw fail(key, "TLS listeners are not supported yet")
+                guard case .object(let t) = v else { throw fail(key, "must be an object {\"cert\": FILE, \"key\": FILE}") }
+                for k in t.keys where k != "cert" && k != "key" { throw fail("tls.\(k)", "unknown field") }
+                guard case .string(let cert)? = t["cert"] else { throw fail("tls.cert", "is required (a PEM file)") }
+                guard case .string(let keyFile)? = t["key"] else { throw fail("tls.key", "is required (a PEM file)") }
+                c.tls = TLSConfiguration(certificatePath: cert, keyPath: keyFile)
             default:
                 throw fail(key, "unknown field")
             }

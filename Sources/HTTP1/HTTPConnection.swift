@@ -124,11 +124,14 @@ final class HTTPConnection: IOHandler {
 
     // MARK: - Transport
 
+    // The TLS side of each check is kept out of line (`@inline(never)`), so the
+    // plain path pays one load and compare and no register pressure for it.
+
     /// Reads from the socket or the TLS session.
     /// - Returns: a byte count (> 0), 0 at end of input, or a `TransportIO` code.
     @inline(__always)
     private func receive(_ buffer: UnsafeMutableRawPointer, _ count: Int) -> Int {
-        if let tls { return tls.read(buffer, count) }
+        if _slowPath(tls != nil) { return tlsReceive(buffer, count) }
         while true {
             let n = Glibc.read(fd, buffer, count)
             if n >= 0 { return n }
@@ -142,7 +145,7 @@ final class HTTPConnection: IOHandler {
     /// - Returns: a byte count (> 0) or a `TransportIO` code.
     @inline(__always)
     private func transmit(_ bytes: UnsafeRawPointer, _ count: Int) -> Int {
-        if let tls { return tls.write(bytes, count) }
+        if _slowPath(tls != nil) { return tlsTransmit(bytes, count) }
         while true {
             let n = send(fd, bytes, count, Int32(MSG_NOSIGNAL))
             if n > 0 { return n }
@@ -150,6 +153,47 @@ final class HTTPConnection: IOHandler {
             if n < 0 && e == EINTR { continue }
             return n < 0 && (e == EAGAIN || e == EWOULDBLOCK) ? TransportIO.wouldBlock : TransportIO.failed
         }
+    }
+
+    @inline(never)
+    private func tlsReceive(_ buffer: UnsafeMutableRawPointer, _ count: Int) -> Int {
+        tls!.read(buffer, count)
+    }
+
+    @inline(never)
+    private func tlsTransmit(_ bytes: UnsafeRawPointer, _ count: Int) -> Int {
+        tls!.write(bytes, count)
+    }
+
+    /// Whether the TLS session holds decrypted bytes epoll cannot report.
+    @inline(never)
+    private func tlsHasDecrypted() -> Bool {
+        tls!.hasDecrypted
+    }
+
+    /// The TLS part of `ioReady`: runs the handshake, or turns readiness in the
+    /// other direction into a retry of the call that waited for it.
+    /// - Returns: the events to handle, or nil when the handshake took them.
+    @inline(never)
+    private func tlsReady(_ events: IOEvents) -> IOEvents? {
+        let tls = tls!
+        if !tls.established {
+            handshakeStep(tls)
+            return nil
+        }
+        var events = events
+        if tls.readNeedsWritable || tls.writeNeedsReadable {
+            if tls.readNeedsWritable && events.contains(.write) {
+                tls.readNeedsWritable = false
+                events.insert(.read)
+            }
+            if tls.writeNeedsReadable && events.contains(.read) {
+                tls.writeNeedsReadable = false
+                events.insert(.write)
+            }
+            updateInterest()
+        }
+        return events
     }
 
     /// Advances the TLS handshake; once done, waits for the first request
@@ -180,23 +224,9 @@ final class HTTPConnection: IOHandler {
             return
         }
         var events = events
-        if let tls {
-            if !tls.established {
-                handshakeStep(tls)
-                return
-            }
-            if tls.readNeedsWritable || tls.writeNeedsReadable {
-                // OpenSSL waited for the other direction: retry the call that did.
-                if tls.readNeedsWritable && events.contains(.write) {
-                    tls.readNeedsWritable = false
-                    events.insert(.read)
-                }
-                if tls.writeNeedsReadable && events.contains(.read) {
-                    tls.writeNeedsReadable = false
-                    events.insert(.write)
-                }
-                updateInterest()
-            }
+        if _slowPath(tls != nil) {
+            guard let e = tlsReady(events) else { return }
+            events = e
         }
         if events.contains(.write) && outPending {
             if flush() { outputFlushed() }
@@ -275,7 +305,7 @@ final class HTTPConnection: IOHandler {
                 // A short read means the socket is drained; epoll reports any more
                 // (but not bytes a TLS session already took from the socket).
                 if n < bufSize && pendStart == pend.count && !awaiting && !outPending {
-                    if let tls, tls.hasDecrypted { continue }
+                    if _slowPath(tls != nil) && tlsHasDecrypted() { continue }
                     break loop
                 }
             } else if n == 0 {
@@ -292,7 +322,7 @@ final class HTTPConnection: IOHandler {
                 return
             }
         }
-        if yielded, let tls, !closed, !awaiting, !outPending, !lingering, tls.hasDecrypted {
+        if yielded && tls != nil && !closed && !awaiting && !outPending && !lingering && tlsHasDecrypted() {
             // Yielded after `requestsPerTurn` with decrypted bytes waiting that
             // epoll cannot report: come back after this round of events.
             loop.deferUntilEndOfIteration { [weak self] in self?.drive() }

@@ -18,6 +18,13 @@ public struct TLSConfiguration: Sendable, Equatable {
         self.certificatePath = certificatePath
         self.keyPath = keyPath
     }
+
+    /// Loads the certificate and key as `HTTPServer.start()` would, without
+    /// serving (for configuration checks). Safe from any thread.
+    /// - Throws: the `TLSError` that `start()` would throw.
+    public func validate() throws {
+        _ = try TLSContext(self)
+    }
 }
 
 /// Why the TLS certificate and key could not be loaded (thrown by

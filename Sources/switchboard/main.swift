@@ -3,6 +3,7 @@ import Dispatch
 import EventLoop
 import Foundation
 import Gateway
+import HTTP1
 import Routes
 import Sandbox
 
@@ -10,7 +11,7 @@ let usage = """
     usage:
       switchboard serve [--config FILE] [--routes DIR] [--listen HOST:PORT] [--data DIR]
                         [--admin-listen HOST:PORT] [--event-loops N] [--drain-timeout DURATION]
-                        [--callback-allow CIDR]...
+                        [--callback-allow CIDR]... [--tls-cert FILE --tls-key FILE]
       switchboard check [--routes DIR]
       switchboard sandbox [--listen HOST:PORT] [--callback-secret whsec_...]...
     """
@@ -92,6 +93,11 @@ func serve(_ o: Options) {
         config.drainTimeout = d
     }
     config.callbackAllow += o.all("callback-allow")
+    switch (o.last("tls-cert"), o.last("tls-key")) {
+    case (let cert?, let key?): config.tls = TLSConfiguration(certificatePath: cert, keyPath: key)
+    case (nil, nil): break
+    default: die("switchboard: --tls-cert and --tls-key go together")
+    }
 
     Socket.ignoreSIGPIPE()
     let routes = loadRoutes(config.routes)
@@ -115,6 +121,9 @@ func serve(_ o: Options) {
                 logLine("error", "route reload failed; keeping the old routes", ["problems": error.problems.joined(separator: "; ")])
             } catch {
                 logLine("error", "route reload failed; keeping the old routes", ["problems": "\(error)"])
+            }
+            do { try gateway.reloadTLS() } catch {
+                logLine("error", "TLS reload failed; keeping the old certificate", ["error": "\(error)"])
             }
             return false
         }
@@ -172,7 +181,7 @@ let args = CommandLine.arguments
 guard args.count >= 2 else { die(usage) }
 switch args[1] {
 case "serve":
-    serve(Options(args.dropFirst(2), allowed: ["config", "routes", "listen", "admin-listen", "data", "event-loops", "drain-timeout", "callback-allow"]))
+    serve(Options(args.dropFirst(2), allowed: ["config", "routes", "listen", "admin-listen", "data", "event-loops", "drain-timeout", "callback-allow", "tls-cert", "tls-key"]))
 case "check":
     check(Options(args.dropFirst(2), allowed: ["routes"]))
 case "sandbox":

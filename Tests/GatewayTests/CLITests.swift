@@ -185,3 +185,39 @@ import TestSupport
         #expect(server.process.terminationStatus == 0)
     }
 }
+
+/// `serve --tls-cert/--tls-key`: the main listener speaks TLS only.
+@Suite struct TLSListenerTests {
+    /// A real TLS client (curl) gets answers; a plain-text request on the TLS port gets none.
+    @Test func serveWithTLS_AnswersHTTPS_AndClosesPlainText() throws {
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let gen = Process()
+        gen.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        gen.arguments = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                         "-keyout", "\(dir)/k.pem", "-out", "\(dir)/c.pem"]
+        gen.standardOutput = FileHandle.nullDevice
+        gen.standardError = FileHandle.nullDevice
+        try gen.run()
+        gen.waitUntilExit()
+        #expect(gen.terminationStatus == 0)
+        try routeJSON(["name": "a", "method": "GET", "path": "/a", "steps": [["id": "s", "request": ["method": "GET", "url": "http://127.0.0.1:9/"], "timeout": "1s"]]])
+            .write(toFile: "\(dir)/a.json", atomically: true, encoding: .utf8)
+        let server = try CLITests.Server(routesDir: dir, env: [:], extra: ["--tls-cert", "\(dir)/c.pem", "--tls-key", "\(dir)/k.pem"])
+        defer { kill(server.process.processIdentifier, SIGTERM); server.process.waitUntilExit() }
+        #expect(server.log.contains("\"scheme\":\"https\""))
+
+        let curl = Process()
+        curl.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        curl.arguments = ["curl", "-sk", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}", "https://127.0.0.1:\(server.port)/healthz"]
+        let out = Pipe()
+        curl.standardOutput = out
+        try curl.run()
+        let code = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        curl.waitUntilExit()
+        #expect(code == "200")
+
+        let plain = try RawConnection(port: server.port, timeout: .seconds(5))
+        #expect(plain.request("GET", "/healthz") == nil)
+    }
+}

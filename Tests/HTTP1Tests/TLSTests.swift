@@ -126,7 +126,7 @@ port, n = int(sys.argv[1]), int(sys.argv[2])
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
-s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5))
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), suppress_ragged_eofs=False)
 reqs = [b"GET /p%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(n - 1)]
 reqs.append(b"GET /last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
 s.sendall(b"".join(reqs))
@@ -299,6 +299,9 @@ let halfClientHello: [UInt8] = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 
         let error = #expect(throws: TLSError.self) { _ = try TestServer(tls: missing) }
         #expect(error == .certificate(path: missing.certificatePath, reason: "No such file or directory"))
         #expect(error?.description.contains("nope.pem") == true)
+        // validate() reports the same error without a server; a good pair passes.
+        if let error { #expect(throws: error) { try missing.validate() } }
+        try good.validate()
     }
 
     /// start() throws for a file that is not PEM, and for a key that is not the certificate's.
