@@ -24,7 +24,7 @@ let package = Package(
         .target(name: "HTTP1", dependencies: ["EventLoop", "CLinux", "COpenSSL"]),
         .target(name: "Upstream", dependencies: ["EventLoop", "CCurl"]),
         .target(name: "Routes", dependencies: ["JSON"]),
-        .target(name: "Flows", dependencies: ["Routes", "Upstream", "EventLoop", "JSON", "Crypto"]),
+        .target(name: "Flows", dependencies: ["Routes", "Upstream", "EventLoop", "JSON", "Crypto", "HTTP1"]),
         .target(name: "Sandbox", dependencies: ["HTTP1", "EventLoop", "JSON", "Crypto"]),
         .target(name: "Gateway", dependencies: ["HTTP1", "Flows", "Jobs", "Journal", "Routes", "Upstream", "EventLoop", "JSON", "Crypto"]),
         .target(name: "Jobs", dependencies: ["EventLoop", "Upstream", "JSON", "Crypto", "CLinux"]),
