@@ -20,7 +20,13 @@ public final class FlowRun {
     /// The route being run.
     public let route: Route
     /// The job id: ≥ 128 random bits, hex; also the base of step idempotency keys.
-    public let jobID: String
+    public var jobID: String {
+        if let j = drawnJobID { return j }
+        let j = FlowRun.newJobID()
+        drawnJobID = j
+        return j
+    }
+    private var drawnJobID: String?
     /// The caller's request data.
     public let input: FlowInput
     /// The loop the run lives on.
@@ -40,38 +46,36 @@ public final class FlowRun {
     /// Called when a step reaches an end (succeeded, failed or skipped), with its
     /// index and outcome — e.g. to journal it so a restarted job never calls it again.
     public var onStepSettled: ((Int, StepOutcome) -> Void)?
-    /// Called with `extraHeaders` for each attempt, to vary per call (e.g. a new
-    /// trace parent id). Default: none.
-    public var headersForAttempt: (() -> [(String, String)])?
+    /// Called for each attempt to append headers that vary per call (e.g. a new
+    /// trace parent id) after `extraHeaders`. Default: none.
+    public var headersForAttempt: ((inout [(String, String)]) -> Void)?
 
     private let client: UpstreamClient
     private let redactor: Redactor
     private let maxBodyBytes: Int
     private var observers: [(FlowRun) -> Void] = []
-    private var stepDeadlines: [Instant]
-    private var inFlight: [UpstreamTransfer?]
-    private var retryTimers: [LoopTimer?]
+    /// Per-step `start + retry.within` deadlines; empty (no allocation) until a
+    /// step with `retry.within` starts.
+    private var stepDeadlines: [Instant] = []
     private var queryCache: [(String, String)]?
 
     /// Prepares a run; nothing is sent until `start()`.
     /// - Parameters:
-    ///   - jobID: the job id; default: a fresh random id (`FlowRun.newJobID()`).
+    ///   - jobID: the job id; default (nil): a fresh random id (`FlowRun.newJobID()`),
+    ///     drawn when first read (a synchronous run that never needs it never draws it).
     ///   - upstreamBodyBytes: the largest upstream response body a step accepts, in bytes. Default: 10 MiB.
     ///   - redactor: removes secrets from problem details and bodies.
-    public init(route: Route, input: FlowInput, client: UpstreamClient, jobID: String = FlowRun.newJobID(),
+    public init(route: Route, input: FlowInput, client: UpstreamClient, jobID: String? = nil,
                 redactor: Redactor = Redactor(secrets: []), upstreamBodyBytes: Int = 10 * 1024 * 1024) {
         self.route = route
         self.input = input
         self.client = client
         self.loop = client.loop
-        self.jobID = jobID
+        self.drawnJobID = jobID
         self.redactor = redactor
         self.maxBodyBytes = upstreamBodyBytes
         self.startedAt = client.loop.now
         outcomes = Array(repeating: StepOutcome(), count: route.steps.count)
-        stepDeadlines = Array(repeating: .distantFuture, count: route.steps.count)
-        inFlight = Array(repeating: nil, count: route.steps.count)
-        retryTimers = Array(repeating: nil, count: route.steps.count)
     }
 
     /// A new job id: 128 random bits from OpenSSL, as 32 lowercase hex digits.
@@ -132,11 +136,18 @@ public final class FlowRun {
             }
             outcomes[i].state = .running
             outcomes[i].startedAt = loop.now
-            if let within = step.retry?.within { stepDeadlines[i] = loop.now + within }
+            if let within = step.retry?.within {
+                if stepDeadlines.isEmpty { stepDeadlines = Array(repeating: .distantFuture, count: route.steps.count) }
+                stepDeadlines[i] = loop.now + within
+            }
             attempt(i)
             if response != nil { return }
         }
         finishIfDone()
+    }
+
+    private func stepDeadline(_ i: Int) -> Instant {
+        stepDeadlines.isEmpty ? .distantFuture : stepDeadlines[i]
     }
 
     private func skip(_ i: Int, because reason: String) {
@@ -177,13 +188,16 @@ public final class FlowRun {
         let step = route.steps[i]
         outcomes[i].attempts += 1
         let now = loop.now
-        let deadline = min(now + step.timeout, stepDeadlines[i])
+        let deadline = min(now + step.timeout, stepDeadline(i))
         let ctx = RunContext(run: self, step: i, deadline: deadline)
         let request: UpstreamRequest
         do {
             let url = try step.request.url.renderURL(ctx)
             var headers = extraHeaders
-            if let h = headersForAttempt { headers += h() }
+            if let h = headersForAttempt {
+                headers.reserveCapacity(extraHeaders.count + 2 + step.request.headers.count)
+                h(&headers)
+            }
             var hasContentType = false
             for (name, t) in step.request.headers {
                 if name.lowercased() == "content-type" { hasContentType = true }
@@ -201,25 +215,22 @@ public final class FlowRun {
             fail(i, kind: .template, message: "missing value for {{\(ref)}}", response: nil)
             return
         }
-        inFlight[i] = client.send(request) { [weak self] result in
-            self?.attemptFinished(i, result)
+        // The transfer holds the run until it completes (the client keeps the
+        // transfer, and its completion, only while it is in flight).
+        client.send(request) { result in
+            self.attemptFinished(i, result)
         }
     }
 
     private func attemptFinished(_ i: Int, _ result: UpstreamResult) {
-        inFlight[i] = nil
         let step = route.steps[i]
         switch result {
         case .success(let r):
-            outcomes[i].status = r.status
-            outcomes[i].headers = r.headers
-            outcomes[i].setUpstreamBody(r.body)
             let ok = step.success?.contains(r.status) ?? (200...299).contains(r.status)
+            let now = loop.now
+            // One access to `outcomes` for the whole update.
+            outcomes[i].setUpstreamResponse(r, succeededAt: ok ? now : nil)
             if ok {
-                outcomes[i].state = .succeeded
-                outcomes[i].errorKind = nil
-                outcomes[i].message = nil
-                outcomes[i].finishedAt = loop.now
                 onStepSettled?(i, outcomes[i])
                 advance()
                 return
@@ -252,10 +263,9 @@ public final class FlowRun {
         if let ra = retryAfter.flatMap(FlowRun.retryAfterSeconds) { delay = max(delay, ra * 1_000_000_000) }
         let at = loop.now + .nanoseconds(delay)
         // Never retry past the step's deadline: an attempt must have time to run.
-        if at >= stepDeadlines[i] { return false }
-        retryTimers[i] = loop.schedule(at: at) { [weak self] in
+        if at >= stepDeadline(i) { return false }
+        loop.schedule(at: at) { [weak self] in
             guard let self else { return }
-            self.retryTimers[i] = nil
             if self.response == nil { self.attempt(i) }
         }
         return true

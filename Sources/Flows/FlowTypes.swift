@@ -2,6 +2,7 @@ import EventLoop
 import Glibc
 import JSON
 import Synchronization
+import Upstream
 
 /// What a run's templates may read from the caller's request.
 public struct FlowInput: Sendable {
@@ -14,7 +15,13 @@ public struct FlowInput: Sendable {
     /// The raw query string after `?`, or nil.
     public var query: String?
     /// Request header fields as received (names compared case-insensitively).
-    public var headers: [(String, String)]
+    /// When given as a `FlowHeaderSource`, the pairs are only built when read.
+    public var headers: [(String, String)] {
+        get { headerSource?.headerPairs ?? storedHeaders }
+        set { storedHeaders = newValue; headerSource = nil }
+    }
+    private var storedHeaders: [(String, String)]
+    private var headerSource: (any FlowHeaderSource)?
     /// The request body parsed as JSON; nil when the route never reads it.
     public var body: JSON?
 
@@ -24,9 +31,29 @@ public struct FlowInput: Sendable {
         self.path = path
         self.pathParams = pathParams
         self.query = query
-        self.headers = headers
+        self.storedHeaders = headers
+        self.headerSource = nil
         self.body = body
     }
+
+    /// An input whose `headers` are read from `headerSource` when needed.
+    public init(method: String, path: String, pathParams: [(String, String)] = [], query: String? = nil,
+                headerSource: some FlowHeaderSource, body: JSON? = nil) {
+        self.method = method
+        self.path = path
+        self.pathParams = pathParams
+        self.query = query
+        self.storedHeaders = []
+        self.headerSource = headerSource
+        self.body = body
+    }
+}
+
+/// Request header fields kept in another form (e.g. the HTTP server's header list),
+/// turned into `(name, value)` pairs only when a template or the journal reads them.
+public protocol FlowHeaderSource: Sendable {
+    /// The fields as `(name, value)` pairs, in order, names as received.
+    var headerPairs: [(String, String)] { get }
 }
 
 /// Where a step stands in a run.
@@ -55,8 +82,24 @@ public struct StepOutcome: Sendable {
     public var state: StepState = .pending
     /// The last upstream status, when a response came.
     public var status: Int?
-    /// The last response's header fields.
-    public var headers: [(String, String)] = []
+    /// The last response's header fields. An upstream response's header block is
+    /// kept as received and parsed on first use.
+    public var headers: [(String, String)] {
+        get { headerBlock?.pairs ?? storedHeaders }
+        set { storedHeaders = newValue; headerBlock = nil }
+    }
+    var storedHeaders: [(String, String)] = []
+    var headerBlock: UpstreamHeaderBlock?
+
+    /// Sets `headers` from an upstream response without parsing its header block.
+    mutating func setUpstreamHeaders(_ r: UpstreamResponse) {
+        if let b = r.headerBlock {
+            storedHeaders = []
+            headerBlock = b
+        } else {
+            headers = r.headers
+        }
+    }
     /// The last response body: parsed JSON, or a JSON string when it was not JSON; `.null` when none.
     /// An upstream body is kept as received and parsed on first use.
     public var body: JSON {
@@ -65,6 +108,20 @@ public struct StepOutcome: Sendable {
     }
     var storedBody: JSON = .null
     var lazyBody: LazyBody?
+
+    /// Records an upstream response (status, headers, body); with `succeededAt`,
+    /// also marks the step succeeded at that instant.
+    mutating func setUpstreamResponse(_ r: UpstreamResponse, succeededAt: Instant?) {
+        status = r.status
+        setUpstreamHeaders(r)
+        setUpstreamBody(r.body)
+        if let t = succeededAt {
+            state = .succeeded
+            errorKind = nil
+            message = nil
+            finishedAt = t
+        }
+    }
 
     /// Sets `body` from upstream bytes without parsing them yet.
     mutating func setUpstreamBody(_ bytes: [UInt8]) {

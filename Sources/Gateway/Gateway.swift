@@ -24,6 +24,14 @@ final class LoopState: @unchecked Sendable {
     /// closure hands the run to async mode (used by drain).
     var waiting: [UInt64: () -> Void] = [:]
     var requestCounter: UInt64 = 0
+    /// `<process prefix><loop index>-`: request ids are this plus the counter.
+    var requestIDPrefix = ""
+    /// Keys of `waiting` (unique per synchronous run on this loop).
+    var waitToken: UInt64 = 0
+    /// Wait-budget deadlines of synchronous runs, one FIFO per budget length.
+    var budgetQueues: [BudgetQueue] = []
+    /// This loop's copy of the gateway's redactor (replaced on reload).
+    var redactor: Redactor
     /// This loop's counters, merged with the other loops' at scrape time.
     var metrics = MetricsSnapshot()
     /// Trace and span ids for runs on this loop.
@@ -31,6 +39,7 @@ final class LoopState: @unchecked Sendable {
 
     init(loop: EventLoop, routes: RouteTable, logLevel: String, deliverer: CallbackDeliverer) {
         self.loop = loop
+        self.redactor = Redactor(secrets: routes.secrets)
         self.client = UpstreamClient(loop: loop)
         self.deliverer = deliverer
         self.routes = routes
@@ -117,6 +126,7 @@ public final class Gateway: @unchecked Sendable {
             controlLog.log("warn", "journal recovered from a torn or corrupt tail", [("report", .string(journal.openReport.description))])
         }
         let (endpoints, deliveries, policy) = (endpoints, deliveries, policy)
+        let processPrefix = self.processPrefix
         let options = DeliveryOptions(schedule: config.callbackRetry)
         states = group.loops.map { loop in
             let made = Mutex<LoopState?>(nil)
@@ -124,7 +134,10 @@ public final class Gateway: @unchecked Sendable {
             loop.execute {
                 let deliverer = CallbackDeliverer(client: UpstreamClient(loop: loop), store: deliveries, endpoints: endpoints,
                                                   policy: policy, secret: secret, options: options)
-                made.withLock { $0 = LoopState(loop: loop, routes: routes, logLevel: config.logLevel, deliverer: deliverer) }
+                let state = LoopState(loop: loop, routes: routes, logLevel: config.logLevel, deliverer: deliverer)
+                state.requestIDPrefix = "\(processPrefix)\(loop.index)-"
+                deliverer.onEvent = { [unowned state] event in Gateway.logDelivery(event, to: state.log) }
+                made.withLock { $0 = state }
                 done.store(true, ordering: .releasing)
             }
             while !done.load(ordering: .acquiring) { usleep(200) }
@@ -172,7 +185,12 @@ public final class Gateway: @unchecked Sendable {
     /// their route). Safe from any thread.
     public func reload(routes: RouteTable) {
         redactor.withLock { $0 = Redactor(secrets: routes.secrets) }
-        for s in states { s.loop.execute { s.routes = routes } }
+        for s in states {
+            s.loop.execute {
+                s.routes = routes
+                s.redactor = Redactor(secrets: routes.secrets)
+            }
+        }
     }
 
     /// Graceful drain (SPEC §8): stop accepting, `/readyz` → 503, let in-flight
@@ -224,7 +242,7 @@ public final class Gateway: @unchecked Sendable {
     private func handle(_ req: HTTPRequest, _ w: HTTPResponseWriter) {
         let state = states[w.loop.index]
         state.requestCounter &+= 1
-        let requestID = "\(processPrefix)\(w.loop.index)-\(state.requestCounter)"
+        let requestID = state.requestIDPrefix + String(state.requestCounter)
         let start = w.loop.now
         if draining.load(ordering: .relaxed) { w.closeAfterResponse = true }
 
@@ -329,7 +347,7 @@ public final class Gateway: @unchecked Sendable {
     /// the key is new; a finished one is replayed, a running one attached to.
     private func applyIdempotency(_ call: RouteCall, retried: Bool = false) {
         guard let key = call.req.headers["idempotency-key"] else {
-            return startRun(call, jobID: FlowRun.newJobID(), token: nil)
+            return startRun(call, jobID: nil, token: nil)  // the job id is drawn if the run goes async
         }
         let scope = IdempotencyScope(caller: call.caller, route: call.route.name)
         let fingerprint = RequestFingerprint(method: call.req.method, target: call.req.target, body: call.req.body)
@@ -418,17 +436,16 @@ public final class Gateway: @unchecked Sendable {
     }
 
     /// Step 3: start the run and hold the caller for the wait budget.
-    private func startRun(_ call: RouteCall, jobID: String, token: IdempotencyToken?) {
+    private func startRun(_ call: RouteCall, jobID: String?, token: IdempotencyToken?) {
         let state = call.state
         let route = call.route
         let (budget, applied, respondAsync) = waitBudget(call)
         let input = FlowInput(method: call.req.method, path: call.req.path, pathParams: call.params, query: call.req.query,
-                              headers: call.req.headers.pairs, body: call.body)
+                              headerSource: RequestHeaders(headers: call.req.headers), body: call.body)
         let run = FlowRun(route: route, input: input, client: state.client, jobID: jobID,
-                          redactor: redactor.withLock { $0 }, upstreamBodyBytes: config.upstreamBodyBytes)
+                          redactor: state.redactor, upstreamBodyBytes: config.upstreamBodyBytes)
         let trace = TraceContext(traceparent: call.req.headers["traceparent"], tracestate: call.req.headers["tracestate"], random: &state.spanIDs)
-        run.headersForAttempt = { trace.headers(random: &state.spanIDs) }
-        run.onFinish { run in Gateway.recordSteps(run, into: &state.metrics) }
+        run.headersForAttempt = { trace.appendHeaders(to: &$0, random: &state.spanIDs) }
         let idempotencyToken = token
         if let token {
             run.onFinish { [idempotency] run in
@@ -436,7 +453,8 @@ public final class Gateway: @unchecked Sendable {
                 idempotency.complete(token, with: StoredResponse(status: r.status, headers: r.headers, body: r.body))
             }
         }
-        let token = state.requestCounter
+        state.waitToken &+= 1
+        let token = state.waitToken
         var answered = false
         var budgetTimer: LoopTimer?
 
@@ -468,6 +486,7 @@ public final class Gateway: @unchecked Sendable {
         }
 
         run.onFinish { [unowned self] run in
+            Gateway.recordSteps(run, into: &state.metrics)
             guard !answered else { return }
             answered = true
             state.loop.cancel(budgetTimer)
@@ -485,7 +504,10 @@ public final class Gateway: @unchecked Sendable {
             goAsync()
         } else {
             state.waiting[token] = goAsync
-            budgetTimer = state.loop.schedule(at: call.start + budget, goAsync)
+            // Usually a FIFO append (no timer of its own); a plain timer when out of order.
+            if !state.addBudgetDeadline(call.start + budget, token: token, budget: budget) {
+                budgetTimer = state.loop.schedule(at: call.start + budget, goAsync)
+            }
         }
     }
 
@@ -502,6 +524,12 @@ public final class Gateway: @unchecked Sendable {
         run.onFinish { [unowned self] run in
             entry.finishedAt = state.loop.now
             self.jobsRunning.subtract(1, ordering: .relaxed)
+            let r = run.response!
+            state.log.log("info", "job finished", [
+                ("job_id", .string(entry.id)), ("route", .string(entry.routeName)),
+                ("status", .string((200...299).contains(r.status) ? "succeeded" : "failed")),
+                ("response_status", .int(Int64(r.status))), ("trace_id", .string(entry.traceID)),
+            ])
             self.durable.write([DurableState.jobFinished(job: entry.id, response: run.response!)], durable: true)
             if let target = callback {
                 state.deliverer.enqueue(jobID: entry.id, owner: entry.owner, target: target, body: entry.callbackBody())
@@ -560,7 +588,7 @@ public final class Gateway: @unchecked Sendable {
         }
         let traceID = job.traceID.isEmpty ? ls.spanIDs.hex(8) + ls.spanIDs.hex(8) : job.traceID
         let trace = TraceContext(traceparent: "00-\(traceID)-\(ls.spanIDs.hex(8))-01", tracestate: nil, random: &ls.spanIDs)
-        run.headersForAttempt = { trace.headers(random: &ls.spanIDs) }
+        run.headersForAttempt = { trace.appendHeaders(to: &$0, random: &ls.spanIDs) }
         let entry = JobEntry(id: job.id, owner: job.owner, routeName: job.route, loop: ls.loop, createdAt: job.createdAt, run: run, traceID: traceID)
         if let response = job.response {
             jobs.add(entry)
@@ -660,6 +688,24 @@ public final class Gateway: @unchecked Sendable {
         loop.schedule(at: loop.now + .seconds(60)) { [weak self] in self?.sweepJobs(on: loop) }
     }
 
+    /// One log line per callback attempt outcome (never the URL or the secret).
+    static func logDelivery(_ event: DeliveryEvent, to log: LogBuffer) {
+        let (msg, level, rec, extra): (String, String, DeliveryRecord, [(String, JSON)])
+        switch event {
+        case .delivered(let r): (msg, level, rec, extra) = ("callback delivered", "info", r, [])
+        case .attemptFailed(let r, let retryIn):
+            (msg, level, rec, extra) = ("callback attempt failed", "warn", r, [("retry_in_ms", .int(retryIn.milliseconds))])
+        case .deadLettered(let r): (msg, level, rec, extra) = ("callback dead-lettered", "error", r, [])
+        case .endpointDisabled(let id, let r):
+            (msg, level, rec, extra) = ("callback endpoint disabled (410 Gone)", "warn", r, [("endpoint", .string(id))])
+        }
+        var fields: [(String, JSON)] = [("job_id", .string(rec.jobID)), ("webhook_id", .string(rec.webhookID)),
+                                        ("attempts", .int(Int64(rec.attempts)))]
+        if let s = rec.lastStatus { fields.append(("last_status", .int(Int64(s)))) }
+        if let e = rec.lastError { fields.append(("last_error", .string(e))) }
+        log.log(level, msg, fields + extra)
+    }
+
     // MARK: - Metrics
 
     /// Adds a finished run's step durations and upstream errors to this loop's counters.
@@ -667,10 +713,10 @@ public final class Gateway: @unchecked Sendable {
         for (i, step) in run.route.steps.enumerated() {
             let o = run.outcomes[i]
             if let d = o.durationSeconds {
-                m.stepDurations[StepKey(route: run.route.name, step: step.id), default: Histogram()].observe(d)
+                m.step(route: run.route.name, step: step.id, seconds: d)
             }
             if o.state == .failed, let k = o.errorKind, k != .template {
-                m.upstreamErrors[UpstreamErrorKey(route: run.route.name, step: step.id, kind: k.rawValue), default: 0] &+= 1
+                m.upstreamError(route: run.route.name, step: step.id, kind: k.rawValue)
             }
         }
     }
@@ -753,19 +799,11 @@ public final class Gateway: @unchecked Sendable {
         let seconds = Double((Instant.now() - start).nanosecondsClamped) / 1e9
         let ms = seconds * 1000
         state.metrics.request(route: route ?? "", outcome: outcome, status: r.status, seconds: seconds)
-        var fields: [(String, JSON)] = [
-            ("request_id", .string(requestID)),
-            ("method", .string(req.method)),
-            ("path", .string(req.path)),
-            ("status", .int(Int64(r.status))),
-            ("duration_ms", .double((ms * 1000).rounded() / 1000)),
-            ("outcome", .string(outcome)),
-            ("bytes", .int(Int64(r.body.count))),
-        ]
-        if let route { fields.insert(("route", .string(route)), at: 1) }
-        if let jobID { fields.append(("job_id", .string(jobID))) }
-        if let traceID { fields.append(("trace_id", .string(traceID))) }
-        state.log.log("info", "request", fields)
+        // Fields: request_id, route (when matched), method, path, status, duration_ms,
+        // outcome, bytes, job_id and trace_id when set (written without a field array).
+        state.log.logRequest(requestID: requestID, route: route, method: req.method, path: req.path, status: r.status,
+                             durationMs: (ms * 1000).rounded() / 1000, outcome: outcome, bytes: r.body.count,
+                             jobID: jobID, traceID: traceID)
     }
 }
 
@@ -802,6 +840,77 @@ extension StringProtocol {
         while let f = s.first, set.contains(f) { s = s.dropFirst() }
         while let l = s.last, set.contains(l) { s = s.dropLast() }
         return String(s)
+    }
+}
+
+/// The caller's header fields as a run's input: pairs are built only when a
+/// template or the journal reads them.
+struct RequestHeaders: FlowHeaderSource {
+    let headers: HTTPHeaders
+    var headerPairs: [(String, String)] { headers.pairs }
+}
+
+/// The wait-budget deadlines of one budget length on one loop, in arrival order.
+/// Runs start in time order, so their deadlines (start + budget) are already
+/// sorted: a FIFO replaces a timer per run. One loop timer fires at the first
+/// deadline of a run still waiting; runs that answered in time are skipped (their
+/// token is gone from `LoopState.waiting`), so a burst of fast runs costs two
+/// appends each and no timer.
+final class BudgetQueue {
+    let budget: Duration
+    var deadlines: [Instant] = []
+    var tokens: [UInt64] = []
+    var head = 0
+    var timer: LoopTimer?
+
+    init(budget: Duration) { self.budget = budget }
+}
+
+extension LoopState {
+    /// Queues the budget deadline of the waiting run `token` (in `waiting`): its
+    /// hand-off is called at `deadline`. False when the deadline would be out of
+    /// order (the caller then schedules a timer of its own).
+    func addBudgetDeadline(_ deadline: Instant, token: UInt64, budget: Duration) -> Bool {
+        var queue: BudgetQueue?
+        for q in budgetQueues where q.budget == budget { queue = q; break }
+        if queue == nil {
+            guard budgetQueues.count < 16 else { return false }
+            queue = BudgetQueue(budget: budget)
+            budgetQueues.append(queue!)
+        }
+        let q = queue!
+        if q.head < q.deadlines.count, let last = q.deadlines.last, deadline < last { return false }
+        q.deadlines.append(deadline)
+        q.tokens.append(token)
+        if q.timer == nil { armBudgetTimer(q) }
+        return true
+    }
+
+    /// Hands every run whose deadline passed to async mode, drops entries of runs
+    /// that answered, and re-arms the timer for the first run still waiting.
+    private func budgetTimerFired(_ q: BudgetQueue) {
+        q.timer = nil
+        let now = loop.now
+        while q.head < q.deadlines.count {
+            guard let handOff = waiting[q.tokens[q.head]] else { q.head += 1; continue }
+            if q.deadlines[q.head] > now { break }
+            q.head += 1
+            handOff()
+        }
+        if q.head == q.deadlines.count {
+            q.deadlines.removeAll(keepingCapacity: q.deadlines.count <= 4096)
+            q.tokens.removeAll(keepingCapacity: q.tokens.count <= 4096)
+            q.head = 0
+        } else if q.head >= 1024 && q.head * 2 >= q.deadlines.count {
+            q.deadlines.removeFirst(q.head)
+            q.tokens.removeFirst(q.head)
+            q.head = 0
+        }
+        if q.head < q.deadlines.count && q.timer == nil { armBudgetTimer(q) }
+    }
+
+    private func armBudgetTimer(_ q: BudgetQueue) {
+        q.timer = loop.schedule(at: q.deadlines[q.head]) { [unowned self] in self.budgetTimerFired(q) }
     }
 }
 

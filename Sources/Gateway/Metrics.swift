@@ -28,6 +28,10 @@ struct RequestKey: Hashable, Sendable {
     var route: String
     var outcome: String
     var status: Int
+
+    static func == (a: RequestKey, b: RequestKey) -> Bool {
+        a.status == b.status && a.route == b.route && a.outcome == b.outcome
+    }
 }
 
 struct StepKey: Hashable, Sendable {
@@ -41,26 +45,89 @@ struct UpstreamErrorKey: Hashable, Sendable {
     var kind: String
 }
 
+/// Values by key in insertion order, found by a linear scan while there are few
+/// keys (the common case: a handful of routes — comparing short strings that
+/// usually share storage is cheaper than hashing them) and by a hash index beyond.
+struct SlotMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
+    private(set) var keys: [Key] = []
+    var values: [Value] = []
+    private var index: [Key: Int] = [:]
+    private static var scanLimit: Int { 16 }
+
+    /// The slot of `key`, created with `initial` when new.
+    @inline(__always)
+    mutating func slot(_ key: Key, _ initial: @autoclosure () -> Value) -> Int {
+        if keys.count <= Self.scanLimit {
+            var i = 0
+            while i < keys.count {
+                if keys[i] == key { return i }
+                i += 1
+            }
+        } else if let i = index[key] {
+            return i
+        }
+        keys.append(key)
+        values.append(initial())
+        index[key] = keys.count - 1
+        return keys.count - 1
+    }
+
+    /// As a dictionary (for rendering).
+    var dictionary: [Key: Value] {
+        var d: [Key: Value] = [:]
+        d.reserveCapacity(keys.count)
+        for i in keys.indices { d[keys[i]] = values[i] }
+        return d
+    }
+}
+
 /// One event loop's counters. Each loop mutates its own copy without locks;
 /// a scrape copies every loop's value (on that loop) and merges them, so the
 /// request path takes no lock and shares no cache line.
 struct MetricsSnapshot: Sendable {
-    var requests: [RequestKey: UInt64] = [:]
-    var requestDurations: [String: Histogram] = [:]
-    var stepDurations: [StepKey: Histogram] = [:]
-    var upstreamErrors: [UpstreamErrorKey: UInt64] = [:]
+    private var requestSlots = SlotMap<RequestKey, UInt64>()
+    private var requestDurationSlots = SlotMap<String, Histogram>()
+    private var stepDurationSlots = SlotMap<StepKey, Histogram>()
+    private var upstreamErrorSlots = SlotMap<UpstreamErrorKey, UInt64>()
+
+    var requests: [RequestKey: UInt64] { requestSlots.dictionary }
+    var requestDurations: [String: Histogram] { requestDurationSlots.dictionary }
+    var stepDurations: [StepKey: Histogram] { stepDurationSlots.dictionary }
+    var upstreamErrors: [UpstreamErrorKey: UInt64] { upstreamErrorSlots.dictionary }
 
     /// Counts one answered request. `route` is "" when no route matched.
     mutating func request(route: String, outcome: String, status: Int, seconds: Double) {
-        requests[RequestKey(route: route, outcome: outcome, status: status), default: 0] &+= 1
-        if !route.isEmpty { requestDurations[route, default: Histogram()].observe(seconds) }
+        let i = requestSlots.slot(RequestKey(route: route, outcome: outcome, status: status), 0)
+        requestSlots.values[i] &+= 1
+        if !route.isEmpty {
+            let h = requestDurationSlots.slot(route, Histogram())
+            requestDurationSlots.values[h].observe(seconds)
+        }
+    }
+
+    /// Observes one step's duration.
+    mutating func step(route: String, step: String, seconds: Double) {
+        let i = stepDurationSlots.slot(StepKey(route: route, step: step), Histogram())
+        stepDurationSlots.values[i].observe(seconds)
+    }
+
+    /// Counts one step's final upstream failure.
+    mutating func upstreamError(route: String, step: String, kind: String) {
+        let i = upstreamErrorSlots.slot(UpstreamErrorKey(route: route, step: step, kind: kind), 0)
+        upstreamErrorSlots.values[i] &+= 1
     }
 
     mutating func merge(_ o: MetricsSnapshot) {
-        for (k, v) in o.requests { requests[k, default: 0] &+= v }
-        for (k, v) in o.requestDurations { requestDurations[k, default: Histogram()].merge(v) }
-        for (k, v) in o.stepDurations { stepDurations[k, default: Histogram()].merge(v) }
-        for (k, v) in o.upstreamErrors { upstreamErrors[k, default: 0] &+= v }
+        for (k, v) in zip(o.requestSlots.keys, o.requestSlots.values) { requestSlots.values[requestSlots.slot(k, 0)] &+= v }
+        for (k, v) in zip(o.requestDurationSlots.keys, o.requestDurationSlots.values) {
+            requestDurationSlots.values[requestDurationSlots.slot(k, Histogram())].merge(v)
+        }
+        for (k, v) in zip(o.stepDurationSlots.keys, o.stepDurationSlots.values) {
+            stepDurationSlots.values[stepDurationSlots.slot(k, Histogram())].merge(v)
+        }
+        for (k, v) in zip(o.upstreamErrorSlots.keys, o.upstreamErrorSlots.values) {
+            upstreamErrorSlots.values[upstreamErrorSlots.slot(k, 0)] &+= v
+        }
     }
 }
 

@@ -34,9 +34,11 @@ public final class LogBuffer {
 
     /// Appends one line with `time`, `level` and `msg` first, then `fields`.
     /// Values must already be free of secrets. Call on the buffer's loop thread.
-    public func log(_ level: String, _ message: String, _ fields: [(String, JSON)] = []) {
+    /// `keysDistinct`: the caller guarantees no key repeats another or `time`,
+    /// `level`, `msg` (skips the check).
+    public func log(_ level: String, _ message: String, _ fields: [(String, JSON)] = [], keysDistinct: Bool = false) {
         guard LogBuffer.rank(level) >= minimumLevel else { return }
-        if LogBuffer.keysAreDistinct(fields) {
+        if keysDistinct || LogBuffer.keysAreDistinct(fields) {
             // Fast path: the same bytes as the JSONObject path, written directly.
             appendTimeLevelMessage(level, message)
             for (k, v) in fields {
@@ -58,6 +60,85 @@ public final class LogBuffer {
         JSON.object(o).serialize(into: &pending)
         pending.append(0x0A)
         scheduleFlush()
+    }
+
+    /// The `request` line (`info`): the same bytes as `log("info", "request", fields)`
+    /// with the fields `request_id`, `route` (when matched), `method`, `path`,
+    /// `status`, `duration_ms`, `outcome`, `bytes`, then `job_id` and `trace_id`
+    /// when given — written straight to the buffer, without a field array.
+    public func logRequest(requestID: String, route: String?, method: String, path: String, status: Int,
+                           durationMs: Double, outcome: String, bytes: Int, jobID: String?, traceID: String?) {
+        guard LogBuffer.rank("info") >= minimumLevel else { return }
+        appendTimeLevelMessage("info", "request")
+        pending.append(contentsOf: LogBuffer.kRequestID)
+        JSON.appendQuoted(requestID, to: &pending)
+        if let route {
+            pending.append(contentsOf: LogBuffer.kRoute)
+            JSON.appendQuoted(route, to: &pending)
+        }
+        pending.append(contentsOf: LogBuffer.kMethod)
+        JSON.appendQuoted(method, to: &pending)
+        pending.append(contentsOf: LogBuffer.kPath)
+        JSON.appendQuoted(path, to: &pending)
+        pending.append(contentsOf: LogBuffer.kStatus)
+        JSON.appendInteger(Int64(status), to: &pending)
+        pending.append(contentsOf: LogBuffer.kDurationMs)
+        LogBuffer.appendMilliseconds(durationMs, to: &pending)
+        pending.append(contentsOf: LogBuffer.kOutcome)
+        JSON.appendQuoted(outcome, to: &pending)
+        pending.append(contentsOf: LogBuffer.kBytes)
+        JSON.appendInteger(Int64(bytes), to: &pending)
+        if let jobID {
+            pending.append(contentsOf: LogBuffer.kJobID)
+            JSON.appendQuoted(jobID, to: &pending)
+        }
+        if let traceID {
+            pending.append(contentsOf: LogBuffer.kTraceID)
+            JSON.appendQuoted(traceID, to: &pending)
+        }
+        pending.append(0x7D)
+        pending.append(0x0A)
+        scheduleFlush()
+    }
+
+    private static let kRequestID = Array(",\"request_id\":".utf8)
+    private static let kRoute = Array(",\"route\":".utf8)
+    private static let kMethod = Array(",\"method\":".utf8)
+    private static let kPath = Array(",\"path\":".utf8)
+    private static let kStatus = Array(",\"status\":".utf8)
+    private static let kDurationMs = Array(",\"duration_ms\":".utf8)
+    private static let kOutcome = Array(",\"outcome\":".utf8)
+    private static let kBytes = Array(",\"bytes\":".utf8)
+    private static let kJobID = Array(",\"job_id\":".utf8)
+    private static let kTraceID = Array(",\"trace_id\":".utf8)
+
+    /// Appends `value` exactly as `JSON.double(value)` serializes, fast for what
+    /// request durations are: `k / 1000` for a whole number `0 ≤ k < 10^12`
+    /// (e.g. `12.5`, `0.042`, `3.0`). Below 2^53 / 1000 the spacing of doubles is far
+    /// finer than 0.001, so the shortest round-trip text of the double nearest
+    /// `k / 1000` is `k / 1000` in decimal with trailing zeros dropped (at least one
+    /// fractional digit, as Swift's `description` writes it). Anything else goes
+    /// through `JSON.appendDouble`.
+    static func appendMilliseconds(_ value: Double, to out: inout [UInt8]) {
+        let scaled = (value * 1000).rounded()
+        guard value >= 0.001, scaled < 1e12, scaled / 1000 == value else {
+            JSON.appendDouble(value, to: &out)
+            return
+        }
+        let k = Int64(scaled)
+        JSON.appendInteger(k / 1000, to: &out)
+        out.append(0x2E)
+        var frac = Int(k % 1000)
+        if frac == 0 { out.append(0x30); return }
+        var digits = 3
+        while frac % 10 == 0 { frac /= 10; digits -= 1 }
+        if digits == 3 {
+            out.append(UInt8(0x30 + frac / 100)); out.append(UInt8(0x30 + (frac / 10) % 10)); out.append(UInt8(0x30 + frac % 10))
+        } else if digits == 2 {
+            out.append(UInt8(0x30 + frac / 10)); out.append(UInt8(0x30 + frac % 10))
+        } else {
+            out.append(UInt8(0x30 + frac))
+        }
     }
 
     /// Whether no field repeats another or `time`, `level`, `msg` (the fast path's condition).

@@ -21,7 +21,7 @@ struct TraceContext: Sendable {
             flags = f
             traceState = tracestate
         } else {
-            traceID = random.hex(8) + random.hex(8)
+            traceID = random.traceIDHex()
             flags = "01"
             traceState = nil
         }
@@ -45,9 +45,27 @@ struct TraceContext: Sendable {
 
     /// The headers for one upstream call: `traceparent` with a new parent id, and `tracestate`.
     func headers(random: inout SpanIDGenerator) -> [(String, String)] {
-        var h = [("traceparent", "00-\(traceID)-\(random.hex(8))-\(flags)")]
-        if let s = traceState { h.append(("tracestate", s)) }
+        var h: [(String, String)] = []
+        appendHeaders(to: &h, random: &random)
         return h
+    }
+
+    /// Appends `traceparent` (`00-TRACE-PARENT-FLAGS`, a new parent id) and `tracestate`.
+    func appendHeaders(to h: inout [(String, String)], random: inout SpanIDGenerator) {
+        let parent = random.next()
+        let tp = String(unsafeUninitializedCapacity: 55) { out in
+            out[0] = 0x30; out[1] = 0x30; out[2] = 0x2D
+            var i = 3
+            for b in traceID.utf8.prefix(32) { out[i] = b; i += 1 }
+            out[35] = 0x2D
+            SpanIDGenerator.writeHex(parent == 0 ? 1 : parent, into: out, at: 36)
+            out[52] = 0x2D
+            var k = 53
+            for b in flags.utf8.prefix(2) { out[k] = b; k += 1 }
+            return k
+        }
+        h.append(("traceparent", tp))
+        if let s = traceState { h.append(("tracestate", s)) }
     }
 }
 
@@ -67,6 +85,29 @@ struct SpanIDGenerator {
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
+    }
+
+    /// 16 random bytes as 32 lowercase hex digits (two draws, each never zero): the
+    /// same as `hex(8) + hex(8)`, without the intermediate strings.
+    mutating func traceIDHex() -> String {
+        let a = next(), b = next()
+        return String(unsafeUninitializedCapacity: 32) { out in
+            SpanIDGenerator.writeHex(a == 0 ? 1 : a, into: out, at: 0)
+            SpanIDGenerator.writeHex(b == 0 ? 1 : b, into: out, at: 16)
+            return 32
+        }
+    }
+
+    /// `v` as 16 lowercase hex digits at `out[at..<at+16]`.
+    static func writeHex(_ v: UInt64, into out: UnsafeMutableBufferPointer<UInt8>, at: Int) {
+        var v = v
+        var i = at + 15
+        while i >= at {
+            let d = UInt8(truncatingIfNeeded: v & 0xF)
+            out[i] = d < 10 ? 0x30 + d : 0x57 + d
+            v >>= 4
+            i -= 1
+        }
     }
 
     /// `bytes` (≤ 8) random bytes as lowercase hex, never all zeros.

@@ -269,7 +269,12 @@ private final class PooledEasy {
     var noBody = false
     var postFields = false
     var resolve = false
+    /// The URL the handle was last given (curl keeps its own copy of text URLs).
+    var url: String?
+    /// The handle's CURLOPT_CURLU, owned here (curl only reads it).
+    var parsedURL: OpaquePointer?
     init(easy: UnsafeMutableRawPointer) { self.easy = easy }
+    deinit { if let parsedURL { curl_url_cleanup(parsedURL) } }
 }
 
 /// One upstream attempt in flight. Loop thread only.
@@ -283,7 +288,8 @@ public final class UpstreamTransfer {
     private var resolveList: UnsafeMutablePointer<curl_slist>?
     private var bodyCopy: UnsafeMutableRawBufferPointer?
     private var status = 0
-    private var headers: [(String, String)] = []
+    /// The final response's header lines as received (parsed only when read).
+    private var rawHeaders: [UInt8] = []
     private var body: [UInt8] = []
     private var tooLarge = false
     private var selfRetain: Unmanaged<UpstreamTransfer>?
@@ -324,11 +330,27 @@ public final class UpstreamTransfer {
     /// Sets the easy handle's options. Returns a failure when the request cannot be sent.
     fileprivate func configure(remainingMs: Int64) -> UpstreamFailure? {
         guard let h = easy else { return UpstreamFailure(kind: .protocol, message: "no handle") }
-        if CCurl_easy_setopt_string(h, CURLOPT_URL, request.url) != CURLE_OK {
-            return UpstreamFailure(kind: .protocol, message: "invalid URL")
-        }
         // Undo what the handle's previous transfer set (the shared options stay).
         let p = pooled
+        // The handle keeps the URL between transfers: set it only when it changes, as
+        // a parsed CURLU when it parses (curl then copies it per transfer instead of
+        // parsing the text again); otherwise as text, so curl reports the error itself.
+        if p.url != request.url {
+            let old = p.parsedURL
+            p.parsedURL = nil
+            p.url = nil
+            if let u = CCurl_url_parse(request.url), CCurl_easy_setopt_curlu(h, u) == CURLE_OK {
+                p.parsedURL = u
+            } else {
+                _ = CCurl_easy_setopt_curlu(h, nil)
+                if CCurl_easy_setopt_string(h, CURLOPT_URL, request.url) != CURLE_OK {
+                    if let old { curl_url_cleanup(old) }
+                    return UpstreamFailure(kind: .protocol, message: "invalid URL")
+                }
+            }
+            if let old { curl_url_cleanup(old) }
+            p.url = request.url
+        }
         if p.customRequest { _ = CCurl_easy_setopt_pointer(h, CURLOPT_CUSTOMREQUEST, nil); p.customRequest = false }
         if p.noBody { _ = CCurl_easy_setopt_long(h, CURLOPT_NOBODY, 0); p.noBody = false }
         if p.postFields {
@@ -368,10 +390,11 @@ public final class UpstreamTransfer {
         }
         var list: UnsafeMutablePointer<curl_slist>? = nil
         for (n, v) in request.headers {
-            list = curl_slist_append(list, "\(n): \(v)")
+            list = UpstreamTransfer.appendHeaderLine(list, n, v)
         }
         // Never wait for `100 Continue`: it costs a round trip on every POST.
-        list = curl_slist_append(list, "Expect:")
+        // (Without a body curl sends no `Expect:`, so there is nothing to suppress.)
+        if p.postFields { list = curl_slist_append(list, "Expect:") }
         headerList = list
         _ = CCurl_easy_setopt_slist(h, CURLOPT_HTTPHEADER, list)
         if !request.resolve.isEmpty {
@@ -382,6 +405,25 @@ public final class UpstreamTransfer {
             p.resolve = true
         }
         return nil
+    }
+
+    /// `list` with `name: value` appended (curl copies the line), built on the stack.
+    private static func appendHeaderLine(_ list: UnsafeMutablePointer<curl_slist>?, _ name: String, _ value: String) -> UnsafeMutablePointer<curl_slist>? {
+        var name = name, value = value
+        return name.withUTF8 { n in
+            value.withUTF8 { v in
+                let count = n.count + 2 + v.count + 1
+                return withUnsafeTemporaryAllocation(of: CChar.self, capacity: count) { buf in
+                    let raw = UnsafeMutableRawBufferPointer(buf)
+                    if n.count > 0 { raw.baseAddress!.copyMemory(from: n.baseAddress!, byteCount: n.count) }
+                    raw[n.count] = UInt8(ascii: ":")
+                    raw[n.count + 1] = UInt8(ascii: " ")
+                    if v.count > 0 { (raw.baseAddress! + n.count + 2).copyMemory(from: v.baseAddress!, byteCount: v.count) }
+                    raw[count - 1] = 0
+                    return curl_slist_append(list, buf.baseAddress!)
+                }
+            }
+        }
     }
 
     fileprivate func received(body chunk: UnsafeRawBufferPointer) -> Int {
@@ -397,16 +439,15 @@ public final class UpstreamTransfer {
         var end = raw.count
         while end > 0 && (raw[end - 1] == 0x0A || raw[end - 1] == 0x0D) { end -= 1 }
         if end == 0 { return }
-        if raw.starts(with: "HTTP/".utf8) {
+        if end >= 5 && raw[0] == 0x48 && raw[1] == 0x54 && raw[2] == 0x54 && raw[3] == 0x50 && raw[4] == 0x2F {  // "HTTP/"
             // A new status line (after 1xx, or a new response): start over.
-            headers.removeAll(keepingCapacity: true)
+            rawHeaders.removeAll(keepingCapacity: true)
             return
         }
-        guard let colon = raw[..<end].firstIndex(of: UInt8(ascii: ":")) else { return }
-        let name = String(decoding: raw[..<colon], as: UTF8.self)
-        var vs = colon + 1
-        while vs < end && (raw[vs] == 0x20 || raw[vs] == 0x09) { vs += 1 }
-        headers.append((name, String(decoding: raw[vs..<end], as: UTF8.self)))
+        // Kept as received; `UpstreamHeaderBlock` splits the lines on first use.
+        if rawHeaders.capacity == 0 { rawHeaders.reserveCapacity(512) }
+        rawHeaders.append(contentsOf: raw)
+        if raw[raw.count - 1] != 0x0A { rawHeaders.append(0x0A) }
     }
 
     fileprivate func result(code: CURLcode) -> UpstreamResult {
@@ -416,7 +457,7 @@ public final class UpstreamTransfer {
             if st < 100 || st > 599 {
                 return .failure(UpstreamFailure(kind: .protocol, message: "no valid HTTP status"))
             }
-            return .success(UpstreamResponse(status: st, headers: headers, body: body))
+            return .success(UpstreamResponse(status: st, headerBlock: UpstreamHeaderBlock(raw: rawHeaders), body: body))
         }
         let text = String(cString: curl_easy_strerror(code))
         if tooLarge || code == CURLE_FILESIZE_EXCEEDED {

@@ -1,4 +1,5 @@
 import EventLoop
+import Synchronization
 
 /// One outbound HTTP request to a third-party API.
 public struct UpstreamRequest: Sendable {
@@ -40,13 +41,31 @@ public struct UpstreamResponse: Sendable {
     /// The final status code (after any `1xx` interim responses).
     public var status: Int
     /// Header fields of the final response, in order, names as sent.
-    public var headers: [(String, String)]
+    /// A response from `UpstreamClient` keeps its header block as received and
+    /// parses it into pairs on first use.
+    public var headers: [(String, String)] {
+        get { headerBlock?.pairs ?? storedHeaders }
+        set { storedHeaders = newValue; headerBlock = nil }
+    }
+    /// The header block as received, when the response came from `UpstreamClient`
+    /// (parsed lazily); nil when the headers were given as pairs.
+    public private(set) var headerBlock: UpstreamHeaderBlock?
+    private var storedHeaders: [(String, String)]
     /// The response body, fully read.
     public var body: [UInt8]
 
     public init(status: Int, headers: [(String, String)], body: [UInt8]) {
         self.status = status
-        self.headers = headers
+        self.storedHeaders = headers
+        self.headerBlock = nil
+        self.body = body
+    }
+
+    /// A response whose header fields are parsed from `headerBlock` on first use.
+    public init(status: Int, headerBlock: UpstreamHeaderBlock, body: [UInt8]) {
+        self.status = status
+        self.storedHeaders = []
+        self.headerBlock = headerBlock
         self.body = body
     }
 
@@ -54,6 +73,51 @@ public struct UpstreamResponse: Sendable {
     public func header(_ name: String) -> String? {
         for (n, v) in headers where n.count == name.count && n.lowercased() == name.lowercased() { return v }
         return nil
+    }
+}
+
+/// Response header lines exactly as libcurl delivered them (each ending in LF),
+/// parsed into `(name, value)` pairs on first use, at most once. Lines without a
+/// colon are ignored; a value has its leading blanks and the line's trailing
+/// CR/LF removed.
+public final class UpstreamHeaderBlock: @unchecked Sendable {
+    /// The header lines, each terminated by LF.
+    public let raw: [UInt8]
+    private let parsed = Mutex<[(String, String)]?>(nil)
+
+    public init(raw: [UInt8]) { self.raw = raw }
+
+    /// The fields, in order, names as sent.
+    public var pairs: [(String, String)] {
+        parsed.withLock { cached in
+            if let cached { return cached }
+            let p = UpstreamHeaderBlock.parse(raw)
+            cached = p
+            return p
+        }
+    }
+
+    static func parse(_ raw: [UInt8]) -> [(String, String)] {
+        var out: [(String, String)] = []
+        raw.withUnsafeBufferPointer { b in
+            var start = 0
+            while start < b.count {
+                var lf = start
+                while lf < b.count && b[lf] != 0x0A { lf += 1 }
+                var end = lf
+                while end > start && (b[end - 1] == 0x0A || b[end - 1] == 0x0D) { end -= 1 }
+                defer { start = lf + 1 }
+                guard end > start else { continue }
+                var colon = start
+                while colon < end && b[colon] != UInt8(ascii: ":") { colon += 1 }
+                guard colon < end else { continue }
+                let name = String(decoding: UnsafeBufferPointer(rebasing: b[start..<colon]), as: UTF8.self)
+                var vs = colon + 1
+                while vs < end && (b[vs] == 0x20 || b[vs] == 0x09) { vs += 1 }
+                out.append((name, String(decoding: UnsafeBufferPointer(rebasing: b[vs..<end]), as: UTF8.self)))
+            }
+        }
+        return out
     }
 }
 

@@ -221,3 +221,41 @@ import TestSupport
         #expect(plain.request("GET", "/healthz") == nil)
     }
 }
+
+/// Log lines for async job ends and callback attempts (SPEC §8).
+@Suite struct JobLogTests {
+    /// An async job logs one line when it ends and one per callback attempt, without the callback URL.
+    @Test func asyncJob_LogsJobEndAndCallbackAttempts() throws {
+        let up = try ScriptedServer.answering(delay: .milliseconds(200))
+        let n = Counter()
+        let rx = try ScriptedServer { conn, server in
+            while let req = conn.readRequest() {
+                server.record(req)
+                let status = n.increment() == 1 ? 500 : 204
+                conn.write("HTTP/1.1 \(status) X\r\nContent-Length: 0\r\n\r\n")
+            }
+        }
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try routeJSON(["name": "slow", "method": "GET", "path": "/slow", "wait": "0s",
+                       "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/"], "timeout": "5s"]]])
+            .write(toFile: "\(dir)/slow.json", atomically: true, encoding: .utf8)
+        let configDir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: configDir) }
+        try "{\"callback_retry\": [\"0s\", \"50ms\"]}".write(toFile: "\(configDir)/config.json", atomically: true, encoding: .utf8)
+        let server = try CLITests.Server(routesDir: dir, env: ["U": "http://127.0.0.1:\(up.port)"],
+                                         extra: ["--config", "\(configDir)/config.json", "--callback-allow", "127.0.0.0/8"])
+        defer { kill(server.process.processIdentifier, SIGTERM); server.process.waitUntilExit() }
+        let token = "tok_in_query_123456"
+        let r = try #require(RawConnection(port: server.port).request("GET", "/slow", headers: [("Callback-URL", "http://127.0.0.1:\(rx.port)/cb?token=\(token)")]))
+        #expect(r.status == 202)
+        let id = try #require(r.object["job_id"] as? String)
+        #expect(eventually { server.log.contains("\"msg\":\"callback delivered\"") })
+        let lines = server.log.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        let ended = lines.filter { $0["msg"] as? String == "job finished" && $0["job_id"] as? String == id }
+        #expect(ended.count == 1)
+        #expect(ended.first?["status"] as? String == "succeeded")
+        #expect(lines.contains { $0["msg"] as? String == "callback attempt failed" && $0["last_status"] as? Int == 500 })
+        #expect(!server.log.contains(token))
+    }
+}
