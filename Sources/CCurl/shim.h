@@ -26,19 +26,6 @@ static inline CURLMcode CCurl_multi_setopt_pointer(CURLM *m, CURLMoption o, void
 static inline CURLMcode CCurl_multi_setopt_socketfunction(CURLM *m, CCurl_socket_callback f) { return curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, f); }
 static inline CURLMcode CCurl_multi_setopt_timerfunction(CURLM *m, CCurl_timer_callback f) { return curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, f); }
 
-/// `url` parsed the way libcurl parses CURLOPT_URL (guessing a missing scheme, keeping
-/// unsupported ones for the protocol check), or NULL when it does not parse.
-static inline CURLU *CCurl_url_parse(const char *url) {
-    CURLU *u = curl_url();
-    if(!u) return NULL;
-    if(curl_url_set(u, CURLUPART_URL, url, CURLU_GUESS_SCHEME | CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK) {
-        curl_url_cleanup(u);
-        return NULL;
-    }
-    return u;
-}
-static inline CURLcode CCurl_easy_setopt_curlu(CURL *h, CURLU *u) { return curl_easy_setopt(h, CURLOPT_CURLU, u); }
-
 /// The easy handle of a finished transfer message (msg->easy_handle), and its result code.
 static inline CURL *CCurl_msg_easy(CURLMsg *m) { return m->easy_handle; }
 static inline CURLcode CCurl_msg_result(CURLMsg *m) { return m->data.result; }

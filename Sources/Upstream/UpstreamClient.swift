@@ -271,10 +271,7 @@ private final class PooledEasy {
     var resolve = false
     /// The URL the handle was last given (curl keeps its own copy of text URLs).
     var url: String?
-    /// The handle's CURLOPT_CURLU, owned here (curl only reads it).
-    var parsedURL: OpaquePointer?
     init(easy: UnsafeMutableRawPointer) { self.easy = easy }
-    deinit { if let parsedURL { curl_url_cleanup(parsedURL) } }
 }
 
 /// One upstream attempt in flight. Loop thread only.
@@ -332,23 +329,12 @@ public final class UpstreamTransfer {
         guard let h = easy else { return UpstreamFailure(kind: .protocol, message: "no handle") }
         // Undo what the handle's previous transfer set (the shared options stay).
         let p = pooled
-        // The handle keeps the URL between transfers: set it only when it changes, as
-        // a parsed CURLU when it parses (curl then copies it per transfer instead of
-        // parsing the text again); otherwise as text, so curl reports the error itself.
+        // The handle keeps the URL between transfers: set it only when it changes.
         if p.url != request.url {
-            let old = p.parsedURL
-            p.parsedURL = nil
             p.url = nil
-            if let u = CCurl_url_parse(request.url), CCurl_easy_setopt_curlu(h, u) == CURLE_OK {
-                p.parsedURL = u
-            } else {
-                _ = CCurl_easy_setopt_curlu(h, nil)
-                if CCurl_easy_setopt_string(h, CURLOPT_URL, request.url) != CURLE_OK {
-                    if let old { curl_url_cleanup(old) }
-                    return UpstreamFailure(kind: .protocol, message: "invalid URL")
-                }
+            if CCurl_easy_setopt_string(h, CURLOPT_URL, request.url) != CURLE_OK {
+                return UpstreamFailure(kind: .protocol, message: "invalid URL")
             }
-            if let old { curl_url_cleanup(old) }
             p.url = request.url
         }
         if p.customRequest { _ = CCurl_easy_setopt_pointer(h, CURLOPT_CUSTOMREQUEST, nil); p.customRequest = false }
