@@ -211,8 +211,9 @@ public final class FlowRun {
             request = UpstreamRequest(method: step.request.method, url: url, headers: headers, body: body,
                                       deadline: deadline, maxBodyBytes: maxBodyBytes)
         } catch {
-            let ref = error.reference
-            fail(i, kind: .template, message: "missing value for {{\(ref)}}", response: nil)
+            // e.g. "missing value for {{request.body.amount}}", or "value contains CR, LF or NUL …"
+            let what = error.message == "missing value" ? "missing value for" : "\(error.message):"
+            fail(i, kind: .template, message: "\(what) {{\(error.reference)}}", response: nil)
             return
         }
         // The transfer holds the run until it completes (the client keeps the

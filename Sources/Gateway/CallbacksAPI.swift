@@ -32,6 +32,9 @@ extension Gateway {
                     return problem(400, "send {\"url\": \"https://…\"}")
                 }
                 for k in o.keys where k != "url" { return problem(400, "unknown field \(k)") }
+                guard endpoints.list(owner: caller).count < Gateway.maxEndpointsPerCaller else {
+                    return problem(422, "limit of \(Gateway.maxEndpointsPerCaller) callback endpoints per caller reached; delete some first")
+                }
                 let loop = state.loop
                 let (reply, problem) = (LoopBound(reply), LoopBound(problem))
                 policy.vetAsync(url) { [unowned self] result in
@@ -76,6 +79,9 @@ extension Gateway {
             problem(404, "no such resource")
         }
     }
+
+    /// The most callback endpoints one caller may register. 1000.
+    static let maxEndpointsPerCaller = 1000
 
     func handleRedeliver(_ req: HTTPRequest, _ w: HTTPResponseWriter, caller: String, state: LoopState, requestID: String, start: Instant) {
         let parts = req.path.split(separator: "/").map(String.init)

@@ -123,7 +123,8 @@ public final class Gateway: @unchecked Sendable {
             }
         }
         if journal.openReport.droppedBytes > 0 || !journal.openReport.problems.isEmpty {
-            controlLog.log("warn", "journal recovered from a torn or corrupt tail", [("report", .string(journal.openReport.description))])
+            controlLog.log("error", "journal cut at a torn or corrupt record; the bytes cut are kept aside in the data directory",
+                           [("report", .string(journal.openReport.description))])
         }
         let (endpoints, deliveries, policy) = (endpoints, deliveries, policy)
         let processPrefix = self.processPrefix
@@ -346,6 +347,9 @@ public final class Gateway: @unchecked Sendable {
     /// Step 2 (SPEC §5): a request with `Idempotency-Key` starts a run only when
     /// the key is new; a finished one is replayed, a running one attached to.
     private func applyIdempotency(_ call: RouteCall, retried: Bool = false) {
+        if let key = call.req.headers["idempotency-key"], key.isEmpty {
+            return refuse(call, Problem(status: 400, detail: "Idempotency-Key must not be empty"))
+        }
         guard let key = call.req.headers["idempotency-key"] else {
             return startRun(call, jobID: nil, token: nil)  // the job id is drawn if the run goes async
         }
@@ -414,7 +418,8 @@ public final class Gateway: @unchecked Sendable {
     /// The wait budget (SPEC §3): the route's `wait`, or `Prefer: wait=N` (RFC 7240)
     /// capped at `max_wait`; `respond-async` means zero. Also what to put in `Preference-Applied`.
     private func waitBudget(_ call: RouteCall) -> (budget: Duration, applied: [String], respondAsync: Bool) {
-        let prefer = Preference(call.req.headers["prefer"])
+        // Several `Prefer` fields combine into one list (RFC 9110 §5.3).
+        let prefer = Preference(call.req.headers["prefer"] == nil ? nil : call.req.headers.values("prefer").joined(separator: ","))
         if prefer.respondAsync { return (.zero, ["respond-async"], true) }
         if let secs = prefer.waitSeconds {
             let capped = min(secs, Int(call.route.maxWait.milliseconds / 1000))
@@ -641,31 +646,30 @@ public final class Gateway: @unchecked Sendable {
                 waitSeconds = min(n, 60)
             }
         }
+        // A long-poll is registered with this loop's waiting callers, so a drain
+        // answers it (with the job as it stands) instead of closing it.
+        state.waitToken &+= 1
+        let token = state.waitToken
         let reply: @Sendable (JSON) -> Void = { [unowned self] status in
             state.loop.execute {
+                state.waiting.removeValue(forKey: token)
                 let r = HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: status.serialized)
                 self.finishRequest(state, w, req, r, route: nil, outcome: "sync", requestID: requestID, start: start)
             }
         }
         // Read the run on its own loop, then answer on ours.
         let waitFor = waitSeconds
+        let poll = LongPoll()
+        if waitFor > 0 && !draining.load(ordering: .relaxed) {
+            state.waiting[token] = { entry.loop.execute { poll.answer(entry, reply) } }
+        }
         entry.loop.execute {
             if entry.run.isFinished || waitFor == 0 {
-                reply(entry.statusJSON())
+                poll.answer(entry, reply)
                 return
             }
-            var done = false
-            let timer = entry.loop.schedule(at: entry.loop.now + .seconds(waitFor)) {
-                if done { return }
-                done = true
-                reply(entry.statusJSON())
-            }
-            entry.run.onFinish { _ in
-                if done { return }
-                done = true
-                entry.loop.cancel(timer)
-                reply(entry.statusJSON())
-            }
+            poll.timer = entry.loop.schedule(at: entry.loop.now + .seconds(waitFor)) { poll.answer(entry, reply) }
+            entry.run.onFinish { _ in poll.answer(entry, reply) }
         }
     }
 
@@ -820,16 +824,23 @@ struct Preference {
     var respondAsync = false
     var waitSeconds: Int?
 
+    /// Parses a (combined) `Prefer` value. The first occurrence of a preference
+    /// wins (RFC 7240 §2); `wait` accepts optional whitespace around `=` and a
+    /// quoted value; a number too large to represent is capped, not ignored;
+    /// anything malformed is ignored.
     init(_ header: String?) {
         guard let header else { return }
+        var sawWait = false
         for part in header.split(separator: ",") {
             let token = part.split(separator: ";").first.map { $0.trimmingCharacters(in: " \t") } ?? ""
             let lower = token.lowercased()
-            if lower == "respond-async" { respondAsync = true }
-            if lower.hasPrefix("wait=") {
-                let v = lower.dropFirst(5).trimmingCharacters(in: " \t\"")
-                if let n = Int(v), n >= 0 { waitSeconds = n }
-            }
+            if lower == "respond-async" { respondAsync = true; continue }
+            let kv = lower.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard kv.count == 2, kv[0].trimmingCharacters(in: " \t") == "wait", !sawWait else { continue }
+            sawWait = true
+            let v = kv[1].trimmingCharacters(in: " \t\"")
+            guard !v.isEmpty, v.allSatisfy({ $0.isASCII && $0.isNumber }) else { continue }
+            waitSeconds = Int(v) ?? Int(Int32.max)
         }
     }
 }
@@ -919,4 +930,20 @@ extension LoopState {
 struct LoopBound<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
+}
+
+/// One `GET /jobs/{id}?wait=N`: answered once — when the job ends, when N
+/// seconds pass, or when a drain hands it off. Touched only on the job's loop.
+final class LongPoll: @unchecked Sendable {
+    private var done = false
+    var timer: LoopTimer?
+
+    /// Replies with the job's status unless already answered. Call on `entry.loop`.
+    func answer(_ entry: JobEntry, _ reply: @Sendable (JSON) -> Void) {
+        guard !done else { return }
+        done = true
+        entry.loop.cancel(timer)
+        timer = nil
+        reply(entry.statusJSON())
+    }
 }

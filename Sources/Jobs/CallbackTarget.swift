@@ -1,6 +1,7 @@
 import Foundation
 import Dispatch
 import Glibc
+import Synchronization
 
 /// Why a callback URL was refused. Every case is the caller's problem (the
 /// gateway answers `422`, or `400` for `.malformed`), never a server fault.
@@ -287,9 +288,26 @@ public struct AddressPolicy: Sendable {
             completion(Result { () throws(CallbackTargetError) -> CallbackTarget in try policy.vet(url, resolver: resolver) })
         }
         if let parsed = try? CallbackURL(parsing: url), parsed.literal == nil {
-            Thread(block: work).start()
+            // At most `maxConcurrentLookups` resolver threads: a flood of callback
+            // hosts behind a slow nameserver cannot grow the thread count without bound.
+            guard lookupsInFlight.add(1, ordering: .acquiringAndReleasing).newValue <= AddressPolicy.maxConcurrentLookups else {
+                lookupsInFlight.subtract(1, ordering: .acquiringAndReleasing)
+                completion(.failure(.unresolvable(host: parsed.host, reason: "too many host lookups in progress; try again")))
+                return
+            }
+            Thread {
+                work()
+                lookupsInFlight.subtract(1, ordering: .acquiringAndReleasing)
+            }.start()
         } else {
             work()
         }
     }
+
+    /// The most host-name lookups (each on its own thread) in progress at once,
+    /// process-wide; beyond it a callback URL is refused as unresolvable. 64.
+    public static let maxConcurrentLookups = 64
 }
+
+/// Host-name lookups in progress (see `AddressPolicy.maxConcurrentLookups`).
+private let lookupsInFlight = Atomic<Int>(0)

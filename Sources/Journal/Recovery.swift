@@ -94,6 +94,22 @@ enum Recovery {
                 try discard(name, directory, size: bytes.count, &report)
                 report.problems.append("\(name): \(problem); moved aside \(bytes.count) bytes")
             } else {
+                // Keep the bytes being cut, so a corrupt record in the middle of a file
+                // never destroys the valid records after it: an operator can inspect
+                // `<segment>.cut-<unix time>` (the journal itself never reads it back).
+                let asideName = "\(name).cut-\(time(nil))"
+                let asidePath = directory + "/" + asideName
+                let fd = Glibc.open(asidePath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+                if fd < 0 { throw JournalError.io(operation: "open", path: asidePath, errno: errno) }
+                let wrote = bytes[scan.validEnd...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+                if wrote != bytes.count - scan.validEnd {
+                    let e = errno
+                    Glibc.close(fd)
+                    throw JournalError.io(operation: "write", path: asidePath, errno: e)
+                }
+                if options.fsync { _ = fsync(fd) }
+                Glibc.close(fd)
+                report.discardedFiles.append(asideName)
                 try FileIO.truncate(file.fd, to: scan.validEnd, path: path)
                 if options.fsync { try FileIO.fdatasync(file.fd, path: path) }
                 let cut = bytes.count - scan.validEnd

@@ -170,6 +170,15 @@ import TestSupport
         #expect(up.requests.count == 1)
     }
 
+    /// An empty `Idempotency-Key` is a 400, not "no key".
+    @Test func idempotency_EmptyKey_Is400() throws {
+        let up = try ScriptedServer.answering()
+        let h = try Self.harness(up)
+        let r = try h.request("POST", "/slow", headers: [("Idempotency-Key", ""), ("Prefer", "wait=5")], body: "{\"n\":1}")
+        #expect(r.status == 400)
+        #expect(up.requests.isEmpty)
+    }
+
     /// Same key, different body: 422, and no new upstream call.
     @Test func idempotency_DifferentRequest_Is422() throws {
         let up = try ScriptedServer.answering()

@@ -69,6 +69,22 @@ struct RecoveryTests {
         #expect(journal.openReport.droppedBytes == records[2...].map(frameBytes).reduce(0, +))
     }
 
+    /// The bytes cut after a corrupt middle record are kept aside in a `.cut-` file, byte for byte.
+    @Test func open_KeepsCutBytesAside_WhenAMiddleRecordIsCorrupt() async throws {
+        let dir = TempDirectory()
+        let records = try await seed(dir, count: 6)
+        let segment = "segment-000001.log"
+        let third = fileHeaderBytes + frameBytes(records[0]) + frameBytes(records[1])
+        dir.flipByte(segment, at: third + 20)
+        let original = try #require(FileManager.default.contents(atPath: dir.path + "/" + segment))
+
+        let journal = try Journal.open(directory: dir.path, options: testOptions())
+        let aside = try #require(journal.openReport.discardedFiles.first { $0.hasPrefix(segment + ".cut-") })
+        let kept = try #require(FileManager.default.contents(atPath: dir.path + "/" + aside))
+        #expect(kept == original[third...])
+        #expect(try journal.replay() == state(records.prefix(2)))
+    }
+
     /// A flipped length field is caught by the checksum (it covers the length), not followed into garbage.
     @Test func open_StopsAtRecord_WhenItsLengthFieldIsCorrupt() async throws {
         let dir = TempDirectory()
@@ -91,7 +107,9 @@ struct RecoveryTests {
 
         let journal = try Journal.open(directory: dir.path, options: options)
         #expect(try journal.replay() == state(records.prefix(1)))
-        #expect(journal.openReport.discardedFiles.count == files.count - 1)
+        // Every later segment moved aside, plus the cut tail of the first kept in a `.cut-` file.
+        #expect(journal.openReport.discardedFiles.filter { $0.contains(".discarded-") }.count == files.count - 1)
+        #expect(journal.openReport.discardedFiles.filter { $0.hasPrefix(files[0] + ".cut-") }.count == 1)
         #expect(dir.logFiles() == [files[0]])
         // New appends land in a fresh segment; a reopen does not bring the discarded ones back.
         try await journal.append([.put("new", payload: [1])])
