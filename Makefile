@@ -51,7 +51,7 @@ fuzz-smoke:
 # Narrow with FILTER, e.g. make test-tsan FILTER='HTTP1Tests|UpstreamTests|GatewayTests'.
 FILTER ?=
 test-tsan: deps
-	swift test --sanitize=thread --scratch-path .build-tsan $(if $(FILTER),--filter '$(FILTER)')
+	SWITCHBOARD_SANITIZER=thread swift test --sanitize=thread --scratch-path .build-tsan $(if $(FILTER),--filter '$(FILTER)')
 
 test-asan: deps
 	swift test --sanitize=address --scratch-path .build-asan $(if $(FILTER),--filter '$(FILTER)')
