@@ -31,7 +31,7 @@ let package = Package(
         .executableTarget(name: "switchboard", dependencies: ["Gateway", "Sandbox", "Routes", "EventLoop", "HTTP1"]),
 
         // Shared by the test targets only: raw socket clients and scripted upstream servers.
-        .target(name: "TestSupport", dependencies: ["EventLoop"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["EventLoop", "Gateway", "Routes"], path: "Tests/TestSupport"),
         .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
         .testTarget(name: "FlowsTests", dependencies: ["Flows"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),

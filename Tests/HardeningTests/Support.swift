@@ -9,45 +9,11 @@ import TestSupport
 // helpers that never block forever, and per-port socket accounting that is
 // immune to other test targets running in the same process.
 
-/// A gateway running in-process on `127.0.0.1:0` with route files written to a
-/// temporary directory; shut down when released. (A copy of GatewayTests' harness:
-/// test targets cannot import each other.)
-final class HardeningGateway: @unchecked Sendable {
-    let gateway: Gateway
-    let dir: String
+/// The shared in-process gateway (TestSupport's `GatewayHarness`), with the
+/// probes the hardening suite uses.
+typealias HardeningGateway = GatewayHarness
 
-    init(routes: [String: String], env: [String: String] = [:], configure: (inout GatewayConfig) -> Void = { _ in }) throws {
-        dir = NSTemporaryDirectory() + "switchboard-hardening-" + UUID().uuidString
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        for (name, text) in routes {
-            try text.write(toFile: "\(dir)/\(name)", atomically: true, encoding: .utf8)
-        }
-        let table = try RouteLoader.load(directory: dir, environment: env)
-        var config = GatewayConfig()
-        config.listen = SocketAddress(host: "127.0.0.1", port: 0)
-        config.eventLoops = 2
-        config.data = "\(dir)/data"
-        config.logLevel = "error"
-        configure(&config)
-        Socket.ignoreSIGPIPE()
-        gateway = try Gateway(config: config, routes: table)
-        try gateway.start()
-    }
-
-    deinit {
-        gateway.shutdown()
-        try? FileManager.default.removeItem(atPath: dir)
-    }
-
-    var port: UInt16 { gateway.port }
-
-    /// A new connection to the gateway (TCP_NODELAY, bounded reads).
-    func connect(timeout: Duration = .seconds(10)) throws -> RawConnection {
-        let c = try RawConnection(port: port, timeout: timeout)
-        setNoDelay(c.fd)
-        return c
-    }
-
+extension GatewayHarness {
     /// One `GET /healthz` on a fresh connection; nil when it got no answer.
     func healthz(timeout: Duration = .seconds(10)) -> RawMessage? {
         guard let c = try? connect(timeout: timeout) else { return nil }
