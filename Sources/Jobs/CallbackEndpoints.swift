@@ -1,7 +1,7 @@
 import Crypto
 import EventLoop
 import JSON
-import Synchronization
+import Locking
 
 /// A registered callback endpoint (`POST /callbacks`): where a caller's job
 /// results go when it sends `Callback: <id>`. Plain data, so the journal can
@@ -59,7 +59,7 @@ public enum CallbackEndpointChange: Sendable {
     case deleted(id: String)
 }
 
-/// All callback endpoints, by id. Thread-safe (one `Mutex`): any loop may read
+/// All callback endpoints, by id. Thread-safe (one `Locked`): any loop may read
 /// or change it; every operation is short and does no I/O.
 ///
 /// Callers see only their own endpoints: the `owner` argument is the caller's
@@ -69,7 +69,7 @@ public final class CallbackEndpoints: Sendable {
         var byID: [String: CallbackEndpoint] = [:]
         var order: [String] = []
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private let onChange: (@Sendable (CallbackEndpointChange) -> Void)?
 
     /// - Parameter onChange: called once per change, in order, while the

@@ -1,6 +1,6 @@
 import EventLoop
 import JSON
-import Synchronization
+import Locking
 
 /// Where a job's callback goes.
 public enum DeliveryTarget: Sendable, Equatable, Hashable {
@@ -126,7 +126,7 @@ public enum RedeliveryError: Error, Sendable, Equatable, CustomStringConvertible
 }
 
 /// Every callback delivery of this process, by job id (one per job), shared by
-/// the per-loop `CallbackDeliverer`s. Thread-safe (one `Mutex`), so listings
+/// the per-loop `CallbackDeliverer`s. Thread-safe (one `Locked`), so listings
 /// and redelivery work from any loop. Holds the counters for metrics.
 public final class DeliveryStore: Sendable {
     private struct State {
@@ -135,7 +135,7 @@ public final class DeliveryStore: Sendable {
         var pending = 0
         var deadLettered = 0
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private let onChange: (@Sendable (DeliveryChange) -> Void)?
 
     /// - Parameter onChange: called once per change, in order, while the store's

@@ -1,6 +1,6 @@
 import Crypto
 import EventLoop
-import Synchronization
+import Locking
 
 /// Who an idempotency key belongs to (SPEC §5): the caller's API key name
 /// ("" when the gateway runs open) and the route's `name`. The same key under
@@ -169,7 +169,7 @@ public enum IdempotencyChange: Sendable {
 
 /// Idempotency records (SPEC §5), scoped by (caller, route, key).
 ///
-/// Thread-safe: every operation takes one `Mutex` briefly and does no I/O, so
+/// Thread-safe: every operation takes one `Locked` briefly and does no I/O, so
 /// any loop may call it; `begin` is atomic, so of many concurrent requests
 /// with one key exactly one gets `.new` and only that one calls upstreams.
 /// Waiters registered with `attach` are called outside the lock, on the thread
@@ -190,7 +190,7 @@ public final class IdempotencyStore: Sendable {
         var record: IdempotencyRecord
         var waiters: [@Sendable (StoredResponse?) -> Void] = []
     }
-    private let entries = Mutex<[Composite: Entry]>([:])
+    private let entries = Locked<[Composite: Entry]>([:])
     private let onChange: (@Sendable (IdempotencyChange) -> Void)?
 
     /// - Parameters:

@@ -250,33 +250,3 @@ extension String {
         return String(s)
     }
 }
-
-/// A value behind a `pthread_mutex_t`.
-///
-/// Used instead of `Synchronization.Mutex` because ThreadSanitizer does not see
-/// `Mutex`'s futex-based happens-before edges on Linux and reports false races,
-/// which would hide real ones in this module's tests. Uncontended cost is the same
-/// order (one atomic operation to lock and one to unlock).
-final class Locked<Value>: @unchecked Sendable {
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private var value: Value
-
-    init(_ value: Value) {
-        self.value = value
-        mutex = .allocate(capacity: 1)
-        mutex.initialize(to: pthread_mutex_t())
-        pthread_mutex_init(mutex, nil)
-    }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deinitialize(count: 1)
-        mutex.deallocate()
-    }
-
-    func withLock<R>(_ body: (inout Value) -> R) -> R {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return body(&value)
-    }
-}

@@ -1,5 +1,6 @@
 import Dispatch
 import Glibc
+import Locking
 import Synchronization
 
 /// A blocking hand-off of one result from the writer thread to a waiting caller.

@@ -1,4 +1,5 @@
 import Jobs
+import Locking
 import Synchronization
 import Testing
 

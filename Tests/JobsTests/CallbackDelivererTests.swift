@@ -3,6 +3,7 @@ import Dispatch
 import EventLoop
 import Foundation
 import Jobs
+import Locking
 import JSON
 import Synchronization
 import Testing

@@ -1,6 +1,7 @@
 import Crypto
 import Dispatch
 import Jobs
+import Locking
 import Synchronization
 import Testing
 
