@@ -3,6 +3,8 @@ import Flows
 import JSON
 import Jobs
 import Journal
+import EventLoop
+import Synchronization
 
 /// Record kinds in the journal (the `kind` tag of `JournalRecord`).
 enum RecordKind: UInt16 {
@@ -19,8 +21,33 @@ enum RecordKind: UInt16 {
 /// journal serialises appends on its writer thread, in call order.
 final class DurableState: Sendable {
     let journal: Journal
+    /// One batch per event loop, indexed like the loops: job records appended on a
+    /// loop during one iteration go to the journal as one append.
+    let loopJournals: [LoopJournal]
+    /// A decaying high-water mark of how long a durable batch took from being posted
+    /// to being synced, in nanoseconds (see `writeAheadLead`).
+    private let recentSyncNanos = Atomic<Int64>(0)
 
-    init(journal: Journal) { self.journal = journal }
+    init(journal: Journal, loops: [EventLoop] = []) {
+        self.journal = journal
+        self.loopJournals = loops.map { LoopJournal(loop: $0, journal: journal) }
+        for lj in loopJournals { lj.durable = self }
+    }
+
+    /// How long before a wait budget ends a job's record should be written so that it
+    /// is durable when the budget ends: twice the recent durable-write latency plus
+    /// 1 ms, between 2 ms and 50 ms.
+    var writeAheadLead: Duration {
+        let ns = recentSyncNanos.load(ordering: .relaxed)
+        return .nanoseconds(min(max(2 * ns + 1_000_000, 2_000_000), 50_000_000))
+    }
+
+    /// Folds one durable-write latency into `writeAheadLead` (a high-water mark that
+    /// decays by 1/32 per sample).
+    func noteSyncLatency(_ nanos: Int64) {
+        let old = recentSyncNanos.load(ordering: .relaxed)
+        recentSyncNanos.store(max(nanos, old - old / 32), ordering: .relaxed)
+    }
 
     // MARK: Writing
 
@@ -35,47 +62,78 @@ final class DurableState: Sendable {
     static func jobKey(_ id: String) -> String { "job/\(id)" }
 
     /// The record that makes a job durable: everything needed to run it again.
+    ///
+    /// Written straight into bytes (no `JSON` tree): the same text as serializing
+    /// `{"route", "owner", "created_at", "trace_id", "input": {"method", "path",
+    /// "params", "query"?, "headers", "body", "has_body"}, "callback"?, "idempotency"?}`.
     static func jobAccepted(id: String, route: String, owner: String, createdAt: Int64, traceID: String,
                             input: FlowInput, callback: DeliveryTarget?, idempotency: (IdempotencyScope, String)?) -> JournalRecord {
-        var o = JSONObject()
-        o["route"] = .string(route)
-        o["owner"] = .string(owner)
-        o["created_at"] = .int(createdAt)
-        o["trace_id"] = .string(traceID)
-        var i = JSONObject()
-        i["method"] = .string(input.method)
-        i["path"] = .string(input.path)
-        i["params"] = pairs(input.pathParams)
-        if let q = input.query { i["query"] = .string(q) }
+        var w = PayloadWriter(capacity: 512)
+        w.open()
+        w.field("route", route)
+        w.field("owner", owner)
+        w.field("created_at", createdAt)
+        w.field("trace_id", traceID)
+        w.key("input")
+        w.open()
+        w.field("method", input.method)
+        w.field("path", input.path)
+        w.key("params")
+        w.pairs(input.pathParams)
+        if let q = input.query { w.field("query", q) }
         // Never persist the caller's credentials.
-        i["headers"] = pairs(input.headers.filter { $0.0.lowercased() != "authorization" })
-        i["body"] = input.body ?? .null
-        i["has_body"] = .bool(input.body != nil)
-        o["input"] = .object(i)
-        if let callback { o["callback"] = target(callback) }
-        if let (scope, key) = idempotency {
-            o["idempotency"] = .object(["caller": .string(scope.caller), "route": .string(scope.route), "key": .string(key)])
+        w.key("headers")
+        w.pairs(input.headers, skipping: "authorization")
+        w.key("body")
+        w.value(input.body ?? .null)
+        w.key("has_body")
+        w.raw(input.body != nil ? "true" : "false")
+        w.close()
+        if let callback {
+            w.key("callback")
+            w.target(callback)
         }
-        return .put(jobKey(id), kind: RecordKind.jobAccepted.rawValue, payload: JSON.object(o).serialized)
+        if let (scope, key) = idempotency {
+            w.key("idempotency")
+            w.open()
+            w.field("caller", scope.caller)
+            w.field("route", scope.route)
+            w.field("key", key)
+            w.close()
+        }
+        w.close()
+        return .put(jobKey(id), kind: RecordKind.jobAccepted.rawValue, payload: w.bytes)
     }
 
+    /// A step's outcome, appended to its job: `{"index", "state", "status"?, "headers",
+    /// "body", "attempts", "error"?, "message"?}` (written straight into bytes).
     static func stepFinished(job: String, index: Int, outcome: StepOutcome) -> JournalRecord {
-        var o = JSONObject()
-        o["index"] = .int(Int64(index))
-        o["state"] = .string(outcome.state.rawValue)
-        if let s = outcome.status { o["status"] = .int(Int64(s)) }
-        o["headers"] = pairs(outcome.headers)
-        o["body"] = outcome.body
-        o["attempts"] = .int(Int64(outcome.attempts))
-        if let k = outcome.errorKind { o["error"] = .string(k.rawValue) }
-        if let m = outcome.message { o["message"] = .string(m) }
-        return .append(jobKey(job), kind: RecordKind.stepFinished.rawValue, payload: JSON.object(o).serialized)
+        var w = PayloadWriter(capacity: 512)
+        w.open()
+        w.field("index", Int64(index))
+        w.field("state", outcome.state.rawValue)
+        if let s = outcome.status { w.field("status", Int64(s)) }
+        w.key("headers")
+        w.pairs(outcome.headers)
+        w.key("body")
+        w.value(outcome.body)
+        w.field("attempts", Int64(outcome.attempts))
+        if let k = outcome.errorKind { w.field("error", k.rawValue) }
+        if let m = outcome.message { w.field("message", m) }
+        w.close()
+        return .append(jobKey(job), kind: RecordKind.stepFinished.rawValue, payload: w.bytes)
     }
 
+    /// A job's result, appended to it: `{"status", "headers", "body": base64}`.
     static func jobFinished(job: String, response: FlowResponse) -> JournalRecord {
-        .append(jobKey(job), kind: RecordKind.jobFinished.rawValue, payload: JSON.object([
-            "status": .int(Int64(response.status)), "headers": pairs(response.headers), "body": .string(Crypto.base64(response.body)),
-        ]).serialized)
+        var w = PayloadWriter(capacity: 128 + response.body.count * 4 / 3)
+        w.open()
+        w.field("status", Int64(response.status))
+        w.key("headers")
+        w.pairs(response.headers)
+        w.field("body", Crypto.base64(response.body))
+        w.close()
+        return .append(jobKey(job), kind: RecordKind.jobFinished.rawValue, payload: w.bytes)
     }
 
     static func delivery(_ r: DeliveryRecord) -> JournalRecord {
@@ -259,5 +317,176 @@ final class DurableState: Sendable {
         if let id = j["endpoint"]?.stringValue { return .endpoint(id: id) }
         if let u = j["url"]?.stringValue { return .url(u) }
         return nil
+    }
+}
+
+/// Where a waiting run's job record stands: not written, written but not yet
+/// durable, durable, or failed to be written.
+enum JournalState {
+    case none, pending, durable, failed
+}
+
+/// The job records appended on one event loop during one loop iteration, posted to
+/// the journal as one durable append when the iteration ends. Under load this turns
+/// one journal append, one writer hand-off and one hop back to the loop per record
+/// into one of each per iteration. Loop thread only (`@unchecked Sendable` so the
+/// journal's completion can carry it back to its loop).
+///
+/// Order: records are posted in the order they were appended here; `flush()` posts
+/// what is pending at once, for a caller about to write something else to the journal
+/// directly that must come after them. Each record is still durable before its
+/// completion runs; the records of one iteration are all-or-nothing together.
+final class LoopJournal: @unchecked Sendable {
+    let loop: EventLoop
+    let journal: Journal
+    /// Where durable-write latencies are reported (set by `DurableState.init`).
+    weak var durable: DurableState?
+    private var records: [JournalRecord] = []
+    private var completions: [(Bool) -> Void] = []
+    private var scheduled = false
+
+    init(loop: EventLoop, journal: Journal) {
+        self.loop = loop
+        self.journal = journal
+    }
+
+    /// Appends `records` durably; `completion` runs on this loop once they are synced
+    /// (true) or failed (false).
+    func append(_ records: [JournalRecord], completion: ((Bool) -> Void)? = nil) {
+        for r in records where !journal.fits(r) {
+            // An oversize record must fail alone, not take the iteration's batch with it.
+            flush()
+            self.records = records
+            if let completion { completions.append(completion) }
+            flush()
+            return
+        }
+        self.records.append(contentsOf: records)
+        if let completion { completions.append(completion) }
+        if !scheduled {
+            scheduled = true
+            loop.deferUntilEndOfIteration { [self] in flush() }
+        }
+    }
+
+    /// Posts the pending records now.
+    func flush() {
+        scheduled = false
+        guard !records.isEmpty || !completions.isEmpty else { return }
+        let batch = records, done = completions
+        records = []
+        completions = []
+        let loop = self.loop, durable = self.durable
+        let posted = Instant.now()
+        let box = LoopBound(done)
+        journal.append(batch, durable: true) { result in
+            let ok: Bool
+            if case .success = result { ok = true } else { ok = false }
+            if ok { durable?.noteSyncLatency((Instant.now() - posted).nanosecondsClamped) }
+            if box.value.isEmpty { return }
+            loop.execute { for c in box.value { c(ok) } }
+        }
+    }
+}
+
+/// Compact JSON written member by member into one byte buffer: the same text as
+/// building a `JSONObject` and serializing it, without the intermediate tree.
+struct PayloadWriter {
+    private(set) var bytes: [UInt8] = []
+    /// Whether the innermost open object or array has no member yet.
+    private var atStart = true
+
+    init(capacity: Int) { bytes.reserveCapacity(capacity) }
+
+    mutating func open() {
+        separate()
+        bytes.append(0x7B)
+        atStart = true
+    }
+
+    mutating func close() {
+        bytes.append(0x7D)
+        atStart = false
+    }
+
+    /// `"name":` (after a comma unless first); the value must follow.
+    mutating func key(_ name: StaticString) {
+        separate()
+        bytes.append(0x22)
+        bytes.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+        bytes.append(0x22)
+        bytes.append(0x3A)
+        atStart = true  // the value that follows takes no comma
+    }
+
+    mutating func field(_ name: StaticString, _ value: String) {
+        key(name)
+        JSON.appendQuoted(value, to: &bytes)
+        atStart = false
+    }
+
+    mutating func field(_ name: StaticString, _ value: Int64) {
+        key(name)
+        JSON.appendInteger(value, to: &bytes)
+        atStart = false
+    }
+
+    mutating func value(_ v: JSON) {
+        separate()
+        v.serialize(into: &bytes)
+        atStart = false
+    }
+
+    mutating func raw(_ text: StaticString) {
+        separate()
+        bytes.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+        atStart = false
+    }
+
+    /// `[["name","value"],…]`, leaving out names equal (ASCII case-insensitively) to `skipping`.
+    mutating func pairs(_ p: [(String, String)], skipping: StaticString? = nil) {
+        separate()
+        bytes.append(0x5B)
+        var first = true
+        for (k, v) in p {
+            if let skipping, PayloadWriter.asciiCaseInsensitiveEquals(k, skipping) { continue }
+            if !first { bytes.append(0x2C) }
+            first = false
+            bytes.append(0x5B)
+            JSON.appendQuoted(k, to: &bytes)
+            bytes.append(0x2C)
+            JSON.appendQuoted(v, to: &bytes)
+            bytes.append(0x5D)
+        }
+        bytes.append(0x5D)
+        atStart = false
+    }
+
+    /// `{"endpoint": id}` or `{"url": url}`.
+    mutating func target(_ t: DeliveryTarget) {
+        open()
+        switch t {
+        case .endpoint(let id): field("endpoint", id)
+        case .url(let u): field("url", u)
+        }
+        close()
+    }
+
+    private mutating func separate() {
+        if !atStart { bytes.append(0x2C) }
+        atStart = false
+    }
+
+    /// `a` equals the lowercase ASCII `lower`, ignoring ASCII case.
+    static func asciiCaseInsensitiveEquals(_ a: String, _ lower: StaticString) -> Bool {
+        let u = a.utf8
+        guard u.count == lower.utf8CodeUnitCount else { return false }
+        var i = 0
+        for c in u {
+            let l = (c >= 0x41 && c <= 0x5A) ? c | 0x20 : c
+            if l != lower.utf8Start[i] { return false }
+            i += 1
+        }
+        return true
     }
 }

@@ -30,6 +30,13 @@ final class LoopState: @unchecked Sendable {
     var waitToken: UInt64 = 0
     /// Wait-budget deadlines of synchronous runs, one FIFO per budget length.
     var budgetQueues: [BudgetQueue] = []
+    /// Write-ahead hooks of waiting runs, by wait token: each journals its run's job
+    /// record shortly before the budget ends, so the `202` need not wait for an fsync.
+    var writeAhead: [UInt64: () -> Void] = [:]
+    /// This loop's batch of job records (set once, right after creation).
+    var journal: LoopJournal!
+    /// How long before its budget ends a waiting run's job record is written.
+    var writeAheadLead: () -> Duration = { .zero }
     /// This loop's copy of the gateway's redactor (replaced on reload).
     var redactor: Redactor
     /// This loop's counters, merged with the other loops' at scrape time.
@@ -99,7 +106,7 @@ public final class Gateway: @unchecked Sendable {
         } catch {
             throw GatewayConfig.Error(message: "\(config.data): cannot open the journal: \(error.description)")
         }
-        let durable = DurableState(journal: journal)
+        let durable = DurableState(journal: journal, loops: group.loops)
         self.durable = durable
         // Every change to shared state goes to the journal, in the order it happens.
         endpoints = CallbackEndpoints { change in
@@ -137,6 +144,8 @@ public final class Gateway: @unchecked Sendable {
                                                   policy: policy, secret: secret, options: options)
                 let state = LoopState(loop: loop, routes: routes, logLevel: config.logLevel, deliverer: deliverer)
                 state.requestIDPrefix = "\(processPrefix)\(loop.index)-"
+                state.journal = durable.loopJournals[loop.index]
+                state.writeAheadLead = { durable.writeAheadLead }
                 deliverer.onEvent = { [unowned state] event in Gateway.logDelivery(event, to: state.log) }
                 made.withLock { $0 = state }
                 done.store(true, ordering: .releasing)
@@ -430,14 +439,18 @@ public final class Gateway: @unchecked Sendable {
 
     /// The `202 Accepted` for a job (SPEC §3).
     private func acceptedResponse(jobID: String, applied: [String]) -> HTTPResponse {
-        var o = JSONObject()
-        o["job_id"] = .string(jobID)
-        o["status"] = .string("running")
-        o["status_url"] = .string("/jobs/\(jobID)")
-        var headers: [(String, String)] = [("Content-Type", "application/json"),
-                                           ("Location", "/jobs/\(jobID)"), ("Retry-After", "1")]
+        let location = "/jobs/" + jobID
+        // {"job_id":…,"status":"running","status_url":…}, written directly.
+        var body: [UInt8] = []
+        body.reserveCapacity(2 * jobID.utf8.count + 64)
+        body.append(contentsOf: #"{"job_id":"#.utf8)
+        JSON.appendQuoted(jobID, to: &body)
+        body.append(contentsOf: #","status":"running","status_url":"#.utf8)
+        JSON.appendQuoted(location, to: &body)
+        body.append(0x7D)
+        var headers: [(String, String)] = [("Content-Type", "application/json"), ("Location", location), ("Retry-After", "1")]
         if !applied.isEmpty { headers.append(("Preference-Applied", applied.joined(separator: ", "))) }
-        return HTTPResponse(status: 202, headers: headers, body: JSON.object(o).serialized)
+        return HTTPResponse(status: 202, headers: headers, body: body)
     }
 
     /// Step 3: start the run and hold the caller for the wait budget.
@@ -462,31 +475,59 @@ public final class Gateway: @unchecked Sendable {
         let token = state.waitToken
         var answered = false
         var budgetTimer: LoopTimer?
+        // The job record is written ahead — shortly before the budget ends, or when the
+        // run goes async, whichever comes first — and the 202 is sent once it is durable.
+        var journaled = JournalState.none
+        var createdAt: Int64 = 0
+        var whenDurable: ((Bool) -> Void)?
+
+        let writeJobRecord: () -> Void = {
+            guard !answered, case .none = journaled else { return }
+            journaled = .pending
+            createdAt = wallClockMilliseconds()
+            let jobID = run.jobID
+            var records = [DurableState.jobAccepted(id: jobID, route: route.name, owner: call.caller, createdAt: createdAt,
+                                                    traceID: trace.traceID, input: input, callback: call.callback,
+                                                    idempotency: idempotencyToken.map { ($0.scope, $0.key) })]
+            for (i, o) in run.outcomes.enumerated() where o.isTerminal {
+                records.append(DurableState.stepFinished(job: jobID, index: i, outcome: o))
+            }
+            // From now on every settled step is journaled too (a 202 may follow).
+            let journal = state.journal!
+            run.onStepSettled = { i, outcome in
+                journal.append([DurableState.stepFinished(job: jobID, index: i, outcome: outcome)])
+            }
+            journal.append(records) { ok in
+                journaled = ok ? .durable : .failed
+                if let w = whenDurable {
+                    whenDurable = nil
+                    w(ok)
+                }
+            }
+        }
 
         let goAsync: () -> Void = { [unowned self] in
             guard !answered else { return }
+            writeJobRecord()
             answered = true
             state.loop.cancel(budgetTimer)
             budgetTimer = nil  // the timer holds this closure: break the cycle
             state.waiting.removeValue(forKey: token)
+            state.writeAhead.removeValue(forKey: token)
             let entry = JobEntry(id: run.jobID, owner: call.caller, routeName: route.name, loop: state.loop,
-                                 createdAt: wallClockMilliseconds(), run: run, traceID: trace.traceID)
-            // The job is journaled (with the steps already done) before its 202 is sent.
-            var records = [DurableState.jobAccepted(id: entry.id, route: route.name, owner: call.caller, createdAt: entry.createdAt,
-                                                    traceID: trace.traceID, input: input, callback: call.callback,
-                                                    idempotency: idempotencyToken.map { ($0.scope, $0.key) })]
-            for (i, o) in run.outcomes.enumerated() where o.isTerminal {
-                records.append(DurableState.stepFinished(job: entry.id, index: i, outcome: o))
-            }
+                                 createdAt: createdAt, run: run, traceID: trace.traceID)
             self.track(entry, callback: call.callback, state: state)
-            let accepted = self.acceptedResponse(jobID: run.jobID, applied: applied)
             let jobID = run.jobID
-            self.durable.write(records, durable: true) { [unowned self] ok in
-                state.loop.execute {
-                    let r = ok ? accepted : Problem(status: 503, detail: "the job could not be made durable; it may still run").httpResponse
-                    self.finishRequest(state, call.w, call.req, r, route: route.name, outcome: ok ? "async" : "error",
-                                       requestID: call.requestID, start: call.start, jobID: jobID, traceID: trace.traceID)
-                }
+            let answer: (Bool) -> Void = { [unowned self] ok in
+                let r = ok ? self.acceptedResponse(jobID: jobID, applied: applied)
+                    : Problem(status: 503, detail: "the job could not be made durable; it may still run").httpResponse
+                self.finishRequest(state, call.w, call.req, r, route: route.name, outcome: ok ? "async" : "error",
+                                   requestID: call.requestID, start: call.start, jobID: jobID, traceID: trace.traceID)
+            }
+            switch journaled {
+            case .durable: answer(true)
+            case .failed: answer(false)
+            case .pending, .none: whenDurable = answer
             }
         }
 
@@ -497,11 +538,20 @@ public final class Gateway: @unchecked Sendable {
             state.loop.cancel(budgetTimer)
             budgetTimer = nil  // the timer holds this closure: break the cycle
             state.waiting.removeValue(forKey: token)
+            state.writeAhead.removeValue(forKey: token)
             let resp = run.response!
             var r = HTTPResponse(status: resp.status, headers: resp.headers, body: resp.body)
             if !applied.isEmpty && !respondAsync { r.headers.append(("Preference-Applied", applied.joined(separator: ", "))) }
-            self.finishRequest(state, call.w, call.req, r, route: route.name, outcome: "sync", requestID: call.requestID,
-                               start: call.start, traceID: trace.traceID)
+            let reply = { [unowned self] in
+                self.finishRequest(state, call.w, call.req, r, route: route.name, outcome: "sync", requestID: call.requestID,
+                                   start: call.start, traceID: trace.traceID)
+            }
+            if case .none = journaled { return reply() }
+            // Finished inside its budget after its job record was written ahead: the
+            // record is deleted, durably, before the answer, so a restart never runs
+            // (or calls back for) a job whose caller already has the result.
+            run.onStepSettled = nil
+            state.journal.append([.delete(DurableState.jobKey(run.jobID))]) { _ in reply() }
         }
         run.start()
         guard !answered else { return }
@@ -509,9 +559,17 @@ public final class Gateway: @unchecked Sendable {
             goAsync()
         } else {
             state.waiting[token] = goAsync
-            // Usually a FIFO append (no timer of its own); a plain timer when out of order.
+            state.writeAhead[token] = writeJobRecord
+            // Usually a FIFO append (no timer of its own); plain timers when out of order.
             if !state.addBudgetDeadline(call.start + budget, token: token, budget: budget) {
                 budgetTimer = state.loop.schedule(at: call.start + budget, goAsync)
+                let ahead = call.start + (budget - state.writeAheadLead())
+                if ahead <= state.loop.now {
+                    writeJobRecord()
+                } else {
+                    let t = state.loop.schedule(at: ahead) { state.writeAhead.removeValue(forKey: token)?() }
+                    run.onFinish { _ in state.loop.cancel(t) }
+                }
             }
         }
     }
@@ -523,8 +581,9 @@ public final class Gateway: @unchecked Sendable {
         let run = entry.run
         jobs.add(entry)
         jobsRunning.add(1, ordering: .relaxed)
-        run.onStepSettled = { [durable] i, outcome in
-            durable.write([DurableState.stepFinished(job: entry.id, index: i, outcome: outcome)], durable: true)
+        let journal = state.journal!
+        run.onStepSettled = { i, outcome in
+            journal.append([DurableState.stepFinished(job: entry.id, index: i, outcome: outcome)])
         }
         run.onFinish { [unowned self] run in
             entry.finishedAt = state.loop.now
@@ -535,8 +594,10 @@ public final class Gateway: @unchecked Sendable {
                 ("status", .string((200...299).contains(r.status) ? "succeeded" : "failed")),
                 ("response_status", .int(Int64(r.status))), ("trace_id", .string(entry.traceID)),
             ])
-            self.durable.write([DurableState.jobFinished(job: entry.id, response: run.response!)], durable: true)
+            journal.append([DurableState.jobFinished(job: entry.id, response: run.response!)])
             if let target = callback {
+                // The delivery record is written directly: post the job's records first.
+                journal.flush()
                 state.deliverer.enqueue(jobID: entry.id, owner: entry.owner, target: target, body: entry.callbackBody())
             }
         }
@@ -867,11 +928,17 @@ struct RequestHeaders: FlowHeaderSource {
 /// deadline of a run still waiting; runs that answered in time are skipped (their
 /// token is gone from `LoopState.waiting`), so a burst of fast runs costs two
 /// appends each and no timer.
+///
+/// The same timer also fires `writeAheadLead` before each deadline of a run still
+/// waiting, to call its write-ahead hook (`LoopState.writeAhead`): the job record is
+/// then durable by the time the budget ends, and the `202` goes out at once.
 final class BudgetQueue {
     let budget: Duration
     var deadlines: [Instant] = []
     var tokens: [UInt64] = []
     var head = 0
+    /// Entries before this index had their write-ahead hook called (or were answered).
+    var ahead = 0
     var timer: LoopTimer?
 
     init(budget: Duration) { self.budget = budget }
@@ -897,8 +964,9 @@ extension LoopState {
         return true
     }
 
-    /// Hands every run whose deadline passed to async mode, drops entries of runs
-    /// that answered, and re-arms the timer for the first run still waiting.
+    /// Hands every run whose deadline passed to async mode, calls the write-ahead hook
+    /// of every run whose deadline is within `writeAheadLead`, drops entries of runs
+    /// that answered, and re-arms the timer.
     private func budgetTimerFired(_ q: BudgetQueue) {
         q.timer = nil
         let now = loop.now
@@ -908,20 +976,36 @@ extension LoopState {
             q.head += 1
             handOff()
         }
+        if q.ahead < q.head { q.ahead = q.head }
+        let lead = writeAheadLead()
+        while q.ahead < q.deadlines.count, q.deadlines[q.ahead] + (.zero - lead) <= now {
+            writeAhead.removeValue(forKey: q.tokens[q.ahead])?()
+            q.ahead += 1
+        }
         if q.head == q.deadlines.count {
             q.deadlines.removeAll(keepingCapacity: q.deadlines.count <= 4096)
             q.tokens.removeAll(keepingCapacity: q.tokens.count <= 4096)
             q.head = 0
+            q.ahead = 0
         } else if q.head >= 1024 && q.head * 2 >= q.deadlines.count {
             q.deadlines.removeFirst(q.head)
             q.tokens.removeFirst(q.head)
+            q.ahead -= q.head
             q.head = 0
         }
         if q.head < q.deadlines.count && q.timer == nil { armBudgetTimer(q) }
     }
 
+    /// Arms the queue's timer for its next event: the head's deadline, or the next
+    /// write-ahead, whichever is first. Runs that answered meanwhile are skipped
+    /// when it fires.
     private func armBudgetTimer(_ q: BudgetQueue) {
-        q.timer = loop.schedule(at: q.deadlines[q.head]) { [unowned self] in self.budgetTimerFired(q) }
+        var at = q.deadlines[q.head]
+        if q.ahead < q.deadlines.count {
+            let w = q.deadlines[max(q.ahead, q.head)] + (.zero - writeAheadLead())
+            if w < at { at = w }
+        }
+        q.timer = loop.schedule(at: at) { [unowned self] in self.budgetTimerFired(q) }
     }
 }
 

@@ -103,6 +103,16 @@ public final class Journal: Sendable {
         if !core.post(work) { completion(.failure(.closed)) }
     }
 
+    /// Whether `record` can be written: its key is at most 65,535 UTF-8 bytes and its
+    /// frame at most `options.maxRecordBytes`. An append of records that all fit is
+    /// never rejected with `.invalidRecord`, so callers may combine them into one append.
+    public func fits(_ record: JournalRecord) -> Bool {
+        let keyBytes = record.key.utf8.count
+        let bodyLength = Format.bodyFixedBytes + keyBytes + record.payload.count
+        return keyBytes <= Int(UInt16.max) && Format.frameHeaderBytes + bodyLength <= options.maxRecordBytes
+            && bodyLength <= Int(UInt32.max)
+    }
+
     /// Appends `records`, all-or-nothing, and returns once they are written
     /// (`durable: false`) or synced to disk (`durable: true`, the default).
     /// Same semantics as `append(_:durable:completion:)`; for control paths and tests.

@@ -1,0 +1,99 @@
+import Crypto
+import Flows
+import JSON
+import Jobs
+import Journal
+import Testing
+@testable import Gateway
+
+/// The job records are written straight into bytes; they must be exactly what
+/// building the same `JSONObject` and serializing it gives (the format recovery reads).
+struct DurableRecordTests {
+    static func pairs(_ p: [(String, String)]) -> JSON { .array(p.map { .array([.string($0.0), .string($0.1)]) }) }
+
+    /// The tree-built reference encoding of a job record.
+    static func referenceJob(route: String, owner: String, createdAt: Int64, traceID: String, input: FlowInput,
+                             callback: DeliveryTarget?, idempotency: (IdempotencyScope, String)?) -> [UInt8] {
+        var o = JSONObject()
+        o["route"] = .string(route)
+        o["owner"] = .string(owner)
+        o["created_at"] = .int(createdAt)
+        o["trace_id"] = .string(traceID)
+        var i = JSONObject()
+        i["method"] = .string(input.method)
+        i["path"] = .string(input.path)
+        i["params"] = pairs(input.pathParams)
+        if let q = input.query { i["query"] = .string(q) }
+        i["headers"] = pairs(input.headers.filter { $0.0.lowercased() != "authorization" })
+        i["body"] = input.body ?? .null
+        i["has_body"] = .bool(input.body != nil)
+        o["input"] = .object(i)
+        if let callback { o["callback"] = DurableState.target(callback) }
+        if let (scope, key) = idempotency {
+            o["idempotency"] = .object(["caller": .string(scope.caller), "route": .string(scope.route), "key": .string(key)])
+        }
+        return JSON.object(o).serialized
+    }
+
+    static func referenceStep(index: Int, outcome: StepOutcome) -> [UInt8] {
+        var o = JSONObject()
+        o["index"] = .int(Int64(index))
+        o["state"] = .string(outcome.state.rawValue)
+        if let s = outcome.status { o["status"] = .int(Int64(s)) }
+        o["headers"] = pairs(outcome.headers)
+        o["body"] = outcome.body
+        o["attempts"] = .int(Int64(outcome.attempts))
+        if let k = outcome.errorKind { o["error"] = .string(k.rawValue) }
+        if let m = outcome.message { o["message"] = .string(m) }
+        return JSON.object(o).serialized
+    }
+
+    @Test func jobRecordMatchesTreeEncoding() {
+        let inputs = [
+            FlowInput(method: "GET", path: "/accept"),
+            FlowInput(method: "POST", path: "/checkout/42", pathParams: [("id", "42"), ("q\"x", "a\\b\n")], query: "a=1&b=é",
+                      headers: [("Host", "x"), ("AUTHORIZATION", "Bearer s"), ("Authorization", "t"), ("X-Ctl", "\u{1}\t")],
+                      body: .object(["amount": .int(1999), "card": .string("tok_visa"), "n": .null])),
+            FlowInput(method: "PUT", path: "/p", headers: [("authorizatioN", "x")], body: .null),
+        ]
+        let callbacks: [DeliveryTarget?] = [nil, .endpoint(id: "ep_1"), .url("https://h.example/x?\"y\"")]
+        let idem: [(IdempotencyScope, String)?] = [nil, (IdempotencyScope(caller: "shop", route: "r\"1"), "key-✓")]
+        for input in inputs {
+            for cb in callbacks {
+                for im in idem {
+                    let rec = DurableState.jobAccepted(id: "abc", route: "r", owner: "o\"wner", createdAt: 1_764_000_000_123,
+                                                       traceID: "0af7651916cd43dd8448eb211c80319c", input: input, callback: cb, idempotency: im)
+                    let ref = Self.referenceJob(route: "r", owner: "o\"wner", createdAt: 1_764_000_000_123,
+                                                traceID: "0af7651916cd43dd8448eb211c80319c", input: input, callback: cb, idempotency: im)
+                    #expect(String(decoding: rec.payload, as: UTF8.self) == String(decoding: ref, as: UTF8.self))
+                    #expect(rec.key == "job/abc")
+                }
+            }
+        }
+    }
+
+    @Test func stepAndResultRecordsMatchTreeEncoding() {
+        var a = StepOutcome()
+        a.state = .succeeded
+        a.status = 200
+        a.headers = [("Content-Type", "application/json"), ("X-\"q\"", "v\n")]
+        a.body = .object(["id": .string("ord"), "items": .array([.int(1), .double(2.5)])])
+        a.attempts = 1
+        var b = StepOutcome()
+        b.state = .failed
+        b.errorKind = .timeout
+        b.message = "no answer within 5s \"x\""
+        b.attempts = 3
+        var c = StepOutcome()
+        c.state = .skipped
+        for (i, o) in [a, b, c].enumerated() {
+            let rec = DurableState.stepFinished(job: "j", index: i, outcome: o)
+            #expect(rec.payload == Self.referenceStep(index: i, outcome: o))
+            #expect(rec.key == "job/j" && rec.operation == .append)
+        }
+        let resp = FlowResponse(status: 502, headers: [("Content-Type", "application/problem+json"), ("A", "\"")], body: Array("{\"x\":1}".utf8))
+        let rec = DurableState.jobFinished(job: "j", response: resp)
+        let ref = JSON.object(["status": .int(502), "headers": Self.pairs(resp.headers), "body": .string(Crypto.base64(resp.body))]).serialized
+        #expect(rec.payload == ref)
+    }
+}
