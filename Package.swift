@@ -48,3 +48,12 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// Release builds skip the run-time exclusivity checks (`swift_beginAccess` on every
+// class-property access in the per-request path); the compile-time checks stay, and
+// debug builds (what the tests run) keep the run-time ones.
+for target in package.targets where target.type == .regular || target.type == .executable {
+    target.swiftSettings = (target.swiftSettings ?? []) + [
+        .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+    ]
+}

@@ -87,6 +87,11 @@ final class HTTPConnection: IOHandler {
     private var pend: [UInt8] = []
     private var pendStart = 0
     private var readPaused = false
+    /// The last read came back short or would have blocked, and epoll has not
+    /// reported the socket readable since: reading now would be a wasted system
+    /// call (one per keep-alive request, after each response). Plain sockets only;
+    /// epoll is level-triggered, so a wrong `true` costs one loop iteration, never a hang.
+    private var drained = false
     private var interest: IOEvents = [.read]
     private var processing = false
 
@@ -233,6 +238,7 @@ final class HTTPConnection: IOHandler {
             if closed { return }
         }
         if events.contains(.read) {
+            drained = false
             if awaiting || outPending {
                 busyRead()
             } else {
@@ -277,8 +283,10 @@ final class HTTPConnection: IOHandler {
             }
             if readPaused {
                 readPaused = false
+                drained = false
                 updateInterest()
             }
+            if drained { break loop }
             let n = receive(buf, bufSize)
             if n > 0 {
                 var off = 0
@@ -306,13 +314,16 @@ final class HTTPConnection: IOHandler {
                 // (but not bytes a TLS session already took from the socket).
                 if n < bufSize && pendStart == pend.count && !awaiting && !outPending {
                     if _slowPath(tls != nil) && tlsHasDecrypted() { continue }
+                    drained = tls == nil
                     break loop
                 }
+                if n < bufSize { drained = tls == nil }
             } else if n == 0 {
                 // The client closed: mid-request or between requests, nothing to answer.
                 close()
                 return
             } else if n == TransportIO.wouldBlock {
+                drained = tls == nil
                 break loop
             } else if n == TransportIO.wouldBlockOther {
                 updateInterest()
@@ -368,11 +379,15 @@ final class HTTPConnection: IOHandler {
             if n > 0 {
                 keepPending(buf, n)
                 // Bytes a TLS session keeps are read when the connection is free again.
-                if n < bufSize { return }
+                if n < bufSize {
+                    drained = tls == nil
+                    return
+                }
             } else if n == 0 {
                 close()
                 return
             } else {
+                if n == TransportIO.wouldBlock { drained = tls == nil }
                 if n == TransportIO.wouldBlockOther { updateInterest() }
                 if n == TransportIO.failed { close() }
                 return

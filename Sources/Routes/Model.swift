@@ -4,7 +4,10 @@ import JSON
 // immutable and `Sendable`; a loaded ``RouteTable`` can be shared by every event loop.
 
 /// One integration route: a method and path, the steps to call and the response to compose.
-public struct Route: Sendable {
+///
+/// A reference type: the table holds one instance per route and every request,
+/// run and job shares it (a copy per request would retain each field).
+public final class Route: Sendable {
     /// The route's `name` (unique across files; the `route` metrics label).
     public let name: String
     /// The HTTP method it answers, e.g. `POST` (a `GET` route also answers `HEAD`).
@@ -37,12 +40,29 @@ public struct Route: Sendable {
     /// The non-empty `{{env.*}}` values this route's templates use (secrets to redact).
     public let secrets: [String]
 
+    init(name: String, method: String, path: PathPattern, wait: Duration, maxWait: Duration, steps: [Step],
+         response: ResponseSpec?, file: String, readsRequestBody: Bool, criticalPath: Duration,
+         criticalPathSteps: [Int], secrets: [String]) {
+        self.name = name
+        self.method = method
+        self.path = path
+        self.wait = wait
+        self.maxWait = maxWait
+        self.steps = steps
+        self.response = response
+        self.file = file
+        self.readsRequestBody = readsRequestBody
+        self.criticalPath = criticalPath
+        self.criticalPathSteps = criticalPathSteps
+        self.secrets = secrets
+    }
+
     /// The step with id `id`, or `nil`.
     public func step(id: String) -> Step? { steps.first { $0.id == id } }
 }
 
-/// One upstream call of a route.
-public struct Step: Sendable {
+/// One upstream call of a route. A reference type, shared like ``Route``.
+public final class Step: Sendable {
     /// The step's `id`: `[A-Za-z0-9_-]+`, unique in the route.
     public let id: String
     /// Its position in ``Route/steps``.
@@ -65,6 +85,20 @@ public struct Step: Sendable {
     public let success: Set<Int>?
     /// Whether the run may finish without this step (a partial result). Default: false.
     public let optional: Bool
+
+    init(id: String, index: Int, request: RequestSpec, timeout: Duration, retry: RetryPolicy?, after: [Int],
+         dependents: [Int], when: [Condition], success: Set<Int>?, optional: Bool) {
+        self.id = id
+        self.index = index
+        self.request = request
+        self.timeout = timeout
+        self.retry = retry
+        self.after = after
+        self.dependents = dependents
+        self.when = when
+        self.success = success
+        self.optional = optional
+    }
 
     /// Whether `status` counts as success for this step (``success``, else 2xx).
     public func isSuccess(status: Int) -> Bool {
