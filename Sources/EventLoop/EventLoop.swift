@@ -180,22 +180,25 @@ public final class EventLoop: @unchecked Sendable {
         defer { events.deallocate() }
         while !stopping.load(ordering: .acquiring) {
             cachedNow = Instant.now()
-            var timeout: Int32 = -1
+            // Nanoseconds (epoll_pwait2): a timer is neither rounded up to the next
+            // millisecond nor fired early.
+            var timeoutNs: Int64 = -1
             if !deferred.isEmpty {
-                timeout = 0
+                timeoutNs = 0
             } else if let first = timers.first {
-                if first.deadline <= cachedNow {
-                    timeout = 0
-                } else {
-                    // Round up so a timer never fires early and the loop never spins.
-                    let ns = first.deadline.nanoseconds - cachedNow.nanoseconds
-                    timeout = Int32(min((ns + 999_999) / 1_000_000, 3_600_000))
-                }
+                timeoutNs = first.deadline <= cachedNow ? 0
+                    : min(Int64(first.deadline.nanoseconds - cachedNow.nanoseconds), 3_600_000_000_000)
             }
-            let n = CLinux_epoll_wait(epfd, events, maxEvents, timeout)
+            let n = CLinux_epoll_wait_ns(epfd, events, maxEvents, timeoutNs)
             cachedNow = Instant.now()
             if n > 0 {
                 for k in 0..<Int(n) {
+                    // A long batch must not hold back due timers (a wait budget's 202,
+                    // a step deadline): every 16 events, run the ones that are due.
+                    if k & 15 == 15 {
+                        cachedNow = Instant.now()
+                        if let first = timers.first, first.deadline <= cachedNow { runExpiredTimers() }
+                    }
                     let data = CLinux_event_data(events + k)
                     let ev = IOEvents(rawValue: CLinux_event_events(events + k))
                     if data == UInt64(UInt32.max) {

@@ -19,6 +19,10 @@ static inline int CLinux_epoll_ctl(int epfd, int op, int fd, unsigned int events
 static inline int CLinux_epoll_wait(int epfd, struct epoll_event *events, int max, int timeout_ms) {
     return epoll_wait(epfd, events, max, timeout_ms);
 }
+/// epoll_wait with a timeout in nanoseconds (< 0: none, 0: poll): epoll_pwait2 where the
+/// kernel has it (Linux 5.11+), else epoll_wait with the timeout rounded up to whole
+/// milliseconds. Defined in CLinux.c.
+int CLinux_epoll_wait_ns(int epfd, struct epoll_event *events, int max, long long timeout_ns);
 static inline unsigned int CLinux_event_events(struct epoll_event *e) { return e->events; }
 static inline unsigned long long CLinux_event_data(struct epoll_event *e) { return e->data.u64; }
 static inline int CLinux_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
