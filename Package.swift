@@ -24,7 +24,7 @@ let package = Package(
         .target(name: "Crypto", dependencies: ["COpenSSL"]),
         .target(name: "EventLoop", dependencies: ["CLinux"]),
         .target(name: "HTTP1", dependencies: ["EventLoop", "CLinux", "COpenSSL"]),
-        .target(name: "Upstream", dependencies: ["EventLoop", "CCurl"]),
+        .target(name: "Upstream", dependencies: ["EventLoop", "CCurl", "Locking"]),
         .target(name: "Routes", dependencies: ["JSON"]),
         .target(name: "Flows", dependencies: ["Routes", "Upstream", "EventLoop", "JSON", "Crypto", "HTTP1"]),
         .target(name: "Sandbox", dependencies: ["HTTP1", "EventLoop", "JSON", "Crypto"]),
@@ -44,7 +44,7 @@ let package = Package(
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "TestSupport", "EventLoop", "JSON", "Crypto"]),
         .testTarget(name: "JobsTests", dependencies: ["Jobs", "Upstream", "EventLoop", "JSON", "Crypto", "TestSupport", "Locking"]),
         .testTarget(name: "GatewayTests", dependencies: ["Gateway", "Sandbox", "HTTP1", "EventLoop", "JSON", "Routes", "TestSupport"]),
-        .testTarget(name: "HardeningTests", dependencies: ["Gateway", "HTTP1", "Routes", "Upstream", "Jobs", "EventLoop", "JSON", "TestSupport"]),
+        .testTarget(name: "HardeningTests", dependencies: ["Gateway", "HTTP1", "Routes", "Upstream", "Jobs", "EventLoop", "JSON", "TestSupport", "CLinux"]),
     ],
     swiftLanguageModes: [.v6]
 )

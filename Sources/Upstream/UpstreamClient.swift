@@ -26,9 +26,11 @@ public final class UpstreamClient: @unchecked Sendable {
     /// the loop iteration instead of through a timer.
     private var immediateWanted = false
     private var immediateQueued = false
-    private var freeHandles: [PooledEasy] = []
+    private var freeHandles: [PooledEasy] = [] { didSet { handleCounters.setIdle(freeHandles.count) } }
     /// Transfers in flight (for tests and metrics).
-    public private(set) var activeTransfers = 0
+    public private(set) var activeTransfers = 0 { didSet { handleCounters.setInFlight(activeTransfers) } }
+    /// Easy-handle accounting, read through `handleStats` (UpstreamClient+Stats.swift).
+    let handleCounters: UpstreamHandleCounters
     private var processing = false
 
     /// Creates the client and its multi handle on `loop`.
@@ -37,6 +39,7 @@ public final class UpstreamClient: @unchecked Sendable {
     public init(loop: EventLoop, maxConnectionsPerHost: Int = 0) {
         _ = curlGlobalInit
         self.loop = loop
+        handleCounters = UpstreamHandleCounters(loop: loop)
         multi = curl_multi_init()
         let me = Unmanaged.passUnretained(self).toOpaque()
         _ = CCurl_multi_setopt_socketfunction(multi, { _, s, what, userp, _ in
@@ -60,6 +63,7 @@ public final class UpstreamClient: @unchecked Sendable {
         for (fd, _) in sockets { loop.unregister(fd: fd) }
         sockets.removeAll()
         for h in freeHandles { curl_easy_cleanup(h.easy) }
+        handleCounters.handlesCleanedUp(freeHandles.count)
         curl_multi_cleanup(multi)
     }
 
@@ -67,6 +71,7 @@ public final class UpstreamClient: @unchecked Sendable {
     /// ones are set by `UpstreamTransfer.configure` (no `curl_easy_reset` between uses).
     private func makeHandle() -> PooledEasy {
         let h = curl_easy_init()!
+        handleCounters.handleCreated()
         _ = CCurl_easy_setopt_string(h, CURLOPT_PROTOCOLS_STR, "http,https")
         _ = CCurl_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
         _ = CCurl_easy_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)

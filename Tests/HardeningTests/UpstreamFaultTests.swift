@@ -32,7 +32,7 @@ private func reset(_ c: RawConnection) {
 
 private let stepTimeout = "1s"
 private let stepTimeoutSeconds = 1.0
-private let upstreamBodyLimit = 64 * 1024
+let upstreamBodyLimit = 64 * 1024
 
 let upstreamFaults: [UpstreamFault] = [
     UpstreamFault(name: "accepts and never answers", status: 504, error: "timeout") { c in
@@ -92,7 +92,7 @@ let upstreamFaults: [UpstreamFault] = [
 ]
 
 /// A port on 127.0.0.1 where nothing listens (bound, then closed).
-private func closedPort() -> UInt16 {
+func closedPort() -> UInt16 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     var sa = sockaddr_in()
     sa.sin_family = sa_family_t(AF_INET)
@@ -107,7 +107,7 @@ private func closedPort() -> UInt16 {
 }
 
 @Suite struct UpstreamFaultTests {
-    /// A storm of 20 concurrent requests against each faulty upstream: every caller gets the right 502/504 with its error kind within the step deadline plus slack; gateway, curl and upstream sockets return to baseline.
+    /// A storm of 20 concurrent requests against each faulty upstream: every caller gets the right 502/504 with its error kind within the step deadline plus slack; gateway, curl and upstream sockets return to baseline; no libcurl transfer stays in flight, every easy handle is back in its client's pool, and the pool is no larger than the storm's concurrency. (Heap usage: `UpstreamFaultMemoryTests`.)
     @Test(arguments: upstreamFaults)
     func upstreamFault_AnswersRightStatusWithinDeadline_AndReleasesSockets(_ fault: UpstreamFault) throws {
         var server: ScriptedServer? = nil
@@ -125,6 +125,8 @@ private func closedPort() -> UInt16 {
             config.upstreamBodyBytes = upstreamBodyLimit
         }
         let baseline = gw.serverSideSockets
+        #expect(!gw.eventLoops.isEmpty, "the gateway's event loops are visible to the handle accounting")
+        let poolsBefore = gw.upstreamHandlesPerLoop.map(\.live)
         let results = Shared<[(Int, String, Double)]>([])
         let workers = (0..<20).map { _ in
             Background {
@@ -147,6 +149,12 @@ private func closedPort() -> UInt16 {
         #expect(eventually(timeout: .seconds(10)) { gw.serverSideSockets == baseline }, "\(fault.name): caller sockets leaked")
         #expect(eventually(timeout: .seconds(10)) { tcpSocketCount(remotePort: upstreamPort) == 0 }, "\(fault.name): curl sockets to the upstream leaked: \(tcpSocketCount(remotePort: upstreamPort))")
         #expect(eventually(timeout: .seconds(10)) { gw.metric("switchboard_jobs_running") == 0 }, "\(fault.name): a run was left behind")
+        // libcurl easy handles: nothing in flight, every handle pooled, pool bounded by the concurrency.
+        #expect(eventually(timeout: .seconds(10)) { gw.upstreamHandles.inFlight == 0 }, "\(fault.name): transfers left in flight: \(gw.upstreamHandles)")
+        let handles = gw.upstreamHandles
+        #expect(handles.unaccounted == 0 && handles.live == handles.idle, "\(fault.name): easy handles not back in the pool: \(handles)")
+        let poolsAfter = gw.upstreamHandlesPerLoop.map(\.live)
+        #expect(zip(poolsBefore, poolsAfter).allSatisfy { $1 <= $0 + 20 }, "\(fault.name): a loop pooled more handles than there were concurrent requests: \(poolsBefore) -> \(poolsAfter)")
         #expect(gw.metric("switchboard_connections_open") == 1, "\(fault.name): only the /metrics connection itself is open")
         #expect(gw.healthz()?.status == 200, "\(fault.name): the gateway still answers")
         server?.stop()

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <errno.h>
 #include <time.h>
+#include <malloc.h>
 
 static inline int CLinux_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
 static inline int CLinux_epoll_ctl(int epfd, int op, int fd, unsigned int events, unsigned long long data) {
@@ -37,6 +38,13 @@ static inline unsigned long long CLinux_monotonic_ns(void) {
 static inline long long CLinux_realtime_ms(void) {
     struct timespec ts; clock_gettime(CLOCK_REALTIME, &ts);
     return (long long)ts.tv_sec * 1000ll + ts.tv_nsec / 1000000;
+}
+/// Bytes of heap memory the process's malloc has handed out and not had back: glibc's
+/// mallinfo2() `uordblks` (in use in every arena) + `hblkhd` (in use in mmap'ed chunks).
+/// Whole-process figure; a snapshot that other threads may change at any moment.
+static inline unsigned long long CLinux_malloc_bytes_in_use(void) {
+    struct mallinfo2 m = mallinfo2();
+    return (unsigned long long)m.uordblks + (unsigned long long)m.hblkhd;
 }
 static const unsigned int CLinux_EPOLLIN = EPOLLIN;
 static const unsigned int CLinux_EPOLLOUT = EPOLLOUT;

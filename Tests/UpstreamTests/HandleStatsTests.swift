@@ -1,0 +1,127 @@
+import Dispatch
+import EventLoop
+import Foundation
+import Testing
+import TestSupport
+import Upstream
+
+/// Sends `count` requests built by `build` at once on the harness's loop, waits for
+/// every completion and returns the results.
+private func burst(_ h: ClientHarness, _ count: Int, _ build: @escaping @Sendable (Instant) -> UpstreamRequest) -> [UpstreamResult] {
+    let done = DispatchSemaphore(value: 0)
+    let results = ResultBox()
+    let client = h.client
+    h.group.loops[0].execute {
+        for _ in 0..<count {
+            client.send(build(client.loop.now)) { r in results.append(r); done.signal() }
+        }
+    }
+    for _ in 0..<count { _ = done.wait(timeout: .now() + 20) }
+    return results.all
+}
+
+private final class ResultBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var results: [UpstreamResult] = []
+    func append(_ r: UpstreamResult) { lock.withLock { results.append(r) } }
+    var all: [UpstreamResult] { lock.withLock { results } }
+}
+
+/// The easy-handle accounting of `UpstreamClient` (handles created, pooled, in
+/// flight), against real sockets and real libcurl.
+@Suite struct HandleStatsTests {
+    /// A burst of 8 concurrent transfers creates at most 8 handles; once they finish
+    /// every handle is back in the pool, and a second burst reuses them.
+    @Test func burst_ReturnsEveryHandleToThePool_AndReusesIt() throws {
+        let up = try ScriptedServer.answering(delay: .milliseconds(100))
+        let h = try ClientHarness()
+        #expect(h.client.handleStats == UpstreamHandleStats(created: 0, cleanedUp: 0, inFlight: 0, idle: 0))
+        let url = "http://127.0.0.1:\(up.port)/x"
+
+        let first = burst(h, 8) { UpstreamRequest(method: "GET", url: url, deadline: $0 + .seconds(5)) }
+        #expect(first.count == 8)
+        #expect(first.allSatisfy { (try? $0.get().status) == 200 })
+        #expect(eventually { h.client.handleStats.inFlight == 0 })
+        let afterFirst = h.client.handleStats
+        #expect(afterFirst.created >= 1 && afterFirst.created <= 8, "\(afterFirst)")
+        #expect(afterFirst.idle == afterFirst.created, "\(afterFirst)")
+        #expect(afterFirst.unaccounted == 0, "\(afterFirst)")
+
+        _ = burst(h, 8) { UpstreamRequest(method: "GET", url: url, deadline: $0 + .seconds(5)) }
+        #expect(eventually { h.client.handleStats.inFlight == 0 })
+        let afterSecond = h.client.handleStats
+        #expect(afterSecond.created <= 8, "the pool is reused, never grown past the peak concurrency: \(afterSecond)")
+        #expect(afterSecond.idle == afterSecond.created && afterSecond.unaccounted == 0, "\(afterSecond)")
+    }
+
+    /// While transfers wait on a silent upstream they count as in flight; cancelling
+    /// them returns their handles to the pool.
+    @Test func cancelledTransfers_ReturnTheirHandles() throws {
+        let up = try ScriptedServer { conn, _ in
+            _ = conn.readRequest()
+            conn.setTimeout(.seconds(20))
+            _ = conn.isClosedByPeer()
+        }
+        defer { up.stop() }
+        let h = try ClientHarness()
+        let url = "http://127.0.0.1:\(up.port)/hang"
+        let transfers = TransferBox()
+        let client = h.client
+        h.group.loops[0].execute {
+            for _ in 0..<5 {
+                transfers.append(client.send(UpstreamRequest(method: "GET", url: url, deadline: client.loop.now + .seconds(30))) { _ in })
+            }
+        }
+        #expect(eventually { h.client.handleStats.inFlight == 5 }, "\(h.client.handleStats)")
+        #expect(eventually { up.requests.count + up.connections >= 5 })
+        let during = h.client.handleStats
+        #expect(during.created == 5 && during.idle == 0 && during.unaccounted == 0, "\(during)")
+
+        let cancelled = DispatchSemaphore(value: 0)
+        h.group.loops[0].execute {
+            for t in transfers.all { t.cancel() }
+            cancelled.signal()
+        }
+        _ = cancelled.wait(timeout: .now() + 10)
+        #expect(eventually { h.client.handleStats.inFlight == 0 })
+        let after = h.client.handleStats
+        #expect(after.created == 5 && after.idle == 5 && after.unaccounted == 0, "\(after)")
+    }
+
+    /// Attempts that fail before any byte is sent (deadline already passed, a
+    /// protocol other than HTTP) put their handle back.
+    @Test func attemptsFailingBeforeTheNetwork_DoNotKeepAHandle() throws {
+        let h = try ClientHarness()
+        let late = burst(h, 3) { UpstreamRequest(method: "GET", url: "http://127.0.0.1:1/", deadline: Instant(nanoseconds: $0.nanoseconds - 1_000_000)) }
+        #expect(late.count == 3)
+        let bad = burst(h, 3) { UpstreamRequest(method: "GET", url: "ftp://127.0.0.1:1/x", deadline: $0 + .seconds(5)) }
+        #expect(bad.count == 3)
+        #expect(eventually { h.client.handleStats.inFlight == 0 })
+        let s = h.client.handleStats
+        #expect(s.created >= 1 && s.idle == s.created && s.unaccounted == 0, "\(s)")
+    }
+
+    /// The per-loop and process-wide figures include this client; when the client
+    /// goes away its pooled handles are cleaned up.
+    @Test func clientGoingAway_CleansUpItsPool() throws {
+        let up = try ScriptedServer.answering()
+        var h: ClientHarness? = try ClientHarness()
+        let loops = h!.group.loops
+        _ = burst(h!, 4) { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: $0 + .seconds(5)) }
+        #expect(eventually { h!.client.handleStats.inFlight == 0 })
+        let mine = h!.client.handleStats
+        #expect(UpstreamClient.handleStats(onLoops: loops) == mine)
+        let cleanedBefore = UpstreamClient.processHandleStats.cleanedUp
+        h = nil  // shuts the loop down and releases the client
+        #expect(eventually { UpstreamClient.handleStats(onLoops: loops).live == 0 })
+        // Other tests' clients may retire at the same time: at least ours were cleaned up.
+        #expect(eventually { UpstreamClient.processHandleStats.cleanedUp - cleanedBefore >= mine.created })
+    }
+}
+
+private final class TransferBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var transfers: [UpstreamTransfer] = []
+    func append(_ t: UpstreamTransfer) { lock.withLock { transfers.append(t) } }
+    var all: [UpstreamTransfer] { lock.withLock { transfers } }
+}
