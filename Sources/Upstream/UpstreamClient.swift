@@ -8,6 +8,56 @@ private let curlGlobalInit: Bool = {
     return true
 }()
 
+/// `CURL_SOCKET_TIMEOUT`: `curl_multi_socket_action` for curl's timeouts, not for a socket.
+private let curlSocketTimeout: Int32 = -1
+
+/// The proxy settings libcurl would otherwise look up in the environment on every
+/// transfer (five `getenv` calls each), read once per client and given to each easy
+/// handle as `CURLOPT_PROXY` and `CURLOPT_NOPROXY`, which curl applies exactly as it
+/// applies the variables: `no_proxy` (else `NO_PROXY`) lists hosts reached directly;
+/// an `http://` URL goes through `http_proxy` (never the upper-case `HTTP_PROXY`), an
+/// `https://` one through `https_proxy` (else `HTTPS_PROXY`); either falls back to
+/// `all_proxy` (else `ALL_PROXY`) only when its own variable is unset. A variable set
+/// to "" counts as unset.
+struct ProxyEnvironment: Equatable {
+    /// The proxy for `http://` URLs; "" for none.
+    var http: String
+    /// The proxy for `https://` URLs; "" for none.
+    var https: String
+    /// Hosts never proxied (curl's `no_proxy` syntax); "" for none.
+    var noProxy: String
+
+    /// The settings from `lookup` (an environment variable's value, nil when unset),
+    /// picked as libcurl picks them.
+    init(lookup: (String) -> String?) {
+        // As `curl_getenv`: a variable set to "" counts as unset.
+        func get(_ name: String) -> String? { lookup(name).flatMap { $0.isEmpty ? nil : $0 } }
+        noProxy = get("no_proxy") ?? get("NO_PROXY") ?? ""
+        let all = get("all_proxy") ?? get("ALL_PROXY")
+        http = get("http_proxy") ?? all ?? ""
+        https = get("https_proxy") ?? get("HTTPS_PROXY") ?? all ?? ""
+    }
+
+    /// The settings of the process environment, now.
+    static func fromProcess() -> ProxyEnvironment {
+        ProxyEnvironment { name in getenv(name).map { String(cString: $0) } }
+    }
+
+    /// Sets `CURLOPT_PROXY` and `CURLOPT_NOPROXY` on `easy` for URLs of one scheme.
+    /// Without a proxy, `CURLOPT_PROXY` is unset and `CURLOPT_NOPROXY` is `*`: then
+    /// curl neither copies a proxy string nor reads the environment per transfer.
+    func apply(to easy: UnsafeMutableRawPointer, https: Bool) {
+        let proxy = https ? self.https : http
+        if proxy.isEmpty {
+            _ = CCurl_easy_setopt_pointer(easy, CURLOPT_PROXY, nil)
+            _ = CCurl_easy_setopt_string(easy, CURLOPT_NOPROXY, "*")
+        } else {
+            _ = CCurl_easy_setopt_string(easy, CURLOPT_PROXY, proxy)
+            _ = CCurl_easy_setopt_string(easy, CURLOPT_NOPROXY, noProxy)
+        }
+    }
+}
+
 /// An HTTP client for one `EventLoop`, built on libcurl's multi interface and
 /// driven by that loop: curl tells us which sockets to watch
 /// (`CURLMOPT_SOCKETFUNCTION`) and when to wake it (`CURLMOPT_TIMERFUNCTION`),
@@ -21,7 +71,12 @@ public final class UpstreamClient: @unchecked Sendable {
     public let loop: EventLoop
     fileprivate let multi: UnsafeMutableRawPointer
     private var sockets: [Int32: CurlSocket] = [:]
+    /// The loop timer that wakes curl. It may be set earlier than `timerDeadline`
+    /// (curl moved its deadline later): then it re-arms itself instead of calling curl,
+    /// so a moving deadline costs no timer (and no closure) per change.
     private var timer: LoopTimer?
+    /// When curl wants `curl_multi_socket_action(CURL_SOCKET_TIMEOUT)`; nil: no timeout.
+    private var timerDeadline: Instant?
     /// curl asked to be called "as soon as possible" (timeout 0): done at the end of
     /// the loop iteration instead of through a timer.
     private var immediateWanted = false
@@ -32,6 +87,9 @@ public final class UpstreamClient: @unchecked Sendable {
     /// Easy-handle accounting, read through `handleStats` (UpstreamClient+Stats.swift).
     let handleCounters: UpstreamHandleCounters
     private var processing = false
+    /// The proxy settings new easy handles get (read from the environment when the
+    /// client is created; tests may replace them before the first transfer).
+    var proxies = ProxyEnvironment.fromProcess()
 
     /// Creates the client and its multi handle on `loop`.
     /// - Parameter maxConnectionsPerHost: cap on parallel connections to one host
@@ -75,6 +133,9 @@ public final class UpstreamClient: @unchecked Sendable {
         _ = CCurl_easy_setopt_string(h, CURLOPT_PROTOCOLS_STR, "http,https")
         _ = CCurl_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
         _ = CCurl_easy_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)
+        // Proxies as configured by the environment, without curl reading it per transfer
+        // (set per transfer, in `configure`, only when they differ by scheme).
+        if proxies.http == proxies.https { proxies.apply(to: h, https: false) }
         _ = CCurl_easy_setopt_datafunction(h, CURLOPT_WRITEFUNCTION, { ptr, size, n, ud in
             let t = Unmanaged<UpstreamTransfer>.fromOpaque(ud!).takeUnretainedValue()
             return t.received(body: UnsafeRawBufferPointer(start: ptr, count: size * n))
@@ -109,7 +170,7 @@ public final class UpstreamClient: @unchecked Sendable {
             loop.deferUntilEndOfIteration { t.finish(.failure(UpstreamFailure(kind: .timeout, message: "deadline passed before the attempt started"))) }
             return t
         }
-        if let failure = t.configure(remainingMs: remainingMs) {
+        if let failure = t.configure(remainingMs: remainingMs, proxies: proxies) {
             freeHandles.append(pooled)
             t.easy = nil
             loop.deferUntilEndOfIteration { t.finish(.failure(failure)) }
@@ -185,37 +246,64 @@ public final class UpstreamClient: @unchecked Sendable {
         }
     }
 
+    // curl's timer moves with every transfer (its earliest deadline changes as
+    // transfers start and finish). A loop timer that would fire too early is kept and
+    // re-armed when it fires; one that would fire too late is replaced. Calling curl
+    // early is harmless anyway (it clears its last reported deadline and reports it
+    // again), but re-arming without calling curl is cheaper.
     private func timerChanged(_ ms: Int) {
         if ms == 0 {
-            // "As soon as possible": at the end of this loop iteration, no timer.
-            if let t = timer { loop.cancel(t); timer = nil }
+            // "As soon as possible": at the end of this loop iteration, no timer. curl
+            // reports its next deadline after that call.
             immediateWanted = true
             if !immediateQueued {
                 immediateQueued = true
-                loop.deferUntilEndOfIteration { [weak self] in
-                    guard let self else { return }
-                    self.immediateQueued = false
-                    guard self.immediateWanted else { return }
-                    self.immediateWanted = false
-                    self.action(fd: -1, flags: 0)
-                }
+                // Captures only `self` (strongly: the client stays alive until the end of
+                // this iteration), so no closure context is allocated.
+                loop.deferUntilEndOfIteration { self.runImmediate() }
             }
             return
         }
         immediateWanted = false
         if ms < 0 {
-            if let t = timer { loop.cancel(t); timer = nil }
+            // No timeout wanted: a pending timer finds `timerDeadline` nil and does nothing.
+            timerDeadline = nil
             return
         }
         let at = loop.now + .milliseconds(ms)
-        if let t = timer {
-            if t.isScheduled && t.deadline == at { return }
+        timerDeadline = at
+        if let t = timer, t.isScheduled {
+            if t.deadline <= at { return }
             loop.cancel(t)
         }
-        timer = loop.schedule(at: at) { [unowned self] in
-            self.timer = nil
-            self.action(fd: -1, flags: 0)
+        armTimer(at: at)
+    }
+
+    private func armTimer(at: Instant) {
+        timer = loop.schedule(at: at) { [unowned(unsafe) self] in
+            // Safe: `deinit` cancels the timer.
+            self.timerFired()
         }
+    }
+
+    private func timerFired() {
+        timer = nil
+        guard let at = timerDeadline else { return }
+        if at > loop.now {
+            armTimer(at: at)  // fired before curl's (moved) deadline
+            return
+        }
+        // curl reports its next deadline from within this call, if it has one.
+        timerDeadline = nil
+        action(fd: curlSocketTimeout, flags: 0)
+    }
+
+    private func runImmediate() {
+        immediateQueued = false
+        guard immediateWanted else { return }
+        immediateWanted = false
+        timerDeadline = nil  // reported again from within the call, if curl has one
+        action(fd: curlSocketTimeout, flags: 0)
     }
 
     fileprivate func action(fd: Int32, flags: Int32) {
@@ -245,7 +333,8 @@ public final class UpstreamClient: @unchecked Sendable {
 
 /// A socket libcurl asked the loop to watch.
 private final class CurlSocket: IOHandler {
-    unowned let client: UpstreamClient
+    /// Unowned without checks: the client unregisters every socket before it goes away.
+    unowned(unsafe) let client: UpstreamClient
     let fd: Int32
     var events: IOEvents
     /// Back in curl's connection cache, still registered for reading.
@@ -274,9 +363,117 @@ private final class PooledEasy {
     var noBody = false
     var postFields = false
     var resolve = false
+    /// For which scheme the proxy options are set, when the client's proxies differ by scheme.
+    var proxyIsHTTPS: Bool?
     /// The URL the handle was last given (curl keeps its own copy of text URLs).
     var url: String?
+
+    // `CURLOPT_HTTPHEADER`'s list, rewritten in place for each transfer instead of
+    // built with `curl_slist_append` (two allocations per field): node i points at the
+    // i-th "Name: value" line in `headerText` and links to node i + 1. curl reads the
+    // list only while a transfer runs, and the handle serves one transfer at a time.
+    private var headerNodes: UnsafeMutablePointer<curl_slist>?
+    private var headerNodeCapacity = 0
+    private var headerText: UnsafeMutablePointer<UInt8>?
+    private var headerTextCapacity = 0
+    /// The list `CURLOPT_HTTPHEADER` was last set to (nil: none).
+    private var headerListSet: UnsafeMutablePointer<curl_slist>?
+
+    /// A copy of the request body for `CURLOPT_POSTFIELDS` (which must stay valid for
+    /// the transfer), kept for the next transfer while it is at most `bodyBufferKeep` bytes.
+    private var bodyBuffer: UnsafeMutableRawPointer?
+    private var bodyBufferCapacity = 0
+    private static let bodyBufferKeep = 16 * 1024
+
     init(easy: UnsafeMutableRawPointer) { self.easy = easy }
+
+    deinit {
+        headerNodes?.deallocate()
+        headerText?.deallocate()
+        bodyBuffer?.deallocate()
+    }
+
+    /// Sets the request header fields, then an empty `Expect:` when `suppressExpect`.
+    func setHeaders(_ headers: [(String, String)], suppressExpect: Bool) {
+        let count = headers.count + (suppressExpect ? 1 : 0)
+        guard count > 0 else {
+            if headerListSet != nil {
+                _ = CCurl_easy_setopt_slist(easy, CURLOPT_HTTPHEADER, nil)
+                headerListSet = nil
+            }
+            return
+        }
+        var bytes = suppressExpect ? 8 : 0  // "Expect:" NUL
+        for (n, v) in headers { bytes += n.utf8.count + 2 + v.utf8.count + 1 }  // "n: v" NUL
+        if count > headerNodeCapacity {
+            headerNodes?.deallocate()
+            headerNodeCapacity = max(count, 8)
+            headerNodes = .allocate(capacity: headerNodeCapacity)
+        }
+        if bytes > headerTextCapacity {
+            headerText?.deallocate()
+            headerTextCapacity = max(bytes, 512)
+            headerText = .allocate(capacity: headerTextCapacity)
+        }
+        let nodes = headerNodes!
+        var out = headerText!
+        func put(_ s: String) {
+            var s = s
+            s.withUTF8 { u in
+                if u.count > 0 { out.update(from: u.baseAddress!, count: u.count) }
+                out += u.count
+            }
+        }
+        var i = 0
+        for (n, v) in headers {
+            let line = out
+            put(n)
+            out[0] = UInt8(ascii: ":")
+            out[1] = UInt8(ascii: " ")
+            out += 2
+            put(v)
+            out[0] = 0  // a NUL inside the value ends the line early, as with curl_slist_append
+            out += 1
+            nodes[i] = curl_slist(data: UnsafeMutableRawPointer(line).assumingMemoryBound(to: CChar.self), next: nodes + i + 1)
+            i += 1
+        }
+        if suppressExpect {
+            let line = out
+            for c in "Expect:".utf8 { out[0] = c; out += 1 }
+            out[0] = 0
+            nodes[i] = curl_slist(data: UnsafeMutableRawPointer(line).assumingMemoryBound(to: CChar.self), next: nil)
+        }
+        nodes[count - 1].next = nil
+        if headerListSet != nodes {
+            _ = CCurl_easy_setopt_slist(easy, CURLOPT_HTTPHEADER, nodes)
+            headerListSet = nodes
+        }
+    }
+
+    /// Sets `CURLOPT_POSTFIELDS` to a copy of `body` (and its size). Returns the copy
+    /// when the transfer must free it, nil when it is the handle's reused buffer.
+    func setPostFields(_ body: [UInt8]) -> UnsafeMutableRawPointer? {
+        let n = body.count
+        let buf: UnsafeMutableRawPointer
+        var owned: UnsafeMutableRawPointer? = nil
+        if n <= PooledEasy.bodyBufferKeep {
+            if n > bodyBufferCapacity || bodyBuffer == nil {
+                bodyBuffer?.deallocate()
+                bodyBufferCapacity = max(n, 1024)
+                bodyBuffer = .allocate(byteCount: bodyBufferCapacity, alignment: 1)
+            }
+            buf = bodyBuffer!
+        } else {
+            buf = .allocate(byteCount: n, alignment: 1)
+            owned = buf
+        }
+        body.withUnsafeBytes { b in
+            if n > 0 { buf.copyMemory(from: b.baseAddress!, byteCount: n) }
+        }
+        _ = CCurl_easy_setopt_off(easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(n))
+        _ = CCurl_easy_setopt_pointer(easy, CURLOPT_POSTFIELDS, buf)
+        return owned
+    }
 }
 
 /// One upstream attempt in flight. Loop thread only.
@@ -286,13 +483,16 @@ public final class UpstreamTransfer {
     fileprivate var easy: UnsafeMutableRawPointer?
     private let request: UpstreamRequest
     private var completion: ((UpstreamResult) -> Void)?
-    private var headerList: UnsafeMutablePointer<curl_slist>?
     private var resolveList: UnsafeMutablePointer<curl_slist>?
-    private var bodyCopy: UnsafeMutableRawBufferPointer?
+    /// A large request body's copy (small ones use the handle's buffer).
+    private var bodyCopy: UnsafeMutableRawPointer?
     private var status = 0
     /// The final response's header lines as received (parsed only when read).
     private var rawHeaders: [UInt8] = []
     private var body: [UInt8] = []
+    /// The final response's `Content-Length`, when it sent one: the body is allocated
+    /// at that size on its first bytes instead of growing chunk by chunk.
+    private var expectedBodyBytes = 0
     private var tooLarge = false
     private var selfRetain: Unmanaged<UpstreamTransfer>?
 
@@ -305,7 +505,6 @@ public final class UpstreamTransfer {
     }
 
     deinit {
-        if let headerList { curl_slist_free_all(headerList) }
         if let resolveList { curl_slist_free_all(resolveList) }
         bodyCopy?.deallocate()
     }
@@ -330,7 +529,7 @@ public final class UpstreamTransfer {
     }
 
     /// Sets the easy handle's options. Returns a failure when the request cannot be sent.
-    fileprivate func configure(remainingMs: Int64) -> UpstreamFailure? {
+    fileprivate func configure(remainingMs: Int64, proxies: ProxyEnvironment) -> UpstreamFailure? {
         guard let h = easy else { return UpstreamFailure(kind: .protocol, message: "no handle") }
         // Undo what the handle's previous transfer set (the shared options stay).
         let p = pooled
@@ -341,6 +540,14 @@ public final class UpstreamTransfer {
                 return UpstreamFailure(kind: .protocol, message: "invalid URL")
             }
             p.url = request.url
+            if proxies.http != proxies.https {
+                // The proxy depends on the scheme (set once per handle when it does not).
+                let https = UpstreamTransfer.isHTTPS(request.url)
+                if p.proxyIsHTTPS != https {
+                    proxies.apply(to: h, https: https)
+                    p.proxyIsHTTPS = https
+                }
+            }
         }
         if p.customRequest { _ = CCurl_easy_setopt_pointer(h, CURLOPT_CUSTOMREQUEST, nil); p.customRequest = false }
         if p.noBody { _ = CCurl_easy_setopt_long(h, CURLOPT_NOBODY, 0); p.noBody = false }
@@ -367,11 +574,7 @@ public final class UpstreamTransfer {
             p.noBody = true
         default:
             if !request.body.isEmpty || request.method != "GET" {
-                let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, request.body.count), alignment: 1)
-                if !request.body.isEmpty { buf.copyMemory(from: UnsafeRawBufferPointer(start: request.body.withUnsafeBytes { $0.baseAddress }, count: request.body.count)) }
-                bodyCopy = buf
-                _ = CCurl_easy_setopt_off(h, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(request.body.count))
-                _ = CCurl_easy_setopt_pointer(h, CURLOPT_POSTFIELDS, buf.baseAddress)
+                bodyCopy = p.setPostFields(request.body)
                 p.postFields = true
             }
             if request.method != "POST" {
@@ -379,15 +582,9 @@ public final class UpstreamTransfer {
                 p.customRequest = true
             }
         }
-        var list: UnsafeMutablePointer<curl_slist>? = nil
-        for (n, v) in request.headers {
-            list = UpstreamTransfer.appendHeaderLine(list, n, v)
-        }
         // Never wait for `100 Continue`: it costs a round trip on every POST.
         // (Without a body curl sends no `Expect:`, so there is nothing to suppress.)
-        if p.postFields { list = curl_slist_append(list, "Expect:") }
-        headerList = list
-        _ = CCurl_easy_setopt_slist(h, CURLOPT_HTTPHEADER, list)
+        p.setHeaders(request.headers, suppressExpect: p.postFields)
         if !request.resolve.isEmpty {
             var r: UnsafeMutablePointer<curl_slist>? = nil
             for e in request.resolve { r = curl_slist_append(r, e) }
@@ -398,29 +595,23 @@ public final class UpstreamTransfer {
         return nil
     }
 
-    /// `list` with `name: value` appended (curl copies the line), built on the stack.
-    private static func appendHeaderLine(_ list: UnsafeMutablePointer<curl_slist>?, _ name: String, _ value: String) -> UnsafeMutablePointer<curl_slist>? {
-        var name = name, value = value
-        return name.withUTF8 { n in
-            value.withUTF8 { v in
-                let count = n.count + 2 + v.count + 1
-                return withUnsafeTemporaryAllocation(of: CChar.self, capacity: count) { buf in
-                    let raw = UnsafeMutableRawBufferPointer(buf)
-                    if n.count > 0 { raw.baseAddress!.copyMemory(from: n.baseAddress!, byteCount: n.count) }
-                    raw[n.count] = UInt8(ascii: ":")
-                    raw[n.count + 1] = UInt8(ascii: " ")
-                    if v.count > 0 { (raw.baseAddress! + n.count + 2).copyMemory(from: v.baseAddress!, byteCount: v.count) }
-                    raw[count - 1] = 0
-                    return curl_slist_append(list, buf.baseAddress!)
-                }
-            }
+    /// Whether `url` starts with `https:` (any case), as curl reads its scheme.
+    private static func isHTTPS(_ url: String) -> Bool {
+        var n = 0
+        for (c, want) in zip(url.utf8, "https:".utf8) {
+            guard (c | 0x20) == want else { return false }  // ':' has the bit set already
+            n += 1
         }
+        return n == 6
     }
 
     fileprivate func received(body chunk: UnsafeRawBufferPointer) -> Int {
         if body.count + chunk.count > request.maxBodyBytes {
             tooLarge = true
             return 0  // makes curl abort with CURLE_WRITE_ERROR
+        }
+        if body.capacity == 0 && expectedBodyBytes > chunk.count && expectedBodyBytes <= request.maxBodyBytes {
+            body.reserveCapacity(expectedBodyBytes)
         }
         body.append(contentsOf: chunk)
         return chunk.count
@@ -433,12 +624,37 @@ public final class UpstreamTransfer {
         if end >= 5 && raw[0] == 0x48 && raw[1] == 0x54 && raw[2] == 0x54 && raw[3] == 0x50 && raw[4] == 0x2F {  // "HTTP/"
             // A new status line (after 1xx, or a new response): start over.
             rawHeaders.removeAll(keepingCapacity: true)
+            expectedBodyBytes = 0
             return
+        }
+        if end > 15 && (raw[0] | 0x20) == UInt8(ascii: "c") && (raw[8] | 0x20) == UInt8(ascii: "l") {
+            expectedBodyBytes = UpstreamTransfer.contentLength(raw, end: end) ?? expectedBodyBytes
         }
         // Kept as received; `UpstreamHeaderBlock` splits the lines on first use.
         if rawHeaders.capacity == 0 { rawHeaders.reserveCapacity(512) }
         rawHeaders.append(contentsOf: raw)
         if raw[raw.count - 1] != 0x0A { rawHeaders.append(0x0A) }
+    }
+
+    /// The value of a `Content-Length: N` line (name in any case), or nil when the
+    /// line is another field or the value is not a plain decimal number.
+    private static func contentLength(_ raw: UnsafeRawBufferPointer, end: Int) -> Int? {
+        var i = 0
+        for c in "content-length:".utf8 {
+            guard (raw[i] | 0x20) == c else { return nil }  // ':' and '-' have the bit set already
+            i += 1
+        }
+        while i < end && (raw[i] == 0x20 || raw[i] == 0x09) { i += 1 }
+        var n = 0
+        var digits = 0
+        while i < end, raw[i] >= 0x30, raw[i] <= 0x39 {
+            if digits == 18 { return nil }  // absurd; never reserve for it
+            n = n * 10 + Int(raw[i] - 0x30)
+            digits += 1
+            i += 1
+        }
+        while i < end && (raw[i] == 0x20 || raw[i] == 0x09) { i += 1 }
+        return digits > 0 && i == end ? n : nil
     }
 
     fileprivate func result(code: CURLcode) -> UpstreamResult {
