@@ -464,7 +464,6 @@ public final class Gateway: @unchecked Sendable {
                           redactor: state.redactor, upstreamBodyBytes: config.upstreamBodyBytes)
         let trace = TraceContext(traceparent: call.req.headers["traceparent"], tracestate: call.req.headers["tracestate"], random: &state.spanIDs)
         run.headersForAttempt = { trace.appendHeaders(to: &$0, random: &state.spanIDs) }
-        let idempotencyToken = token
         if let token {
             run.onFinish { [idempotency] run in
                 let r = run.response!
@@ -472,32 +471,89 @@ public final class Gateway: @unchecked Sendable {
             }
         }
         state.waitToken &+= 1
-        let token = state.waitToken
+        let w = WaitingRun(gateway: self, call: call, run: run, input: input, trace: trace, idempotencyToken: token,
+                           applied: applied, respondAsync: respondAsync, token: state.waitToken)
+        run.onFinish { [w] run in w.runFinished(run) }
+        run.start()
+        guard !w.answered else { return }
+        if budget <= .zero {
+            w.goAsync()
+        } else {
+            state.waiting[w.token] = w.goAsync
+            state.writeAhead[w.token] = w.writeJobRecord
+            // Usually a FIFO append (no timer of its own); plain timers when out of order.
+            if !state.addBudgetDeadline(call.start + budget, token: w.token, budget: budget) {
+                w.budgetTimer = state.loop.schedule(at: call.start + budget, w.goAsync)
+                let ahead = call.start + (budget - state.writeAheadLead())
+                if ahead <= state.loop.now {
+                    w.writeJobRecord()
+                } else {
+                    let token = w.token
+                    let t = state.loop.schedule(at: ahead) { state.writeAhead.removeValue(forKey: token)?() }
+                    run.onFinish { _ in state.loop.cancel(t) }
+                }
+            }
+        }
+    }
+
+    /// A synchronous caller waiting on its run, on the run's loop: answered with the
+    /// run's response when it finishes within the wait budget, else with `202` once
+    /// the run has become a durable job. The job record is written ahead — shortly
+    /// before the budget ends, or when the run goes async, whichever comes first —
+    /// and the `202` is sent once it is durable. One object per request instead of a
+    /// closure and a box per piece of state. Loop thread only.
+    private final class WaitingRun {
+        unowned let gateway: Gateway
+        let call: RouteCall
+        let run: FlowRun
+        let input: FlowInput
+        let trace: TraceContext
+        let idempotencyToken: IdempotencyToken?
+        let applied: [String]
+        let respondAsync: Bool
+        /// The key of this run in `LoopState.waiting` and `writeAhead`.
+        let token: UInt64
+        /// Whether the caller has been answered (or the answer is decided).
         var answered = false
+        /// The budget timer when the run is not in a `BudgetQueue`.
         var budgetTimer: LoopTimer?
-        // The job record is written ahead — shortly before the budget ends, or when the
-        // run goes async, whichever comes first — and the 202 is sent once it is durable.
         var journaled = JournalState.none
         var createdAt: Int64 = 0
+        /// The `202` (or `503`) to send once the job record's write completes.
         var whenDurable: ((Bool) -> Void)?
 
-        let writeJobRecord: () -> Void = {
+        init(gateway: Gateway, call: RouteCall, run: FlowRun, input: FlowInput, trace: TraceContext,
+             idempotencyToken: IdempotencyToken?, applied: [String], respondAsync: Bool, token: UInt64) {
+            self.gateway = gateway
+            self.call = call
+            self.run = run
+            self.input = input
+            self.trace = trace
+            self.idempotencyToken = idempotencyToken
+            self.applied = applied
+            self.respondAsync = respondAsync
+            self.token = token
+        }
+
+        /// Journals the job record (and the steps already settled) unless it is
+        /// written already or the caller was answered.
+        func writeJobRecord() {
             guard !answered, case .none = journaled else { return }
             journaled = .pending
             createdAt = wallClockMilliseconds()
             let jobID = run.jobID
-            var records = [DurableState.jobAccepted(id: jobID, route: route.name, owner: call.caller, createdAt: createdAt,
+            var records = [DurableState.jobAccepted(id: jobID, route: call.route.name, owner: call.caller, createdAt: createdAt,
                                                     traceID: trace.traceID, input: input, callback: call.callback,
                                                     idempotency: idempotencyToken.map { ($0.scope, $0.key) })]
             for (i, o) in run.outcomes.enumerated() where o.isTerminal {
                 records.append(DurableState.stepFinished(job: jobID, index: i, outcome: o))
             }
             // From now on every settled step is journaled too (a 202 may follow).
-            let journal = state.journal!
+            let journal = call.state.journal!
             run.onStepSettled = { i, outcome in
                 journal.append([DurableState.stepFinished(job: jobID, index: i, outcome: outcome)])
             }
-            journal.append(records) { ok in
+            journal.append(records) { [self] ok in
                 journaled = ok ? .durable : .failed
                 if let w = whenDurable {
                     whenDurable = nil
@@ -506,23 +562,26 @@ public final class Gateway: @unchecked Sendable {
             }
         }
 
-        let goAsync: () -> Void = { [unowned self] in
+        /// The wait budget ended (or is zero, or the gateway drains): the run becomes a
+        /// job and the caller gets `202` once its record is durable.
+        func goAsync() {
             guard !answered else { return }
             writeJobRecord()
             answered = true
+            let state = call.state
             state.loop.cancel(budgetTimer)
-            budgetTimer = nil  // the timer holds this closure: break the cycle
+            budgetTimer = nil  // the timer holds this object: break the cycle
             state.waiting.removeValue(forKey: token)
             state.writeAhead.removeValue(forKey: token)
-            let entry = JobEntry(id: run.jobID, owner: call.caller, routeName: route.name, loop: state.loop,
+            let entry = JobEntry(id: run.jobID, owner: call.caller, routeName: call.route.name, loop: state.loop,
                                  createdAt: createdAt, run: run, traceID: trace.traceID)
-            self.track(entry, callback: call.callback, state: state)
+            gateway.track(entry, callback: call.callback, state: state)
             let jobID = run.jobID
-            let answer: (Bool) -> Void = { [unowned self] ok in
-                let r = ok ? self.acceptedResponse(jobID: jobID, applied: applied)
+            let answer: (Bool) -> Void = { [self] ok in
+                let r = ok ? gateway.acceptedResponse(jobID: jobID, applied: applied)
                     : Problem(status: 503, detail: "the job could not be made durable; it may still run").httpResponse
-                self.finishRequest(state, call.w, call.req, r, route: route.name, outcome: ok ? "async" : "error",
-                                   requestID: call.requestID, start: call.start, jobID: jobID, traceID: trace.traceID)
+                gateway.finishRequest(state, call.w, call.req, r, route: call.route.name, outcome: ok ? "async" : "error",
+                                      requestID: call.requestID, start: call.start, jobID: jobID, traceID: trace.traceID)
             }
             switch journaled {
             case .durable: answer(true)
@@ -531,46 +590,30 @@ public final class Gateway: @unchecked Sendable {
             }
         }
 
-        run.onFinish { [unowned self] run in
+        /// The run decided its response: answer the caller unless it went async.
+        func runFinished(_ run: FlowRun) {
+            let state = call.state
             Gateway.recordSteps(run, into: &state.metrics)
             guard !answered else { return }
             answered = true
             state.loop.cancel(budgetTimer)
-            budgetTimer = nil  // the timer holds this closure: break the cycle
+            budgetTimer = nil  // the timer holds this object: break the cycle
             state.waiting.removeValue(forKey: token)
             state.writeAhead.removeValue(forKey: token)
             let resp = run.response!
             var r = HTTPResponse(status: resp.status, headers: resp.headers, body: resp.body)
             if !applied.isEmpty && !respondAsync { r.headers.append(("Preference-Applied", applied.joined(separator: ", "))) }
-            let reply = { [unowned self] in
-                self.finishRequest(state, call.w, call.req, r, route: route.name, outcome: "sync", requestID: call.requestID,
-                                   start: call.start, traceID: trace.traceID)
-            }
-            if case .none = journaled { return reply() }
+            if case .none = journaled { return reply(r) }
             // Finished inside its budget after its job record was written ahead: the
             // record is deleted, durably, before the answer, so a restart never runs
             // (or calls back for) a job whose caller already has the result.
             run.onStepSettled = nil
-            state.journal.append([.delete(DurableState.jobKey(run.jobID))]) { _ in reply() }
+            state.journal.append([.delete(DurableState.jobKey(run.jobID))]) { [self] _ in reply(r) }
         }
-        run.start()
-        guard !answered else { return }
-        if budget <= .zero {
-            goAsync()
-        } else {
-            state.waiting[token] = goAsync
-            state.writeAhead[token] = writeJobRecord
-            // Usually a FIFO append (no timer of its own); plain timers when out of order.
-            if !state.addBudgetDeadline(call.start + budget, token: token, budget: budget) {
-                budgetTimer = state.loop.schedule(at: call.start + budget, goAsync)
-                let ahead = call.start + (budget - state.writeAheadLead())
-                if ahead <= state.loop.now {
-                    writeJobRecord()
-                } else {
-                    let t = state.loop.schedule(at: ahead) { state.writeAhead.removeValue(forKey: token)?() }
-                    run.onFinish { _ in state.loop.cancel(t) }
-                }
-            }
+
+        private func reply(_ r: HTTPResponse) {
+            gateway.finishRequest(call.state, call.w, call.req, r, route: call.route.name, outcome: "sync",
+                                  requestID: call.requestID, start: call.start, traceID: trace.traceID)
         }
     }
 

@@ -55,17 +55,30 @@ struct TraceContext: Sendable {
         let parent = random.next()
         let tp = String(unsafeUninitializedCapacity: 55) { out in
             out[0] = 0x30; out[1] = 0x30; out[2] = 0x2D
-            var i = 3
-            for b in traceID.utf8.prefix(32) { out[i] = b; i += 1 }
+            TraceContext.copyASCII(traceID, 32, into: out, at: 3)
             out[35] = 0x2D
             SpanIDGenerator.writeHex(parent == 0 ? 1 : parent, into: out, at: 36)
             out[52] = 0x2D
-            var k = 53
-            for b in flags.utf8.prefix(2) { out[k] = b; k += 1 }
-            return k
+            TraceContext.copyASCII(flags, 2, into: out, at: 53)
+            return 55
         }
         h.append(("traceparent", tp))
         if let s = traceState { h.append(("tracestate", s)) }
+    }
+}
+
+extension TraceContext {
+    /// Copies the first `count` bytes of `s` (validated hex: at least `count` ASCII
+    /// bytes) to `out[at...]`, with one `memcpy` for a native string.
+    @inline(__always)
+    static func copyASCII(_ s: String, _ count: Int, into out: UnsafeMutableBufferPointer<UInt8>, at: Int) {
+        let done: Void? = s.utf8.withContiguousStorageIfAvailable { src in
+            (out.baseAddress! + at).update(from: src.baseAddress!, count: min(count, src.count))
+        }
+        if done == nil {
+            var i = at
+            for b in s.utf8.prefix(count) { out[i] = b; i += 1 }
+        }
     }
 }
 
