@@ -34,6 +34,13 @@ public protocol IOHandler: AnyObject {
 /// "loop thread only" must be called from `run()`'s thread, i.e. from a handler,
 /// a timer or a task given to `execute(_:)`. `execute(_:)` and `stop()` are safe
 /// from any thread.
+///
+/// A loop runs once. When `run()` returns it lets go of everything that can no
+/// longer run: registered handlers, scheduled timers, deferred tasks and tasks
+/// given to `execute(_:)` (also those given later, which are dropped at once).
+/// Their closures often hold objects that hold the loop (a connection waiting for
+/// a timer to answer it), so keeping them would keep those objects, and the loop,
+/// alive for the rest of the process.
 public final class EventLoop: @unchecked Sendable {
     /// Position of this loop within its group (0-based); stable for the loop's life.
     public let index: Int
@@ -44,7 +51,7 @@ public final class EventLoop: @unchecked Sendable {
     private var generations: [UInt32] = []
     private var timers = TimerHeap()
     private var timerSequence: UInt64 = 0
-    private let pending = Mutex<[@Sendable () -> Void]>([])
+    private let pending = Mutex<PendingTasks>(PendingTasks())
     private let wakePending = Atomic<Bool>(false)
     private let stopping = Atomic<Bool>(false)
     /// The running thread (`pthread_t`, an unsigned integer on Linux); 0 when not running.
@@ -87,8 +94,14 @@ public final class EventLoop: @unchecked Sendable {
     // MARK: - Cross-thread tasks
 
     /// Runs `task` on the loop thread at the next iteration. Safe from any thread.
+    /// Once the loop has stopped (`run()` returned) the task is dropped, never run.
     public func execute(_ task: @escaping @Sendable () -> Void) {
-        pending.withLock { $0.append(task) }
+        let accepted = pending.withLock { q -> Bool in
+            guard !q.closed else { return false }
+            q.tasks.append(task)
+            return true
+        }
+        guard accepted else { return }
         if !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
             var one: UInt64 = 1
             _ = write(wakeFD, &one, 8)
@@ -214,7 +227,27 @@ public final class EventLoop: @unchecked Sendable {
             runExpiredTimers()
             runDeferred()
         }
+        releaseAfterStop()
         threadID.store(0, ordering: .releasing)
+    }
+
+    /// Lets go of everything that can no longer run once the loop has stopped (see
+    /// the type's documentation). The state is emptied first and the old contents
+    /// released afterwards, so a deinit that calls back into the loop (`cancel`,
+    /// `unregister`, `execute`) finds it consistent.
+    private func releaseAfterStop() {
+        let tasks = pending.withLock { q -> [@Sendable () -> Void] in
+            q.closed = true
+            let t = q.tasks
+            q.tasks = []
+            return t
+        }
+        let oldTimers = timers.removeAll()
+        let oldHandlers = handlers
+        handlers = [IOHandler?](repeating: nil, count: oldHandlers.count)
+        let oldDeferred = deferred
+        deferred = []
+        withExtendedLifetime((tasks, oldTimers, oldHandlers, oldDeferred)) {}
     }
 
     private func drainWakeups() {
@@ -222,8 +255,8 @@ public final class EventLoop: @unchecked Sendable {
         _ = read(wakeFD, &v, 8)
         wakePending.store(false, ordering: .releasing)
         let tasks = pending.withLock { q -> [@Sendable () -> Void] in
-            let t = q
-            q.removeAll(keepingCapacity: true)
+            let t = q.tasks
+            q.tasks.removeAll(keepingCapacity: true)
             return t
         }
         for t in tasks { t() }
@@ -244,4 +277,11 @@ public final class EventLoop: @unchecked Sendable {
             for t in batch { t() }
         }
     }
+}
+
+/// Tasks handed to `EventLoop.execute(_:)` and not run yet; `closed` once the loop
+/// has stopped (later tasks are dropped).
+private struct PendingTasks {
+    var tasks: [@Sendable () -> Void] = []
+    var closed = false
 }

@@ -53,6 +53,14 @@ struct TimerHeap {
         }
     }
 
+    /// Empties the heap and returns its timers, each marked not scheduled.
+    mutating func removeAll() -> [LoopTimer] {
+        let all = items
+        items = []
+        for t in all { t.heapIndex = -1 }
+        return all
+    }
+
     mutating func popFirst() -> LoopTimer? {
         guard let f = items.first else { return nil }
         remove(f)

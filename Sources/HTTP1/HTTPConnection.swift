@@ -7,6 +7,10 @@ import Glibc
 /// Respond exactly once. `respond(_:)` may be called from any thread (it hops to
 /// `loop`); the other members are for `loop`'s thread only. A writer whose
 /// connection has gone (peer closed, reset, server shut down) ignores `respond`.
+///
+/// A writer keeps its connection (and through it the server's per-loop state)
+/// alive, so let go of it once answered: one kept in state the responder itself
+/// captures is a reference cycle that outlives the server.
 public final class HTTPResponseWriter: @unchecked Sendable {
     /// The loop that owns the connection; the responder runs on it.
     public let loop: EventLoop

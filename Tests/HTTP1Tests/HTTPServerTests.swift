@@ -231,6 +231,9 @@ import Testing
             #expect(r.headers["Connection"] == "close")
             #expect(busy.isClosedByServer())
             #expect(eventually { s.server.openConnections == 0 })
+            // The responder captures `held`: a writer left there would keep its
+            // connection, and through it the server's loop state, alive for good.
+            held.set(nil)
         }
     }
 
