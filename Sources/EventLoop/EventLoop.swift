@@ -94,7 +94,8 @@ public final class EventLoop: @unchecked Sendable {
     // MARK: - Cross-thread tasks
 
     /// Runs `task` on the loop thread at the next iteration. Safe from any thread.
-    /// Once the loop has stopped (`run()` returned) the task is dropped, never run.
+    /// A task queued before the loop stops runs as it stops; one given after it has
+    /// stopped (`run()` returned) is dropped, never run.
     public func execute(_ task: @escaping @Sendable () -> Void) {
         let accepted = pending.withLock { q -> Bool in
             guard !q.closed else { return false }
@@ -232,9 +233,11 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     /// Lets go of everything that can no longer run once the loop has stopped (see
-    /// the type's documentation). The state is emptied first and the old contents
-    /// released afterwards, so a deinit that calls back into the loop (`cancel`,
-    /// `unregister`, `execute`) finds it consistent.
+    /// the type's documentation). Tasks queued with `execute` before the stop still
+    /// run, once (e.g. the final log flush of a shutdown, queued just before `stop()`
+    /// while the loop was mid-iteration); tasks given later are dropped. The state is
+    /// emptied first and the old contents released afterwards, so a deinit that calls
+    /// back into the loop (`cancel`, `unregister`, `execute`) finds it consistent.
     private func releaseAfterStop() {
         let tasks = pending.withLock { q -> [@Sendable () -> Void] in
             q.closed = true
@@ -242,6 +245,7 @@ public final class EventLoop: @unchecked Sendable {
             q.tasks = []
             return t
         }
+        for t in tasks { t() }
         let oldTimers = timers.removeAll()
         let oldHandlers = handlers
         handlers = [IOHandler?](repeating: nil, count: oldHandlers.count)
