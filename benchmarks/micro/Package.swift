@@ -18,11 +18,12 @@ let package = Package(
         .target(name: "CLinux"),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl"),
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl"),
+        .target(name: "Locking"),
         .target(name: "JSON"),
         .target(name: "EventLoop", dependencies: ["CLinux"]),
         .target(name: "HTTP1", dependencies: ["EventLoop", "CLinux", "COpenSSL"]),
         .target(name: "Routes", dependencies: ["JSON"]),
-        .target(name: "Upstream", dependencies: ["EventLoop", "CCurl"]),
+        .target(name: "Upstream", dependencies: ["EventLoop", "CCurl", "Locking"]),
 
         // A minimal C libcurl client (multi_perform + multi_poll): the floor bench-curl compares with.
         .target(name: "CurlBaseline", path: "Bench/CurlBaseline", linkerSettings: [.linkedLibrary("curl")]),
@@ -39,3 +40,12 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// Release builds skip the run-time exclusivity checks (`swift_beginAccess` on every
+// class-property access in the per-request path); the compile-time checks stay, and
+// debug builds (what the tests run) keep the run-time ones.
+for target in package.targets where target.type == .regular || target.type == .executable {
+    target.swiftSettings = (target.swiftSettings ?? []) + [
+        .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+    ]
+}

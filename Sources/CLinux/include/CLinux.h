@@ -17,9 +17,6 @@ static inline int CLinux_epoll_ctl(int epfd, int op, int fd, unsigned int events
     struct epoll_event ev; ev.events = events; ev.data.u64 = data;
     return epoll_ctl(epfd, op, fd, &ev);
 }
-static inline int CLinux_epoll_wait(int epfd, struct epoll_event *events, int max, int timeout_ms) {
-    return epoll_wait(epfd, events, max, timeout_ms);
-}
 /// epoll_wait with a timeout in nanoseconds (< 0: none, 0: poll): epoll_pwait2 where the
 /// kernel has it (Linux 5.11+), else epoll_wait with the timeout rounded up to whole
 /// milliseconds. Defined in CLinux.c.
