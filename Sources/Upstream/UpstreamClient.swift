@@ -70,7 +70,8 @@ public final class UpstreamClient: @unchecked Sendable {
     /// The loop that drives this client.
     public let loop: EventLoop
     fileprivate let multi: UnsafeMutableRawPointer
-    private var sockets: [Int32: CurlSocket] = [:]
+    /// The sockets curl asked to watch, indexed by descriptor.
+    private var sockets: [CurlSocket?] = []
     /// The loop timer that wakes curl. It may be set earlier than `timerDeadline`
     /// (curl moved its deadline later): then it re-arms itself instead of calling curl,
     /// so a moving deadline costs no timer (and no closure) per change.
@@ -118,7 +119,7 @@ public final class UpstreamClient: @unchecked Sendable {
 
     deinit {
         loop.cancel(timer)
-        for (fd, _) in sockets { loop.unregister(fd: fd) }
+        for case let s? in sockets { loop.unregister(fd: s.fd) }
         sockets.removeAll()
         for h in freeHandles { curl_easy_cleanup(h.easy) }
         handleCounters.handlesCleanedUp(freeHandles.count)
@@ -136,13 +137,16 @@ public final class UpstreamClient: @unchecked Sendable {
         // Proxies as configured by the environment, without curl reading it per transfer
         // (set per transfer, in `configure`, only when they differ by scheme).
         if proxies.http == proxies.https { proxies.apply(to: h, https: false) }
+        // Both reach the transfer without retaining anything (one call per header line).
         _ = CCurl_easy_setopt_datafunction(h, CURLOPT_WRITEFUNCTION, { ptr, size, n, ud in
-            let t = Unmanaged<UpstreamTransfer>.fromOpaque(ud!).takeUnretainedValue()
-            return t.received(body: UnsafeRawBufferPointer(start: ptr, count: size * n))
+            Unmanaged<PooledEasy>.fromOpaque(ud!)._withUnsafeGuaranteedRef { p in
+                p.transfer?._withUnsafeGuaranteedRef { $0.received(body: UnsafeRawBufferPointer(start: ptr, count: size * n)) } ?? 0
+            }
         })
         _ = CCurl_easy_setopt_datafunction(h, CURLOPT_HEADERFUNCTION, { ptr, size, n, ud in
-            let t = Unmanaged<UpstreamTransfer>.fromOpaque(ud!).takeUnretainedValue()
-            t.received(headerLine: UnsafeRawBufferPointer(start: ptr, count: size * n))
+            Unmanaged<PooledEasy>.fromOpaque(ud!)._withUnsafeGuaranteedRef { p in
+                p.transfer?._withUnsafeGuaranteedRef { $0.received(headerLine: UnsafeRawBufferPointer(start: ptr, count: size * n)) }
+            }
             return size * n
         })
         // Told when curl closes a socket, so a parked (still registered) one is forgotten.
@@ -151,7 +155,14 @@ public final class UpstreamClient: @unchecked Sendable {
             return close(fd)
         })
         _ = CCurl_easy_setopt_pointer(h, CURLOPT_CLOSESOCKETDATA, Unmanaged.passUnretained(self).toOpaque())
-        return PooledEasy(easy: h)
+        let pooled = PooledEasy(easy: h)
+        // The handle's own object, unretained: it lives as long as the handle (in the
+        // pool, or held by the transfer using it).
+        let me = Unmanaged.passUnretained(pooled).toOpaque()
+        _ = CCurl_easy_setopt_pointer(h, CURLOPT_PRIVATE, me)
+        _ = CCurl_easy_setopt_pointer(h, CURLOPT_WRITEDATA, me)
+        _ = CCurl_easy_setopt_pointer(h, CURLOPT_HEADERDATA, me)
+        return pooled
     }
 
     /// Starts one attempt. `completion` runs exactly once on the loop thread,
@@ -162,7 +173,8 @@ public final class UpstreamClient: @unchecked Sendable {
         let pooled = freeHandles.popLast() ?? makeHandle()
         let easy = pooled.easy
         let t = UpstreamTransfer(client: self, pooled: pooled, request: request, completion: completion)
-        let remainingMs = (request.deadline - loop.now).milliseconds
+        let now = loop.now.nanoseconds, deadline = request.deadline.nanoseconds
+        let remainingMs = deadline > now ? Int64((deadline - now) / 1_000_000) : 0
         if remainingMs <= 0 {
             // Already past the deadline: fail without touching the network.
             freeHandles.append(pooled)
@@ -185,6 +197,7 @@ public final class UpstreamClient: @unchecked Sendable {
     fileprivate func release(_ t: UpstreamTransfer) {
         guard t.easy != nil else { return }
         curl_multi_remove_handle(multi, t.pooled.easy)
+        t.pooled.transfer = nil
         t.easy = nil
         freeHandles.append(t.pooled)
         activeTransfers -= 1
@@ -202,11 +215,11 @@ public final class UpstreamClient: @unchecked Sendable {
     // removes it from epoll).
     private func socketChanged(_ fd: Int32, what: Int32) {
         if what == CURL_POLL_REMOVE {
-            guard let s = sockets[fd] else { return }
+            guard let s = socket(fd) else { return }
             if s.events == .read && !s.parked {
                 s.parked = true
             } else {
-                sockets.removeValue(forKey: fd)
+                sockets[Int(fd)] = nil
                 loop.unregister(fd: fd)
             }
             return
@@ -214,7 +227,7 @@ public final class UpstreamClient: @unchecked Sendable {
         var events: IOEvents = []
         if what & CURL_POLL_IN != 0 { events.insert(.read) }
         if what & CURL_POLL_OUT != 0 { events.insert(.write) }
-        if let s = sockets[fd] {
+        if let s = socket(fd) {
             s.parked = false
             if s.events == events { return }  // skip epoll_ctl calls that change nothing
             s.events = events
@@ -223,16 +236,23 @@ public final class UpstreamClient: @unchecked Sendable {
             }
         } else {
             let s = CurlSocket(client: self, fd: fd, events: events)
-            sockets[fd] = s
+            let i = Int(fd)
+            if i >= sockets.count { sockets.append(contentsOf: repeatElement(nil, count: max(i + 1, 2 * sockets.count, 64) - sockets.count)) }
+            sockets[i] = s
             try? loop.register(fd: fd, events: events, handler: s)
         }
+    }
+
+    private func socket(_ fd: Int32) -> CurlSocket? {
+        let i = Int(fd)
+        return i >= 0 && i < sockets.count ? sockets[i] : nil
     }
 
     /// curl is about to close `fd`: a parked socket is still registered; forget it
     /// (closing removes it from epoll).
     fileprivate func socketClosing(_ fd: Int32) {
-        if let s = sockets[fd] {
-            sockets.removeValue(forKey: fd)
+        if let s = socket(fd) {
+            sockets[Int(fd)] = nil
             if s.parked { loop.unregister(fd: fd) }
         }
     }
@@ -240,8 +260,8 @@ public final class UpstreamClient: @unchecked Sendable {
     /// A parked socket became ready (e.g. the peer closed the idle connection):
     /// stop watching it; curl finds out when it next tries to reuse it.
     fileprivate func parkedSocketReady(_ fd: Int32) {
-        if let s = sockets[fd], s.parked {
-            sockets.removeValue(forKey: fd)
+        if let s = socket(fd), s.parked {
+            sockets[Int(fd)] = nil
             loop.unregister(fd: fd)
         }
     }
@@ -270,7 +290,8 @@ public final class UpstreamClient: @unchecked Sendable {
             timerDeadline = nil
             return
         }
-        let at = loop.now + .milliseconds(ms)
+        // Integer nanoseconds (Duration arithmetic is 128-bit); curl's timeouts fit easily.
+        let at = Instant(nanoseconds: loop.now.nanoseconds &+ UInt64(min(ms, 1 << 40)) &* 1_000_000)
         timerDeadline = at
         if let t = timer, t.isScheduled {
             if t.deadline <= at { return }
@@ -322,8 +343,7 @@ public final class UpstreamClient: @unchecked Sendable {
             let code = CCurl_msg_result(msg)
             var ptr: UnsafeMutableRawPointer? = nil
             _ = CCurl_easy_getinfo_pointer(easy, CURLINFO_PRIVATE, &ptr)
-            guard let ptr else { continue }
-            let t = Unmanaged<UpstreamTransfer>.fromOpaque(ptr).takeUnretainedValue()
+            guard let ptr, let t = Unmanaged<PooledEasy>.fromOpaque(ptr).takeUnretainedValue().transfer?.takeUnretainedValue() else { continue }
             let result = t.result(code: code)
             release(t)
             t.finish(result)
@@ -363,6 +383,16 @@ private final class PooledEasy {
     var noBody = false
     var postFields = false
     var resolve = false
+    /// The transfer using the handle (its `CURLOPT_PRIVATE`, `WRITEDATA` and `HEADERDATA`
+    /// are the handle itself, set once). Unretained: a transfer in flight is retained
+    /// for curl, and callbacks only come while it is.
+    var transfer: Unmanaged<UpstreamTransfer>?
+    /// `connectTimeout.milliseconds` of the last request (computed when it changes).
+    var connectTimeout: Duration?
+    var connectTimeoutMs: Int64 = 0
+    /// The values last set, to skip options that do not change (-1: never set).
+    var connectMsSet: Int64 = -1
+    var maxFileSize = -1
     /// For which scheme the proxy options are set, when the client's proxies differ by scheme.
     var proxyIsHTTPS: Bool?
     /// The URL the handle was last given (curl keeps its own copy of text URLs).
@@ -558,13 +588,23 @@ public final class UpstreamTransfer {
         }
         if p.resolve { _ = CCurl_easy_setopt_slist(h, CURLOPT_RESOLVE, nil); p.resolve = false }
         _ = CCurl_easy_setopt_long(h, CURLOPT_TIMEOUT_MS, Int(max(1, remainingMs)))
-        let connectMs = max(1, min(remainingMs, request.connectTimeout.milliseconds))
-        _ = CCurl_easy_setopt_long(h, CURLOPT_CONNECTTIMEOUT_MS, Int(connectMs))
-        _ = CCurl_easy_setopt_off(h, CURLOPT_MAXFILESIZE_LARGE, curl_off_t(request.maxBodyBytes))
-        let me = Unmanaged.passUnretained(self).toOpaque()
-        _ = CCurl_easy_setopt_pointer(h, CURLOPT_PRIVATE, me)
-        _ = CCurl_easy_setopt_pointer(h, CURLOPT_WRITEDATA, me)
-        _ = CCurl_easy_setopt_pointer(h, CURLOPT_HEADERDATA, me)
+        // The connect timeout, only when it ends before the whole attempt: otherwise 0
+        // (curl's 300 s default, capped by CURLOPT_TIMEOUT_MS, so the same bound) spares
+        // curl a second timer per transfer.
+        if p.connectTimeout != request.connectTimeout {
+            p.connectTimeout = request.connectTimeout
+            p.connectTimeoutMs = max(1, request.connectTimeout.milliseconds)
+        }
+        let connectMs = p.connectTimeoutMs < remainingMs || remainingMs > 300_000 ? min(p.connectTimeoutMs, remainingMs) : 0
+        if p.connectMsSet != connectMs {
+            _ = CCurl_easy_setopt_long(h, CURLOPT_CONNECTTIMEOUT_MS, Int(connectMs))
+            p.connectMsSet = connectMs
+        }
+        if p.maxFileSize != request.maxBodyBytes {
+            _ = CCurl_easy_setopt_off(h, CURLOPT_MAXFILESIZE_LARGE, curl_off_t(request.maxBodyBytes))
+            p.maxFileSize = request.maxBodyBytes
+        }
+        p.transfer = Unmanaged.passUnretained(self)
 
         switch request.method {
         case "GET" where request.body.isEmpty:
@@ -639,9 +679,10 @@ public final class UpstreamTransfer {
     /// The value of a `Content-Length: N` line (name in any case), or nil when the
     /// line is another field or the value is not a plain decimal number.
     private static func contentLength(_ raw: UnsafeRawBufferPointer, end: Int) -> Int? {
+        let name: StaticString = "content-length:"
         var i = 0
-        for c in "content-length:".utf8 {
-            guard (raw[i] | 0x20) == c else { return nil }  // ':' and '-' have the bit set already
+        while i < name.utf8CodeUnitCount {
+            guard (raw[i] | 0x20) == name.utf8Start[i] else { return nil }  // ':' and '-' have the bit set already
             i += 1
         }
         while i < end && (raw[i] == 0x20 || raw[i] == 0x09) { i += 1 }

@@ -150,6 +150,20 @@ import TestSupport
         }
     }
 
+    /// A connect that never completes ends at the connect timeout when that is the
+    /// earlier bound, and at the attempt's deadline when that is.
+    @Test func stalledConnect_EndsAtTheEarlierOfConnectTimeoutAndDeadline() throws {
+        let port = try StalledListener()
+        let h = try ClientHarness()
+        let url = "http://127.0.0.1:\(port.port)/"
+        for (connect, deadline) in [(Duration.milliseconds(300), Duration.seconds(4)), (.seconds(5), .milliseconds(400))] {
+            let (r, elapsed) = timed(h) { UpstreamRequest(method: "GET", url: url, deadline: $0 + deadline, connectTimeout: connect) }
+            guard case .failure(let f) = r else { Issue.record("expected failure"); return }
+            #expect(f.kind == .timeout)
+            #expect(elapsed >= .milliseconds(250) && elapsed < .milliseconds(2500), "connect \(connect), deadline \(deadline): \(elapsed)")
+        }
+    }
+
     /// The proxy variables are picked as libcurl picks them.
     @Test func proxyEnvironment_PicksAsCurlDoes() {
         func env(_ vars: [String: String]) -> ProxyEnvironment { ProxyEnvironment { vars[$0] } }
@@ -210,4 +224,32 @@ private final class Times: @unchecked Sendable {
         lock.withLock { values[k] = (d, kind) }
     }
     func get(_ k: String) -> (Duration, UpstreamFailureKind?)? { lock.withLock { values[k] } }
+}
+
+/// A listening socket whose accept queue is full (backlog 0, filled, never accepted):
+/// the kernel drops further SYNs, so a connect to it neither succeeds nor fails.
+private final class StalledListener {
+    let port: UInt16
+    private var fds: [Int32] = []
+
+    init() throws {
+        let l = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var sa = sockaddr_in()
+        sa.sin_family = sa_family_t(AF_INET)
+        sa.sin_addr.s_addr = inet_addr("127.0.0.1")
+        _ = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(l, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        listen(l, 0)
+        fds.append(l)
+        port = Socket.boundPort(l)
+        sa.sin_port = port.bigEndian
+        // Fill the queue: connects that complete (queued) until one does not.
+        for _ in 0..<4 {
+            let c = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            _ = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(c, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            fds.append(c)
+        }
+        usleep(50_000)
+    }
+
+    deinit { for fd in fds { close(fd) } }
 }
