@@ -82,6 +82,9 @@ public final class UpstreamClient: @unchecked Sendable {
     /// the loop iteration instead of through a timer.
     private var immediateWanted = false
     private var immediateQueued = false
+    /// Every easy handle this client made (the pool's size is bounded by the
+    /// transfers ever in flight at once); read only by `deinit`.
+    private var allHandles: [PooledEasy] = []
     private var freeHandles: [PooledEasy] = [] { didSet { handleCounters.setIdle(freeHandles.count) } }
     /// Transfers in flight (for tests and metrics).
     public private(set) var activeTransfers = 0 { didSet { handleCounters.setInFlight(activeTransfers) } }
@@ -119,6 +122,10 @@ public final class UpstreamClient: @unchecked Sendable {
 
     deinit {
         loop.cancel(timer)
+        // Transfers still in flight (the client is going away: shutdown) are cancelled:
+        // their handles leave the multi handle and their retain for curl is released.
+        for h in allHandles { if let t = h.transfer { release(t.takeUnretainedValue()) } }
+        allHandles.removeAll()
         for case let s? in sockets { loop.unregister(fd: s.fd) }
         sockets.removeAll()
         for h in freeHandles { curl_easy_cleanup(h.easy) }
@@ -156,6 +163,7 @@ public final class UpstreamClient: @unchecked Sendable {
         })
         _ = CCurl_easy_setopt_pointer(h, CURLOPT_CLOSESOCKETDATA, Unmanaged.passUnretained(self).toOpaque())
         let pooled = PooledEasy(easy: h)
+        allHandles.append(pooled)
         // The handle's own object, unretained: it lives as long as the handle (in the
         // pool, or held by the transfer using it).
         let me = Unmanaged.passUnretained(pooled).toOpaque()

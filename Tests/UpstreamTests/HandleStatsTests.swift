@@ -119,6 +119,49 @@ private final class ResultBox: @unchecked Sendable {
     }
 }
 
+extension HandleStatsTests {
+    /// A client that goes away with transfers still in flight (shutdown) cancels
+    /// them: their handles are cleaned up and the transfers (retained for curl while
+    /// in flight) are freed, with whatever their completions hold.
+    @Test func clientGoingAway_WithTransfersInFlight_FreesThem() throws {
+        let up = try ScriptedServer { conn, _ in
+            _ = conn.readRequest()
+            conn.setTimeout(.seconds(20))
+            _ = conn.isClosedByPeer()
+        }
+        defer { up.stop() }
+        var h: ClientHarness? = try ClientHarness()
+        let loops = h!.group.loops
+        let url = "http://127.0.0.1:\(up.port)/hang"
+        let weakTransfers = WeakTransfers()
+        do {  // no strong reference to the client outlives this scope
+            let client = h!.client
+            let sent = DispatchSemaphore(value: 0)
+            loops[0].execute {
+                for _ in 0..<3 {
+                    weakTransfers.add(client.send(UpstreamRequest(method: "GET", url: url, deadline: client.loop.now + .seconds(30))) { _ in })
+                }
+                sent.signal()
+            }
+            _ = sent.wait(timeout: .now() + 10)
+        }
+        #expect(eventually { up.requests.count + up.connections >= 3 })
+        let cleanedBefore = UpstreamClient.processHandleStats.cleanedUp
+        h = nil  // stops the loop and releases the client, transfers still in flight
+        #expect(eventually { weakTransfers.alive == 0 }, "transfers in flight when the client went away were not freed")
+        #expect(eventually { UpstreamClient.handleStats(onLoops: loops).live == 0 })
+        #expect(eventually { UpstreamClient.processHandleStats.cleanedUp - cleanedBefore >= 3 })
+    }
+}
+
+private final class WeakTransfers: @unchecked Sendable {
+    private struct Ref { weak var t: UpstreamTransfer? }
+    private let lock = NSLock()
+    private var refs: [Ref] = []
+    func add(_ t: UpstreamTransfer) { lock.withLock { refs.append(Ref(t: t)) } }
+    var alive: Int { lock.withLock { refs.filter { $0.t != nil }.count } }
+}
+
 private final class TransferBox: @unchecked Sendable {
     private let lock = NSLock()
     private var transfers: [UpstreamTransfer] = []
