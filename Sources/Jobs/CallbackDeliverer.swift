@@ -268,9 +268,11 @@ public final class CallbackDeliverer: @unchecked Sendable {
                       ("user-agent", options.userAgent)],
             body: body, deadline: loop.now + options.attemptTimeout, connectTimeout: options.connectTimeout,
             maxBodyBytes: options.maxResponseBytes, resolve: target.resolve)
-        a.transfer = client.send(request) { [self] r in
+        // Weak: a transfer still in flight when the deliverer goes away (shutdown) must
+        // not keep it — and through it the client that would cancel the transfer — alive.
+        a.transfer = client.send(request) { [weak self] r in
             a.transfer = nil
-            self.answered(jobID, a, r)
+            self?.answered(jobID, a, r)
         }
     }
 
