@@ -373,7 +373,7 @@ public final class Gateway: @unchecked Sendable {
         }
         switch begun {
         case .new(let token):
-            startRun(call, jobID: jobID, token: token)
+            startRun(call, jobID: token.jobID, token: token)  // a resumed key keeps its job id
         case .finished(_, let stored):
             var r = HTTPResponse(status: stored.status, headers: stored.headers, body: stored.body)
             r.headers.append(("Idempotent-Replayed", "true"))
@@ -654,7 +654,7 @@ public final class Gateway: @unchecked Sendable {
     private func recover() throws {
         let state = try durable.recover()
         endpoints.restore(state.endpoints)
-        idempotency.restore(state.idempotency)
+        idempotency.restore(state.idempotency, jobIDs: Set(state.jobs.map(\.id)))
         deliveries.restore(state.deliveries)
         let resumed = Atomic<Int>(0)
         for (n, job) in state.jobs.enumerated() {

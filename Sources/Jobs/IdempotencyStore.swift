@@ -189,6 +189,10 @@ public final class IdempotencyStore: Sendable {
     private struct Entry {
         var record: IdempotencyRecord
         var waiters: [@Sendable (StoredResponse?) -> Void] = []
+        /// Restored in progress with no job behind it (the process died before the
+        /// run's job record was durable, so no caller got a `202` for it): the next
+        /// request with the same key and fingerprint runs it again, as the same job.
+        var resumable = false
     }
     private let entries = Locked<[Composite: Entry]>([:])
     private let onChange: (@Sendable (IdempotencyChange) -> Void)?
@@ -226,13 +230,24 @@ public final class IdempotencyStore: Sendable {
         return entries.withLock { map -> IdempotencyBegin in
             if let e = map[c] {
                 let expired = e.record.isFinished && now >= e.record.expiresAt
+                var resumedJobID: String?
                 if !expired {
                     guard e.record.fingerprint == fingerprint else { return .mismatch }
                     if let r = e.record.response { return .finished(jobID: e.record.jobID, response: r) }
-                    return .inProgress(jobID: e.record.jobID, loopIndex: e.record.loopIndex)
+                    guard e.resumable else { return .inProgress(jobID: e.record.jobID, loopIndex: e.record.loopIndex) }
+                    // Run again under the job id it had, so its steps send the same
+                    // idempotency keys upstream (an upstream that saw them dedupes).
+                    resumedJobID = e.record.jobID
                 }
                 map[c] = nil
                 onChange?(.removed(scope: scope, key: key))
+                if let resumedJobID {
+                    let rec = IdempotencyRecord(scope: scope, key: key, fingerprint: fingerprint, jobID: resumedJobID,
+                                                loopIndex: loopIndex, createdAt: now, expiresAt: now + ttl.milliseconds)
+                    map[c] = Entry(record: rec)
+                    onChange?(.began(rec))
+                    return .new(IdempotencyToken(scope: scope, key: key, jobID: resumedJobID))
+                }
             }
             let rec = IdempotencyRecord(scope: scope, key: key, fingerprint: fingerprint, jobID: jobID,
                                         loopIndex: loopIndex, createdAt: now, expiresAt: now + ttl.milliseconds)
@@ -317,9 +332,19 @@ public final class IdempotencyStore: Sendable {
 
     /// Puts records back (journal replay), replacing any with the same scope and
     /// key; does not call `onChange`.
-    public func restore(_ records: [IdempotencyRecord]) {
+    /// - Parameter jobIDs: the ids of every job the journal holds, when known. A
+    ///   record in progress whose job is not among them (the process died before the
+    ///   job was journaled, so no caller was told of it) is kept as resumable: the
+    ///   next `begin` with its key and fingerprint returns `.new` with the record's
+    ///   own job id instead of `.inProgress` for a job that no longer exists.
+    ///   Default (nil): every record is restored as it was.
+    public func restore(_ records: [IdempotencyRecord], jobIDs: Set<String>? = nil) {
         entries.withLock { map in
-            for r in records { map[Composite(scope: r.scope, key: r.key)] = Entry(record: r) }
+            for r in records {
+                var e = Entry(record: r)
+                if let jobIDs, !r.isFinished, !jobIDs.contains(r.jobID) { e.resumable = true }
+                map[Composite(scope: r.scope, key: r.key)] = e
+            }
         }
     }
 

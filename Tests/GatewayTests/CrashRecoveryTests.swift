@@ -72,6 +72,44 @@ import TestSupport
         #expect(server.log.contains("recovered from the journal"))
     }
 
+    /// SIGKILL while a request with an `Idempotency-Key` waits on its run, before the
+    /// run's job record was written (no `202` was sent): after the restart, the same
+    /// request runs again as the same job — the step sends the same idempotency key
+    /// upstream — instead of the key pointing at a job that does not exist.
+    @Test func sigkill_BeforeTheJobWasJournaled_LetsTheKeyRunAgainAsTheSameJob() throws {
+        let pay = try ScriptedServer.answering(body: "{\"id\":\"pay\",\"status\":\"succeeded\"}", delay: .milliseconds(1500))
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let route = routeJSON(["name": "charge", "method": "POST", "path": "/charge", "wait": "5s",
+                               "steps": [["id": "pay", "request": ["method": "POST", "url": "{{env.PAY}}/pay",
+                                                                   "headers": ["Idempotency-Key": "{{step.idempotency_key}}"],
+                                                                   "body": ["amount": 5]],
+                                          "timeout": "5s"]],
+                               "response": ["status": 200, "body": "{{steps.pay.body}}"]])
+        try route.write(toFile: "\(dir)/charge.json", atomically: true, encoding: .utf8)
+        let env = ["PAY": "http://127.0.0.1:\(pay.port)"]
+        var server = try CLITests.Server(routesDir: dir, env: env)
+        let port = server.port
+        let first = Thread { _ = try? RawConnection(port: port).request("POST", "/charge", headers: [("Idempotency-Key", "order-77")], body: Array("{}".utf8)) }
+        first.start()
+        #expect(eventually(timeout: .seconds(10)) { pay.requests.count == 1 })
+        usleep(300_000)  // the key's record is durable (group commit), the job's is not (written near the 5 s budget's end)
+        kill(server.process.processIdentifier, SIGKILL)
+        server.process.waitUntilExit()
+
+        server = try CLITests.Server(routesDir: dir, env: env)
+        defer { kill(server.process.processIdentifier, SIGTERM); server.process.waitUntilExit() }
+        let retry = try #require(RawConnection(port: server.port).request("POST", "/charge", headers: [("Idempotency-Key", "order-77")], body: Array("{}".utf8)))
+        #expect(retry.status == 200, "\(retry.status) \(retry.text)")
+        #expect(retry.object["status"] as? String == "succeeded", "\(retry.text)")
+        let keys = pay.requests.compactMap { $0.header("idempotency-key") }
+        #expect(keys.count == 2 && Set(keys).count == 1, "the step's upstream key must not change: \(keys)")
+        // Replayed from now on.
+        let again = try #require(RawConnection(port: server.port).request("POST", "/charge", headers: [("Idempotency-Key", "order-77")], body: Array("{}".utf8)))
+        #expect(again.status == 200 && again.header("idempotent-replayed") == "true")
+        #expect(pay.requests.count == 2)
+    }
+
     /// A second process on a data directory that is in use refuses to start, with a clear message.
     @Test func secondProcess_OnLockedDataDirectory_Refuses() throws {
         let dir = try makeTempDir()

@@ -164,6 +164,34 @@ private func token(_ r: IdempotencyBegin) -> IdempotencyToken? {
         }
     }
 
+    /// After a crash, a record in progress whose job never reached the journal is
+    /// resumable: the same request runs again as the same job (its steps send the
+    /// same idempotency keys upstream); another request with the key still mismatches;
+    /// a record whose job was journaled stays in progress.
+    @Test func restore_RecordWithoutJob_IsResumedUnderItsJobID() throws {
+        let s = IdempotencyStore()
+        let orphan = IdempotencyRecord(scope: scope, key: "lost", fingerprint: fp, jobID: "jobLost", loopIndex: 1, createdAt: 0, expiresAt: 10)
+        let kept = IdempotencyRecord(scope: scope, key: "kept", fingerprint: fp, jobID: "jobKept", loopIndex: 1, createdAt: 0, expiresAt: 10)
+        s.restore([orphan, kept], jobIDs: ["jobKept"])
+        let other = RequestFingerprint(method: "POST", target: "/checkout/2", body: [])
+        guard case .mismatch = try s.begin(scope, key: "lost", fingerprint: other, jobID: "x", loopIndex: 0) else {
+            Issue.record("a different request must not take over the key")
+            return
+        }
+        let t = try #require(token(try s.begin(scope, key: "lost", fingerprint: fp, jobID: "fresh", loopIndex: 0)))
+        #expect(t.jobID == "jobLost")
+        guard case .inProgress(let j, _) = try s.begin(scope, key: "lost", fingerprint: fp, jobID: "fresh2", loopIndex: 0) else {
+            Issue.record("the resumed run holds the key")
+            return
+        }
+        #expect(j == "jobLost")
+        guard case .inProgress(let k, _) = try s.begin(scope, key: "kept", fingerprint: fp, jobID: "fresh3", loopIndex: 0) else {
+            Issue.record("a key whose job was journaled stays in progress")
+            return
+        }
+        #expect(k == "jobKept")
+    }
+
     /// Keys of 1–255 printable ASCII bytes are accepted; empty, longer or control bytes are not.
     @Test func validate_EnforcesKeyShape() throws {
         try IdempotencyStore.validate(key: String(repeating: "a", count: 255))
