@@ -20,6 +20,15 @@ private func burst(_ h: ClientHarness, _ count: Int, _ build: @escaping @Sendabl
     return results.all
 }
 
+/// An upstream that reads each request and never answers (until the client closes).
+private func hangingUpstream() throws -> ScriptedServer {
+    try ScriptedServer { conn, _ in
+        _ = conn.readRequest()
+        conn.setTimeout(.seconds(20))
+        _ = conn.isClosedByPeer()
+    }
+}
+
 private final class ResultBox: @unchecked Sendable {
     private let lock = NSLock()
     private var results: [UpstreamResult] = []
@@ -57,11 +66,7 @@ private final class ResultBox: @unchecked Sendable {
     /// While transfers wait on a silent upstream they count as in flight; cancelling
     /// them returns their handles to the pool.
     @Test func cancelledTransfers_ReturnTheirHandles() throws {
-        let up = try ScriptedServer { conn, _ in
-            _ = conn.readRequest()
-            conn.setTimeout(.seconds(20))
-            _ = conn.isClosedByPeer()
-        }
+        let up = try hangingUpstream()
         defer { up.stop() }
         let h = try ClientHarness()
         let url = "http://127.0.0.1:\(up.port)/hang"
@@ -124,11 +129,7 @@ extension HandleStatsTests {
     /// them: their handles are cleaned up and the transfers (retained for curl while
     /// in flight) are freed, with whatever their completions hold.
     @Test func clientGoingAway_WithTransfersInFlight_FreesThem() throws {
-        let up = try ScriptedServer { conn, _ in
-            _ = conn.readRequest()
-            conn.setTimeout(.seconds(20))
-            _ = conn.isClosedByPeer()
-        }
+        let up = try hangingUpstream()
         defer { up.stop() }
         var h: ClientHarness? = try ClientHarness()
         let loops = h!.group.loops
