@@ -28,6 +28,12 @@ run: build
 	$$bin check --routes routes && \
 	$$bin serve --routes routes --listen $(LISTEN) --data .switchboard --callback-allow 127.0.0.0/8
 
+# Validates routes/ (strict loader, critical paths) with the sandbox's addresses, as `run` does.
+check: build
+	@INVENTORY_URL=http://$(SANDBOX_LISTEN) PAYMENTS_URL=http://$(SANDBOX_LISTEN) \
+	FULFILLMENT_URL=http://$(SANDBOX_LISTEN) PRICING_URL=http://$(SANDBOX_LISTEN) \
+	SHIPPING_URL=http://$(SANDBOX_LISTEN) $$(swift build -c release --show-bin-path)/switchboard check --routes routes
+
 test: deps
 	swift build --build-tests
 	swift test --skip-build

@@ -88,7 +88,7 @@ private func ownSocketInodes() -> Set<UInt64> {
         let n = readlink("/proc/self/fd/\(e)", &buf, buf.count - 1)
         guard n > 0 else { continue }
         buf[n] = 0
-        let s = String(cString: buf)
+        let s = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
         if s.hasPrefix("socket:["), let ino = UInt64(s.dropFirst(8).dropLast()) { result.insert(ino) }
     }
     return result

@@ -217,7 +217,7 @@ struct UpstreamFaultMemoryProbe {
           .enabled(if: ProcessInfo.processInfo.environment[probeEnvironment] == nil))
     func upstreamFaultStorms_ReturnHeapAndHandlesToBaseline_InAChildProcess() throws {
         let out = NSTemporaryDirectory() + "switchboard-memory-probe-\(UUID().uuidString).log"
-        FileManager.default.createFile(atPath: out, contents: nil)
+        _ = FileManager.default.createFile(atPath: out, contents: nil)
         defer { try? FileManager.default.removeItem(atPath: out) }
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
         let p = Process()
