@@ -27,10 +27,10 @@ let package = Package(
         .target(name: "Upstream", dependencies: ["EventLoop", "CCurl", "Locking"]),
         .target(name: "Routes", dependencies: ["JSON"]),
         .target(name: "Flows", dependencies: ["Routes", "Upstream", "EventLoop", "JSON", "Crypto", "HTTP1"]),
-        .target(name: "Sandbox", dependencies: ["HTTP1", "EventLoop", "JSON", "Crypto"]),
-        .target(name: "Gateway", dependencies: ["HTTP1", "Flows", "Jobs", "Journal", "Routes", "Upstream", "EventLoop", "JSON", "Crypto"]),
+        .target(name: "Sandbox", dependencies: ["HTTP1", "EventLoop", "JSON", "Crypto", "Locking"]),
+        .target(name: "Gateway", dependencies: ["HTTP1", "Flows", "Jobs", "Journal", "Routes", "Upstream", "EventLoop", "JSON", "Crypto", "Locking"]),
         .target(name: "Jobs", dependencies: ["EventLoop", "Upstream", "JSON", "Crypto", "CLinux", "Locking"]),
-        .executableTarget(name: "switchboard", dependencies: ["Gateway", "Sandbox", "Routes", "EventLoop", "HTTP1"]),
+        .executableTarget(name: "switchboard", dependencies: ["Gateway", "Sandbox", "Routes", "EventLoop", "HTTP1", "Locking"]),
 
         // Shared by the test targets only: raw socket clients and scripted upstream servers.
         .target(name: "TestSupport", dependencies: ["EventLoop", "Gateway", "Routes"], path: "Tests/TestSupport"),

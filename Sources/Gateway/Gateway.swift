@@ -7,6 +7,7 @@ import Jobs
 import JSON
 import Journal
 import Routes
+import Locking
 import Synchronization
 import Upstream
 
@@ -66,7 +67,7 @@ public final class Gateway: @unchecked Sendable {
     private var server: HTTPServer!
     private var states: [LoopState] = []
     private let jobs = JobRegistry()
-    private let redactor: Mutex<Redactor>
+    private let redactor: Locked<Redactor>
     private let draining = Atomic<Bool>(false)
     private let processPrefix = Crypto.hex(Crypto.randomBytes(4))
     private let controlLog: LogBuffer
@@ -91,7 +92,7 @@ public final class Gateway: @unchecked Sendable {
     public init(config: GatewayConfig, routes: RouteTable) throws {
         self.config = config
         self.group = try EventLoopGroup(count: config.eventLoops)
-        self.redactor = Mutex(Redactor(secrets: routes.secrets))
+        self.redactor = Locked(Redactor(secrets: routes.secrets))
         self.controlLog = LogBuffer(loop: nil, level: config.logLevel)
         do { policy = try AddressPolicy(allowing: config.callbackAllow) } catch {
             throw GatewayConfig.Error(message: "callback_allow: \(error.description)")
@@ -137,7 +138,7 @@ public final class Gateway: @unchecked Sendable {
         let processPrefix = self.processPrefix
         let options = DeliveryOptions(schedule: config.callbackRetry)
         states = group.loops.map { loop in
-            let made = Mutex<LoopState?>(nil)
+            let made = Locked<LoopState?>(nil)
             let done = Atomic<Bool>(false)
             loop.execute {
                 let deliverer = CallbackDeliverer(client: UpstreamClient(loop: loop), store: deliveries, endpoints: endpoints,
@@ -230,7 +231,7 @@ public final class Gateway: @unchecked Sendable {
     private func waitingCount() -> Int {
         var total = 0
         for s in states {
-            let n = Mutex<Int>(-1)
+            let n = Locked<Int>(-1)
             s.loop.execute { let c = s.waiting.count; n.withLock { $0 = c } }
             while n.withLock({ $0 }) < 0 { usleep(500) }
             total += n.withLock { $0 }
@@ -833,7 +834,7 @@ public final class Gateway: @unchecked Sendable {
     /// `completion` (on the last loop to report) with the exposition text.
     func scrapeMetrics(_ completion: @escaping @Sendable (String) -> Void) {
         let n = states.count
-        let acc = Mutex<(MetricsSnapshot, Int)>((MetricsSnapshot(), 0))
+        let acc = Locked<(MetricsSnapshot, Int)>((MetricsSnapshot(), 0))
         for s in states {
             s.loop.execute { [unowned self] in
                 let snap = s.metrics

@@ -1,6 +1,7 @@
 import EventLoop
 import Flows
 import JSON
+import Locking
 import Synchronization
 
 /// A run that switched to asynchronous mode (the caller got `202`), or any run
@@ -92,7 +93,7 @@ final class JobEntry: @unchecked Sendable {
 
 /// All jobs of this process, by id. Thread-safe; lookups take a short lock.
 final class JobRegistry: Sendable {
-    private let jobs = Mutex<[String: JobEntry]>([:])
+    private let jobs = Locked<[String: JobEntry]>([:])
 
     func add(_ e: JobEntry) { jobs.withLock { $0[e.id] = e } }
 

@@ -1,6 +1,7 @@
 import EventLoop
 import Glibc
 import JSON
+import Locking
 import Synchronization
 
 /// Structured logs: one JSON object per line on standard output, each line
@@ -211,7 +212,7 @@ public final class LogBuffer {
         pending.removeAll(keepingCapacity: true)
     }
 
-    private static let writeLock = Mutex<Void>(())
+    private static let writeLock = Locked<Void>(())
 
     /// RFC 3339 UTC timestamp with milliseconds, e.g. `2026-11-29T18:27:04.123Z`.
     public static func timestamp(_ ms: Int64) -> String {

@@ -40,7 +40,7 @@ import Synchronization
 ///   given to ``init(group:address:callbackSecrets:)`` (`204`).
 /// - Anything else: `404`, or `405` with `Allow` for a known path with another method.
 ///
-/// Safe from any thread: the state is shared by all loops behind a `Mutex`.
+/// Safe from any thread: the state is shared by all loops behind a `Locked` (pthread mutex).
 public final class Sandbox: @unchecked Sendable {
     private let core: SandboxCore
     private let server: HTTPServer

@@ -1,10 +1,11 @@
 import Crypto
 import EventLoop
 import JSON
+import Locking
 import Synchronization
 
 /// The sandbox's endpoints as plain functions from `SandboxRequest` to `SandboxReply`,
-/// with the shared state behind one `Mutex`. Safe from any thread: every loop of the
+/// with the shared state behind one `Locked` (pthread mutex). Safe from any thread: every loop of the
 /// server calls `handle(_:)` concurrently.
 final class SandboxCore: Sendable {
     /// The longest `?delay_ms` accepted (10 minutes).
@@ -13,7 +14,7 @@ final class SandboxCore: Sendable {
     /// the Standard Webhooks default tolerance).
     static let timestampToleranceSeconds: Int64 = 300
 
-    private let state = Mutex(SandboxState())
+    private let state = Locked(SandboxState())
     /// Keys of the secrets given at construction; they survive `POST /_reset`.
     private let configuredKeys: [[UInt8]]
 

@@ -6,7 +6,7 @@ struct StoredReply {
     var body: JSON
 }
 
-/// Everything the sandbox remembers between requests. Guarded by the `Mutex` in
+/// Everything the sandbox remembers between requests. Guarded by the `Locked` in
 /// `SandboxCore`; every access is one short critical section.
 struct SandboxState {
     /// Requests per endpoint label (`"POST /payments"`), not counting `/_stats` and `/_reset`.

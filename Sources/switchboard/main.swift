@@ -110,7 +110,7 @@ func serve(_ o: Options) {
     }
     let routesDir = config.routes
     let drainTimeout = config.drainTimeout
-    let terminating = Mutex<Int>(0)
+    let terminating = Locked<Int>(0)
     waitForSignal([SIGTERM, SIGINT, SIGHUP]) { sig in
         if sig == SIGHUP {
             do {
@@ -142,7 +142,7 @@ func serve(_ o: Options) {
     exit(0)
 }
 
-import Synchronization
+import Locking
 
 /// A control-plane log line (JSON) written straight to standard output.
 func logLine(_ level: String, _ msg: String, _ fields: [String: String] = [:]) {
