@@ -246,6 +246,15 @@ public final class Gateway: @unchecked Sendable {
         durable.journal.close()
         for s in states { s.loop.execute { s.log.flush() } }
         group.shutdown()
+        // The loops have stopped: let go of what only a running loop would have
+        // finished (transfers in flight, waiting callers, deliveries), so the runs,
+        // their loop state and this gateway can be freed.
+        for s in states {
+            s.deliverer.cancelAll()
+            s.client.cancelAll()
+            s.waiting.removeAll()
+            s.writeAhead.removeAll()
+        }
     }
 
     // MARK: - Request dispatch (loop thread)

@@ -124,7 +124,7 @@ public final class UpstreamClient: @unchecked Sendable {
         loop.cancel(timer)
         // Transfers still in flight (the client is going away: shutdown) are cancelled:
         // their handles leave the multi handle and their retain for curl is released.
-        for h in allHandles { if let t = h.transfer { release(t.takeUnretainedValue()) } }
+        cancelAll()
         allHandles.removeAll()
         for case let s? in sockets { loop.unregister(fd: s.fd) }
         sockets.removeAll()
@@ -200,6 +200,14 @@ public final class UpstreamClient: @unchecked Sendable {
         activeTransfers += 1
         curl_multi_add_handle(multi, easy)
         return t
+    }
+
+    /// Cancels every transfer in flight; their completions are never called. For
+    /// shutdown: a transfer is retained for curl while in flight, and its completion
+    /// usually holds what holds this client, so only cancelling frees them.
+    /// Loop thread only, or after the loop has stopped.
+    public func cancelAll() {
+        for h in allHandles { if let t = h.transfer { release(t.takeUnretainedValue()) } }
     }
 
     fileprivate func release(_ t: UpstreamTransfer) {
