@@ -22,7 +22,7 @@ let package = Package(
         .target(name: "JSON"),
         .target(name: "Journal", dependencies: ["Locking"]),
         .target(name: "Crypto", dependencies: ["COpenSSL"]),
-        .target(name: "EventLoop", dependencies: ["CLinux"]),
+        .target(name: "EventLoop", dependencies: ["CLinux", "Locking"]),
         .target(name: "HTTP1", dependencies: ["EventLoop", "CLinux", "COpenSSL"]),
         .target(name: "Upstream", dependencies: ["EventLoop", "CCurl", "Locking"]),
         .target(name: "Routes", dependencies: ["JSON"]),

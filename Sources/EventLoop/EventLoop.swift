@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import Locking
 import Synchronization
 
 /// Readiness events for a file descriptor, as epoll reports them.
@@ -51,7 +52,10 @@ public final class EventLoop: @unchecked Sendable {
     private var generations: [UInt32] = []
     private var timers = TimerHeap()
     private var timerSequence: UInt64 = 0
-    private let pending = Mutex<PendingTasks>(PendingTasks())
+    /// Tasks from other threads. A pthread mutex (`Locked`), not `Mutex`: a thread that
+    /// calls `execute` while the loop stops is ordered by this lock alone, and the thread
+    /// sanitizer sees pthread mutexes.
+    private let pending = Locked<PendingTasks>(PendingTasks())
     private let wakePending = Atomic<Bool>(false)
     private let stopping = Atomic<Bool>(false)
     /// The running thread (`pthread_t`, an unsigned integer on Linux); 0 when not running.

@@ -125,7 +125,7 @@ import TestSupport
         let r = try #require(conn.readResponse())
         #expect(r.status == 200)
         server.process.waitUntilExit()
-        #expect(server.process.terminationStatus == 0)
+        #expect(server.process.terminationStatus == 0, "\(server.log.suffix(6000))")
         #expect((try? RawConnection(port: server.port, timeout: .seconds(1))) == nil)
     }
 
@@ -145,7 +145,7 @@ import TestSupport
         let r = try #require(conn.readResponse())
         #expect(r.status == 202)
         server.process.waitUntilExit()
-        #expect(server.process.terminationStatus == 0)
+        #expect(server.process.terminationStatus == 0, "\(server.log.suffix(6000))")
     }
 }
 
@@ -182,7 +182,7 @@ import TestSupport
         #expect(try RawConnection(port: server.port).request("GET", "/new")?.status == 200)
         kill(pid, SIGTERM)
         server.process.waitUntilExit()
-        #expect(server.process.terminationStatus == 0)
+        #expect(server.process.terminationStatus == 0, "\(server.log.suffix(6000))")
     }
 }
 
@@ -281,6 +281,6 @@ import TestSupport
         #expect(answer.status == 200)
         #expect(answer.object["status"] as? String == "running")
         server.process.waitUntilExit()
-        #expect(server.process.terminationStatus == 0)
+        #expect(server.process.terminationStatus == 0, "\(server.log.suffix(6000))")
     }
 }

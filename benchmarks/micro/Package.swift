@@ -20,7 +20,7 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl"),
         .target(name: "Locking"),
         .target(name: "JSON"),
-        .target(name: "EventLoop", dependencies: ["CLinux"]),
+        .target(name: "EventLoop", dependencies: ["CLinux", "Locking"]),
         .target(name: "HTTP1", dependencies: ["EventLoop", "CLinux", "COpenSSL"]),
         .target(name: "Routes", dependencies: ["JSON"]),
         .target(name: "Upstream", dependencies: ["EventLoop", "CCurl", "Locking"]),
