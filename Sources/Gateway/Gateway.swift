@@ -705,7 +705,7 @@ public final class Gateway: @unchecked Sendable {
                        [("job_id", .string(job.id)), ("route", .string(job.route))])
             return false
         }
-        let traceID = job.traceID.isEmpty ? ls.spanIDs.hex(8) + ls.spanIDs.hex(8) : job.traceID
+        let traceID = job.traceID.isEmpty ? ls.spanIDs.traceIDHex() : job.traceID
         let trace = TraceContext(traceparent: "00-\(traceID)-\(ls.spanIDs.hex(8))-01", tracestate: nil, random: &ls.spanIDs)
         run.headersForAttempt = { trace.appendHeaders(to: &$0, random: &ls.spanIDs) }
         let entry = JobEntry(id: job.id, owner: job.owner, routeName: job.route, loop: ls.loop, createdAt: job.createdAt, run: run, traceID: traceID)

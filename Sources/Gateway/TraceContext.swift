@@ -43,13 +43,6 @@ struct TraceContext: Sendable {
         return (trace, String(decoding: u[53..<55], as: UTF8.self))
     }
 
-    /// The headers for one upstream call: `traceparent` with a new parent id, and `tracestate`.
-    func headers(random: inout SpanIDGenerator) -> [(String, String)] {
-        var h: [(String, String)] = []
-        appendHeaders(to: &h, random: &random)
-        return h
-    }
-
     /// Appends `traceparent` (`00-TRACE-PARENT-FLAGS`, a new parent id) and `tracestate`.
     func appendHeaders(to h: inout [(String, String)], random: inout SpanIDGenerator) {
         let parent = random.next()

@@ -196,7 +196,8 @@ public final class CallbackDeliverer: @unchecked Sendable {
     }
 
     /// Stops every timer and transfer of this deliverer (shutdown). Records stay
-    /// pending in the store, to be resumed after a restart. Loop thread only.
+    /// pending in the store, to be resumed after a restart. Loop thread only, or
+    /// after the loop has stopped (`Gateway.shutdown`).
     public func cancelAll() {
         for (_, a) in active {
             loop.cancel(a.timer)
