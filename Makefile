@@ -61,8 +61,7 @@ test-tsan: deps
 
 # Leak detection is on (LeakSanitizer), also in the `switchboard` processes the CLI
 # tests start (a leak makes them exit 1). lsan.supp lists the allocations that are not
-# the project's own leaks, each with the reason; anything else LSan reports is ours
-# (see README, Status, for the one still known).
+# the project's own leaks, each with the reason; anything else LSan reports is ours.
 ASAN_OPTIONS ?= detect_leaks=1
 test-asan: deps
 	SWITCHBOARD_SANITIZER=address ASAN_OPTIONS=$(ASAN_OPTIONS) LSAN_OPTIONS=suppressions=$(CURDIR)/lsan.supp:print_suppressions=0 \

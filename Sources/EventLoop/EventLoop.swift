@@ -37,7 +37,8 @@ public protocol IOHandler: AnyObject {
 /// from any thread.
 ///
 /// A loop runs once. When `run()` returns it lets go of everything that can no
-/// longer run: registered handlers, scheduled timers, deferred tasks and tasks
+/// longer run: registered handlers, scheduled timers (and their callbacks, also
+/// when their owners still hold the `LoopTimer`), deferred tasks and tasks
 /// given to `execute(_:)` (also those given later, which are dropped at once).
 /// Their closures often hold objects that hold the loop (a connection waiting for
 /// a timer to answer it), so keeping them would keep those objects, and the loop,
@@ -178,10 +179,14 @@ public final class EventLoop: @unchecked Sendable {
         return t
     }
 
-    /// Cancels a timer that has not fired yet; a no-op otherwise. Loop thread only.
+    /// Cancels a timer that has not fired yet (it lets go of its callback); a no-op
+    /// otherwise. Loop thread only.
     public func cancel(_ timer: LoopTimer?) {
         guard let timer, timer.isScheduled else { return }
         timers.remove(timer)
+        let callback = timer.callback
+        timer.callback = nil
+        withExtendedLifetime(callback) {}  // released after the timer is consistent
     }
 
     /// Number of scheduled timers (for tests and metrics). Loop thread only.
@@ -256,11 +261,16 @@ public final class EventLoop: @unchecked Sendable {
         }
         for t in tasks { t() }
         let oldTimers = timers.removeAll()
+        // Their owners may still hold these timers: the callbacks go, not just the heap.
+        let oldCallbacks = oldTimers.map { t -> (() -> Void)? in
+            defer { t.callback = nil }
+            return t.callback
+        }
         let oldHandlers = handlers
         handlers = [IOHandler?](repeating: nil, count: oldHandlers.count)
         let oldDeferred = deferred
         deferred = []
-        withExtendedLifetime((tasks, oldTimers, oldHandlers, oldDeferred)) {}
+        withExtendedLifetime((tasks, oldTimers, oldCallbacks, oldHandlers, oldDeferred)) {}
     }
 
     private func drainWakeups() {
@@ -279,7 +289,9 @@ public final class EventLoop: @unchecked Sendable {
         let now = cachedNow
         while let first = timers.first, first.deadline <= now {
             _ = timers.popFirst()
-            first.callback()
+            let callback = first.callback
+            first.callback = nil
+            callback?()
         }
     }
 

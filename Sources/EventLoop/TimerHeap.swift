@@ -1,9 +1,15 @@
 /// A timer scheduled on an `EventLoop`. Returned by `EventLoop.schedule(at:_:)`;
 /// pass it to `EventLoop.cancel(_:)` to stop it. Confined to its loop's thread.
+///
+/// A timer lets go of its callback once it can no longer fire: when it fires, when
+/// it is cancelled, and when its loop stops. So an object may keep the timers it
+/// schedules (to cancel them) while their callbacks hold that object: the cycle
+/// ends with the timer, even when the loop stops first.
 public final class LoopTimer {
     /// When the timer fires.
     public internal(set) var deadline: Instant
-    let callback: () -> Void
+    /// What to run at `deadline`; nil once the timer fired, was cancelled or its loop stopped.
+    var callback: (() -> Void)?
     /// Position in the heap, or -1 when not scheduled (fired or cancelled).
     var heapIndex: Int = -1
     let sequence: UInt64

@@ -65,8 +65,11 @@ public final class Gateway: @unchecked Sendable {
     public let config: GatewayConfig
     private let group: EventLoopGroup
     private var server: HTTPServer!
-    private var states: [LoopState] = []
-    private let jobs = JobRegistry()
+    /// Each loop's state, indexed like the loops (internal for tests: read it only
+    /// on that loop, or after `shutdown()`).
+    private(set) var states: [LoopState] = []
+    /// Async jobs and finished runs kept for `/jobs` until the retention passes.
+    let jobs = JobRegistry()
     private let redactor: Locked<Redactor>
     private let draining = Atomic<Bool>(false)
     private let processPrefix = Crypto.hex(Crypto.randomBytes(4))
@@ -483,7 +486,13 @@ public final class Gateway: @unchecked Sendable {
         state.waitToken &+= 1
         let w = WaitingRun(gateway: self, call: call, run: run, input: input, trace: trace, idempotencyToken: token,
                            applied: applied, respondAsync: respondAsync, token: state.waitToken)
-        run.onFinish { [w] run in w.runFinished(run) }
+        // Weak: the run must not keep its waiter, which holds the run (a run still going
+        // when the loops stop would keep both, and the gateway's loops with them). While
+        // the caller waits, `state.waiting` holds it; once answered it is not needed.
+        run.onFinish { [weak w] run in
+            Gateway.recordSteps(run, into: &state.metrics)
+            w?.runFinished(run)
+        }
         run.start()
         guard !w.answered else { return }
         if budget <= .zero {
@@ -603,7 +612,6 @@ public final class Gateway: @unchecked Sendable {
         /// The run decided its response: answer the caller unless it went async.
         func runFinished(_ run: FlowRun) {
             let state = call.state
-            Gateway.recordSteps(run, into: &state.metrics)
             guard !answered else { return }
             answered = true
             state.loop.cancel(budgetTimer)
@@ -635,10 +643,16 @@ public final class Gateway: @unchecked Sendable {
         jobs.add(entry)
         jobsRunning.add(1, ordering: .relaxed)
         let journal = state.journal!
+        // The run keeps this hook for its whole life (steps may settle after the
+        // response is decided): it must not hold the entry, which holds the run.
+        let jobID = entry.id
         run.onStepSettled = { i, outcome in
-            journal.append([DurableState.stepFinished(job: entry.id, index: i, outcome: outcome)])
+            journal.append([DurableState.stepFinished(job: jobID, index: i, outcome: outcome)])
         }
-        run.onFinish { [unowned self] run in
+        // The registry holds the entry until the job is retired (after it finished);
+        // the run must not hold it too, or an unfinished run would keep it for good.
+        run.onFinish { [unowned self, weak entry] run in
+            guard let entry else { return }
             entry.finishedAt = state.loop.now
             self.jobsRunning.subtract(1, ordering: .relaxed)
             let r = run.response!
@@ -783,7 +797,7 @@ public final class Gateway: @unchecked Sendable {
                 return
             }
             poll.timer = entry.loop.schedule(at: entry.loop.now + .seconds(waitFor)) { poll.answer(entry, reply) }
-            entry.run.onFinish { _ in poll.answer(entry, reply) }
+            entry.run.onFinish { [weak entry] _ in if let entry { poll.answer(entry, reply) } }
         }
     }
 

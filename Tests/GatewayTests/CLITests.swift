@@ -59,8 +59,12 @@ import TestSupport
             process.executableURL = URL(fileURLWithPath: try switchboardBinary())
             process.arguments = ["serve", "--routes", routesDir, "--listen", "127.0.0.1:0", "--data", routesDir + "/data", "--event-loops", "1"] + extra
             process.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
-            process.standardOutput = FileHandle(forWritingAtPath: logPath)
-            process.standardError = FileHandle(forWritingAtPath: logPath)
+            // One open file for both streams (one shared offset): two separate opens would
+            // each write from offset 0, so a sanitizer report on stderr would overwrite the
+            // log lines on stdout, and later log lines the report.
+            let output = FileHandle(forWritingAtPath: logPath)
+            process.standardOutput = output
+            process.standardError = output
             try process.run()
             // The port the kernel chose is in the "listening" log line.
             var found: UInt16?

@@ -46,6 +46,46 @@ final class WeakReferences: @unchecked Sendable {
         #expect(refs.alive == [])
     }
 
+    /// A `LoopTimer` its owner keeps (to cancel it) lets go of its callback once it can
+    /// no longer fire — cancelled, fired, or still scheduled when the loop stops — so an
+    /// owner its callback captures is freed: there is no lasting cycle through the timer.
+    @Test func loopTimer_ReleasesItsCallback_WhenCancelledFiredOrStopped() throws {
+        let refs = WeakReferences()
+        try scheduleOwnedTimers(refs)
+        #expect(Set(refs.names) == ["cancelled", "fired", "pending at stop", "loop"])
+        #expect(refs.alive == [])
+    }
+
+    /// An object that keeps the timer whose callback holds it.
+    private final class TimerOwner {
+        var timer: LoopTimer?
+        var fired = false
+    }
+
+    private func scheduleOwnedTimers(_ refs: WeakReferences) throws {
+        let group = try EventLoopGroup(count: 1)
+        let loop = group.loops[0]
+        refs.add("loop", loop)
+        let scheduled = Recorder(false)
+        let fired = Recorder(false)
+        loop.execute {
+            let cancelled = TimerOwner(), firing = TimerOwner(), pending = TimerOwner()
+            refs.add("cancelled", cancelled)
+            refs.add("fired", firing)
+            refs.add("pending at stop", pending)
+            cancelled.timer = loop.schedule(at: loop.now + .seconds(60)) { cancelled.fired = true }
+            firing.timer = loop.schedule(at: loop.now) {
+                firing.fired = true
+                fired.set(true)
+            }
+            pending.timer = loop.schedule(at: loop.now + .seconds(60)) { pending.fired = true }
+            loop.cancel(cancelled.timer)
+            scheduled.set(true)
+        }
+        #expect(eventually { scheduled.get && fired.get })
+        group.shutdown()
+    }
+
     /// Runs a two-loop server with three open connections, shuts it and its group
     /// down, and answers the held request afterwards. Everything it created is
     /// released when it returns, unless something keeps it.
