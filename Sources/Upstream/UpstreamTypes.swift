@@ -79,7 +79,9 @@ public struct UpstreamResponse: Sendable {
 /// Response header lines exactly as libcurl delivered them (each ending in LF),
 /// parsed into `(name, value)` pairs on first use, at most once. Lines without a
 /// colon are ignored; a value has its leading blanks and the line's trailing
-/// CR/LF removed.
+/// CR/LF removed. A CR or NUL inside a line (libcurl passes a bare CR through) is
+/// replaced by a space, as RFC 9110 §5.5 allows a recipient to do, so no name or
+/// value holds CR, LF or NUL.
 public final class UpstreamHeaderBlock: @unchecked Sendable {
     /// The header lines, each terminated by LF.
     public let raw: [UInt8]
@@ -111,13 +113,20 @@ public final class UpstreamHeaderBlock: @unchecked Sendable {
                 var colon = start
                 while colon < end && b[colon] != UInt8(ascii: ":") { colon += 1 }
                 guard colon < end else { continue }
-                let name = String(decoding: UnsafeBufferPointer(rebasing: b[start..<colon]), as: UTF8.self)
+                let name = text(b, start..<colon)
                 var vs = colon + 1
-                while vs < end && (b[vs] == 0x20 || b[vs] == 0x09) { vs += 1 }
-                out.append((name, String(decoding: UnsafeBufferPointer(rebasing: b[vs..<end]), as: UTF8.self)))
+                while vs < end && (b[vs] == 0x20 || b[vs] == 0x09 || b[vs] == 0x0D || b[vs] == 0) { vs += 1 }
+                out.append((name, text(b, vs..<end)))
             }
         }
         return out
+    }
+
+    /// `b[range]` as text, each CR and NUL replaced by a space.
+    private static func text(_ b: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> String {
+        let bytes = UnsafeBufferPointer(rebasing: b[range])
+        guard bytes.contains(where: { $0 == 0x0D || $0 == 0 }) else { return String(decoding: bytes, as: UTF8.self) }
+        return String(decoding: bytes.map { $0 == 0x0D || $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
     }
 }
 

@@ -1,6 +1,11 @@
+import Dispatch
+import EventLoop
+import Glibc
 import JSON
 import Routes
 import Testing
+import TestSupport
+import Upstream
 
 /// Regression tests for inputs the fuzzers (fuzz/) turned up.
 @Suite struct FuzzRegressionTests {
@@ -24,5 +29,43 @@ import Testing
     @Test func headerTemplate_InterpolatedCRLF_Refused() throws {
         let t = try Template("Bearer {{request.query.q}}")
         #expect(throws: TemplateError.self) { _ = try t.renderHeaderValue(CRLFContext()) }
+    }
+
+    /// Found by fuzz target `upstream_response` (seed fuzz/corpus/upstream_response/header_bare_cr): libcurl passes a header line with a bare CR inside through whole, and the header block kept the CR in the value; it is now a space (RFC 9110 §5.5), so no upstream header name or value holds CR, LF or NUL.
+    @Test func upstreamHeader_BareCR_ReplacedBySpace() throws {
+        let answer = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\nLocation: /r/1\rgContent-Length: 0\r\nX-Lead:\r value\r\nContent-Length: 2\r\n\r\n{}"
+        let up = try ScriptedServer { conn, _ in
+            _ = conn.readRequest()
+            conn.write(answer)
+            shutdown(conn.fd, Int32(SHUT_WR))
+            _ = conn.isClosedByPeer()
+        }
+        let group = try EventLoopGroup(count: 1)
+        defer { group.shutdown() }
+        let loop = group.loops[0]
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: UpstreamResult?
+        nonisolated(unsafe) var client: UpstreamClient?
+        loop.execute {
+            let c = UpstreamClient(loop: loop)
+            client = c
+            c.send(UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: loop.now + .seconds(10))) { r in
+                result = r
+                done.signal()
+            }
+        }
+        #expect(done.wait(timeout: .now() + 20) == .success)
+        let response = try #require(try result?.get())
+        #expect(response.status == 201)
+        for (name, value) in response.headers {
+            #expect(!(name + value).utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0 }, "\(name): \(value)")
+        }
+        #expect(response.header("location") == "/r/1 gContent-Length: 0")
+        #expect(response.header("x-lead") == "value")
+        #expect(response.body == Array("{}".utf8))
+        // NUL (which libcurl refuses on the wire) is replaced the same way.
+        let block = UpstreamHeaderBlock(raw: Array("X-A: a\u{0}b\r\n".utf8))
+        #expect(block.pairs.first?.1 == "a b")
+        loop.execute { client = nil }
     }
 }
