@@ -661,12 +661,16 @@ public final class Gateway: @unchecked Sendable {
                 ("status", .string((200...299).contains(r.status) ? "succeeded" : "failed")),
                 ("response_status", .int(Int64(r.status))), ("trace_id", .string(entry.traceID)),
             ])
-            journal.append([DurableState.jobFinished(job: entry.id, response: run.response!)])
             if let target = callback {
-                // The delivery record is written directly: post the job's records first.
+                // The callback's delivery record is journaled before the job's result: a
+                // crash between the two leaves a job that resumes from its journaled steps,
+                // its delivery pending (enqueueing again finds it) — never a finished job
+                // with no delivery, whose callback would be lost. The delivery record is
+                // written directly: post the job's step records first.
                 journal.flush()
                 state.deliverer.enqueue(jobID: entry.id, owner: entry.owner, target: target, body: entry.callbackBody())
             }
+            journal.append([DurableState.jobFinished(job: entry.id, response: r)])
         }
     }
 
