@@ -124,10 +124,13 @@ final class DurableState: Sendable {
         return .append(jobKey(job), kind: RecordKind.stepFinished.rawValue, payload: w.bytes)
     }
 
-    /// A job's result, appended to it: `{"status", "headers", "body": base64}`.
-    static func jobFinished(job: String, response: FlowResponse) -> JournalRecord {
+    /// A job's result, appended to it: `{"finished_at", "status", "headers", "body": base64}`
+    /// (`finished_at` in milliseconds since the Unix epoch: a restart keeps the job for
+    /// what is left of its retention, not a whole new one).
+    static func jobFinished(job: String, response: FlowResponse, finishedAt: Int64) -> JournalRecord {
         var w = PayloadWriter(capacity: 128 + response.body.count * 4 / 3)
         w.open()
+        w.field("finished_at", finishedAt)
         w.field("status", Int64(response.status))
         w.key("headers")
         w.pairs(response.headers)
@@ -199,6 +202,9 @@ final class DurableState: Sendable {
         var idempotency: (IdempotencyScope, String)?
         var steps: [(Int, StepOutcome)] = []
         var response: FlowResponse?
+        /// When it finished, milliseconds since the Unix epoch (nil: not finished, or
+        /// journaled before the record carried it).
+        var finishedAt: Int64?
     }
 
     /// Everything live in the journal, decoded. Records that do not decode are skipped and counted.
@@ -240,6 +246,7 @@ final class DurableState: Sendable {
                 let id = String(rec.key.dropFirst(4))
                 jobs[id]?.response = FlowResponse(status: Int(o["status"]?.intValue ?? 500), headers: DurableState.unpairs(o["headers"]),
                                                   body: o["body"]?.stringValue.flatMap(Crypto.fromBase64) ?? [])
+                jobs[id]?.finishedAt = o["finished_at"]?.intValue
             case .delivery:
                 guard let d = DurableState.decodeDelivery(o) else { out.undecodable += 1; return }
                 out.deliveries.append(d)

@@ -670,7 +670,7 @@ public final class Gateway: @unchecked Sendable {
                 journal.flush()
                 state.deliverer.enqueue(jobID: entry.id, owner: entry.owner, target: target, body: entry.callbackBody())
             }
-            journal.append([DurableState.jobFinished(job: entry.id, response: r)])
+            journal.append([DurableState.jobFinished(job: entry.id, response: r, finishedAt: wallClockMilliseconds())])
         }
     }
 
@@ -730,7 +730,9 @@ public final class Gateway: @unchecked Sendable {
         if let response = job.response {
             jobs.add(entry)
             run.restoreFinished(response: response)
-            entry.finishedAt = ls.loop.now
+            // Retention counts from when it finished, across restarts.
+            let age = job.finishedAt.map { max(0, wallClockMilliseconds() - $0) } ?? 0
+            entry.finishedAt = ls.loop.now + .milliseconds(-age)
             return false
         }
         track(entry, callback: job.callback, state: ls)
@@ -805,7 +807,9 @@ public final class Gateway: @unchecked Sendable {
         }
     }
 
-    /// Drops finished jobs older than the retention, every minute, on loop 0.
+    /// Drops finished jobs older than the retention — from memory and from the
+    /// journal — and expired idempotency records and old deliveries, on loop 0:
+    /// every minute, or every half retention when that is shorter (at least 100 ms).
     private func scheduleJobSweep() {
         let loop = group.loops[0]
         loop.execute { [weak self] in self?.sweepJobs(on: loop) }
@@ -817,11 +821,15 @@ public final class Gateway: @unchecked Sendable {
         let now = wallClockMilliseconds()
         deliveries.sweep(deliveredBefore: now - retention.milliseconds, failedBefore: now - 7 * 86_400_000)
         for e in jobs.all {
-            e.loop.execute { [jobs] in
-                if let f = e.finishedAt, e.loop.now - f > retention { jobs.remove(e.id) }
+            e.loop.execute { [jobs, durable] in
+                guard let f = e.finishedAt, e.loop.now - f > retention else { return }
+                jobs.remove(e.id)
+                // Every registered job was journaled; its records go at the next compaction.
+                durable.loopJournals[e.loop.index].append([.delete(DurableState.jobKey(e.id))])
             }
         }
-        loop.schedule(at: loop.now + .seconds(60)) { [weak self] in self?.sweepJobs(on: loop) }
+        let every = min(Duration.seconds(60), max(retention / 2, .milliseconds(100)))
+        loop.schedule(at: loop.now + every) { [weak self] in self?.sweepJobs(on: loop) }
     }
 
     /// One log line per callback attempt outcome (never the URL or the secret).

@@ -92,8 +92,9 @@ struct DurableRecordTests {
             #expect(rec.key == "job/j" && rec.operation == .append)
         }
         let resp = FlowResponse(status: 502, headers: [("Content-Type", "application/problem+json"), ("A", "\"")], body: Array("{\"x\":1}".utf8))
-        let rec = DurableState.jobFinished(job: "j", response: resp)
-        let ref = JSON.object(["status": .int(502), "headers": Self.pairs(resp.headers), "body": .string(Crypto.base64(resp.body))]).serialized
+        let rec = DurableState.jobFinished(job: "j", response: resp, finishedAt: 1_764_400_000_123)
+        let ref = JSON.object(["finished_at": .int(1_764_400_000_123), "status": .int(502), "headers": Self.pairs(resp.headers),
+                               "body": .string(Crypto.base64(resp.body))]).serialized
         #expect(rec.payload == ref)
     }
 }
