@@ -1,4 +1,5 @@
 import CLinux
+import Glibc
 
 /// A point on the monotonic clock (`CLOCK_MONOTONIC`), in nanoseconds.
 ///
@@ -55,3 +56,17 @@ extension Duration {
 /// Wall-clock time in milliseconds since the Unix epoch (`CLOCK_REALTIME`), for
 /// timestamps shown to people and written to the journal; never for deadlines.
 @inlinable public func wallClockMilliseconds() -> Int64 { Int64(CLinux_realtime_ms()) }
+
+/// `ms` (milliseconds since the Unix epoch) as an RFC 3339 UTC timestamp with
+/// milliseconds, e.g. `2026-11-29T18:27:04.123Z`: the one form every time shown
+/// to people takes (logs, jobs, callback endpoints).
+public func rfc3339Timestamp(_ ms: Int64) -> String {
+    let second = ms >= 0 ? ms / 1000 : (ms - 999) / 1000
+    var t = time_t(second)
+    var tm = Glibc.tm()
+    gmtime_r(&t, &tm)
+    func p2(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+    let frac = Int(ms - second * 1000)
+    let f = frac < 10 ? "00\(frac)" : frac < 100 ? "0\(frac)" : "\(frac)"
+    return "\(tm.tm_year + 1900)-\(p2(tm.tm_mon + 1))-\(p2(tm.tm_mday))T\(p2(tm.tm_hour)):\(p2(tm.tm_min)):\(p2(tm.tm_sec)).\(f)Z"
+}

@@ -44,7 +44,7 @@ final class JobEntry: @unchecked Sendable {
             status = "running"
         }
         o["status"] = .string(status)
-        o["created_at"] = .string(LogBuffer.timestamp(createdAt))
+        o["created_at"] = .string(rfc3339Timestamp(createdAt))
         o["trace_id"] = .string(traceID)
         var steps = JSONObject()
         for (i, s) in run.route.steps.enumerated() {

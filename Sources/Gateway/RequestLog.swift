@@ -54,7 +54,7 @@ public final class LogBuffer {
             return
         }
         var o = JSONObject()
-        o["time"] = .string(LogBuffer.timestamp(wallClockMilliseconds()))
+        o["time"] = .string(rfc3339Timestamp(wallClockMilliseconds()))
         o["level"] = .string(level)
         o["msg"] = .string(message)
         for (k, v) in fields { o[k] = v }
@@ -162,7 +162,7 @@ public final class LogBuffer {
         let second = ms >= 0 ? ms / 1000 : (ms - 999) / 1000
         if second != cachedSecond || cachedPrefix.isEmpty {
             // `{"time":"2026-11-29T18:27:04.` — everything before the milliseconds.
-            let full = LogBuffer.timestamp(second * 1000)
+            let full = rfc3339Timestamp(second * 1000)
             cachedPrefix = Array("{\"time\":\"".utf8) + Array(full.utf8.dropLast(4))
             cachedSecond = second
         }
@@ -214,14 +214,4 @@ public final class LogBuffer {
 
     private static let writeLock = Locked<Void>(())
 
-    /// RFC 3339 UTC timestamp with milliseconds, e.g. `2026-11-29T18:27:04.123Z`.
-    public static func timestamp(_ ms: Int64) -> String {
-        var t = time_t(ms / 1000)
-        var tm = Glibc.tm()
-        gmtime_r(&t, &tm)
-        func p2(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
-        let frac = Int(ms % 1000)
-        let f = frac < 10 ? "00\(frac)" : frac < 100 ? "0\(frac)" : "\(frac)"
-        return "\(tm.tm_year + 1900)-\(p2(tm.tm_mon + 1))-\(p2(tm.tm_mday))T\(p2(tm.tm_hour)):\(p2(tm.tm_min)):\(p2(tm.tm_sec)).\(f)Z"
-    }
 }

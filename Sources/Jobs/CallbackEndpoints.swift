@@ -35,7 +35,7 @@ public struct CallbackEndpoint: Sendable, Equatable {
     }
 
     /// `{"id", "url", "secret"?, "disabled", "disabled_reason"?, "created_at"}`;
-    /// `created_at` in milliseconds since the Unix epoch. Show the secret only
+    /// `created_at` as an RFC 3339 UTC timestamp, as jobs show theirs. Show the secret only
     /// to its owner (`POST /callbacks` answers with it; listings may omit it).
     public func json(includingSecret: Bool) -> JSON {
         var o = JSONObject()
@@ -44,7 +44,7 @@ public struct CallbackEndpoint: Sendable, Equatable {
         if includingSecret { o["secret"] = .string(secret) }
         o["disabled"] = .bool(disabled)
         if let disabledReason { o["disabled_reason"] = .string(disabledReason) }
-        o["created_at"] = .int(createdAt)
+        o["created_at"] = .string(rfc3339Timestamp(createdAt))
         return .object(o)
     }
 }

@@ -1,9 +1,20 @@
+import EventLoop
 import JSON
 import Testing
 @testable import Gateway
 
 /// The request log's direct writer must give the same bytes as the generic JSON path.
 struct RequestLogFormatTests {
+    /// Times shown to people: RFC 3339, UTC, always three fraction digits; before the
+    /// epoch the fraction still counts forward from the whole second.
+    @Test func rfc3339Timestamps() {
+        #expect(rfc3339Timestamp(0) == "1970-01-01T00:00:00.000Z")
+        #expect(rfc3339Timestamp(1_764_440_824_123) == "2025-11-29T18:27:04.123Z")
+        #expect(rfc3339Timestamp(1_764_440_824_007) == "2025-11-29T18:27:04.007Z")
+        #expect(rfc3339Timestamp(951_782_400_050) == "2000-02-29T00:00:00.050Z")
+        #expect(rfc3339Timestamp(-1) == "1969-12-31T23:59:59.999Z")
+    }
+
     /// `appendMilliseconds` writes exactly what `JSON.appendDouble` writes, for
     /// durations rounded to microseconds as the gateway logs them, and for others.
     @Test func millisecondsMatchDoubleSerialization() {

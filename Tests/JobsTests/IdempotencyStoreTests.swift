@@ -1,5 +1,6 @@
 import Crypto
 import Dispatch
+import EventLoop
 import Jobs
 import Locking
 import Synchronization
@@ -286,6 +287,7 @@ private func token(_ r: IdempotencyBegin) -> IdempotencyToken? {
         #expect(e.json(includingSecret: true)["secret"]?.stringValue == e.secret)
         #expect(e.json(includingSecret: false)["secret"] == nil)
         #expect(e.json(includingSecret: false)["id"]?.stringValue == e.id)
+        #expect(e.json(includingSecret: false)["created_at"]?.stringValue == rfc3339Timestamp(e.createdAt))
     }
 
     /// Only `cb_` plus 32 lowercase hex digits is a well-formed id.
