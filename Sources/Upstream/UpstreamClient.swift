@@ -439,9 +439,11 @@ private final class PooledEasy {
         bodyBuffer?.deallocate()
     }
 
-    /// Sets the request header fields, then an empty `Expect:` when `suppressExpect`.
-    func setHeaders(_ headers: [(String, String)], suppressExpect: Bool) {
-        let count = headers.count + (suppressExpect ? 1 : 0)
+    /// Sets the request header fields, then an empty `Expect:` when `suppressExpect`
+    /// and an empty `Content-Type:` when `suppressContentType` (an empty field in
+    /// `CURLOPT_HTTPHEADER` makes curl leave out the one it would add itself).
+    func setHeaders(_ headers: [(String, String)], suppressExpect: Bool, suppressContentType: Bool) {
+        let count = headers.count + (suppressExpect ? 1 : 0) + (suppressContentType ? 1 : 0)
         guard count > 0 else {
             if headerListSet != nil {
                 _ = CCurl_easy_setopt_slist(easy, CURLOPT_HTTPHEADER, nil)
@@ -449,7 +451,7 @@ private final class PooledEasy {
             }
             return
         }
-        var bytes = suppressExpect ? 8 : 0  // "Expect:" NUL
+        var bytes = (suppressExpect ? 8 : 0) + (suppressContentType ? 14 : 0)  // "Expect:" NUL, "Content-Type:" NUL
         for (n, v) in headers { bytes += n.utf8.count + 2 + v.utf8.count + 1 }  // "n: v" NUL
         if count > headerNodeCapacity {
             headerNodes?.deallocate()
@@ -483,12 +485,17 @@ private final class PooledEasy {
             nodes[i] = curl_slist(data: UnsafeMutableRawPointer(line).assumingMemoryBound(to: CChar.self), next: nodes + i + 1)
             i += 1
         }
-        if suppressExpect {
+        func putBlank(_ field: StaticString) {
             let line = out
-            for c in "Expect:".utf8 { out[0] = c; out += 1 }
+            out.update(from: field.utf8Start, count: field.utf8CodeUnitCount)
+            out += field.utf8CodeUnitCount
             out[0] = 0
-            nodes[i] = curl_slist(data: UnsafeMutableRawPointer(line).assumingMemoryBound(to: CChar.self), next: nil)
+            out += 1
+            nodes[i] = curl_slist(data: UnsafeMutableRawPointer(line).assumingMemoryBound(to: CChar.self), next: nodes + i + 1)
+            i += 1
         }
+        if suppressExpect { putBlank("Expect:") }
+        if suppressContentType { putBlank("Content-Type:") }
         nodes[count - 1].next = nil
         if headerListSet != nodes {
             _ = CCurl_easy_setopt_slist(easy, CURLOPT_HTTPHEADER, nodes)
@@ -640,7 +647,10 @@ public final class UpstreamTransfer {
         }
         // Never wait for `100 Continue`: it costs a round trip on every POST.
         // (Without a body curl sends no `Expect:`, so there is nothing to suppress.)
-        p.setHeaders(request.headers, suppressExpect: p.postFields)
+        // With a body and no `Content-Type` of the route's, curl would claim
+        // `application/x-www-form-urlencoded`; send none instead (RFC 9110 §8.3).
+        let ownContentType = p.postFields && !request.headers.contains { UpstreamTransfer.isContentType($0.0) }
+        p.setHeaders(request.headers, suppressExpect: p.postFields, suppressContentType: ownContentType)
         if !request.resolve.isEmpty {
             var r: UnsafeMutablePointer<curl_slist>? = nil
             for e in request.resolve { r = curl_slist_append(r, e) }
@@ -649,6 +659,16 @@ public final class UpstreamTransfer {
             p.resolve = true
         }
         return nil
+    }
+
+    /// Whether `name` is `Content-Type` (any case).
+    private static func isContentType(_ name: String) -> Bool {
+        var n = 0
+        for (c, want) in zip(name.utf8, "content-type".utf8) {
+            guard c | 0x20 == want else { return false }  // '-' has the bit set already
+            n += 1
+        }
+        return n == 12 && name.utf8.count == 12
     }
 
     /// Whether `url` starts with `https:` (any case), as curl reads its scheme.

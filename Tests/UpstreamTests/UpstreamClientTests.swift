@@ -72,6 +72,26 @@ final class ClientHarness: @unchecked Sendable {
         #expect(req.body == body)
     }
 
+    /// A route's own `Content-Type` is sent as given; a POST without one — with a body
+    /// or without — carries none, rather than curl's `application/x-www-form-urlencoded`.
+    @Test func contentType_OnlyTheRoutesOwn() throws {
+        let up = try ScriptedServer.answering()
+        let h = try ClientHarness()
+        let url = "http://127.0.0.1:\(up.port)/c"
+        _ = try h.send { UpstreamRequest(method: "POST", url: url, deadline: $0 + .seconds(5)) }.get()
+        _ = try h.send { UpstreamRequest(method: "POST", url: url, body: Array("a=1".utf8), deadline: $0 + .seconds(5)) }.get()
+        _ = try h.send { UpstreamRequest(method: "PUT", url: url, headers: [("content-TYPE", "text/plain")], body: Array("x".utf8), deadline: $0 + .seconds(5)) }.get()
+        let reqs = up.requests
+        try #require(reqs.count == 3)
+        #expect(reqs[0].header("content-type") == nil)
+        #expect(reqs[0].header("content-length") == "0")
+        #expect(reqs[0].header("expect") == nil)
+        #expect(reqs[1].header("content-type") == nil)
+        #expect(reqs[1].body == Array("a=1".utf8))
+        #expect(reqs[2].header("content-type") == "text/plain")
+        #expect(reqs[2].method == "PUT")
+    }
+
     /// PUT and DELETE use their own method names.
     @Test func customMethod_IsSent() throws {
         let up = try ScriptedServer.answering()
