@@ -171,7 +171,8 @@ public final class Gateway: @unchecked Sendable {
     /// Binds the listener (one per loop, `SO_REUSEPORT`) and starts serving.
     /// - Throws: `SystemError` when the address cannot be bound.
     public func start() throws {
-        server = HTTPServer(group: group, address: config.listen, limits: config.limits, tls: config.tls) { [unowned self] req, w in
+        server = HTTPServer(group: group, address: config.listen, limits: config.limits, tls: config.tls,
+                            continueCheck: { [unowned self] head, w in self.refuseBeforeBody(head, w) }) { [unowned self] req, w in
             self.handle(req, w)
         }
         try recover()
@@ -300,17 +301,48 @@ public final class Gateway: @unchecked Sendable {
             return handleJobs(req, w, caller: caller, state: state, requestID: requestID, start: start)
         }
 
-        switch state.routes.match(method: req.method, path: req.path) {
-        case .notFound:
-            let p = Problem(status: 404, detail: "no route for \(req.method) \(req.path)")
-            finishRequest(state, w, req, p.httpResponse, route: nil, outcome: "error", requestID: requestID, start: start)
+        let match = state.routes.match(method: req.method, path: req.path)
+        if case .matched(let route, let params) = match {
+            return runRoute(route, params: params, req, w, caller: caller, state: state, requestID: requestID, start: start)
+        }
+        finishRequest(state, w, req, Gateway.noRoute(match, req)!, route: nil, outcome: "error", requestID: requestID, start: start)
+    }
+
+    /// `404` for no route, `405` with `Allow` for a path other methods have; nil for a match.
+    private static func noRoute(_ match: RouteMatch, _ req: HTTPRequest) -> HTTPResponse? {
+        switch match {
+        case .matched: return nil
+        case .notFound: return Problem(status: 404, detail: "no route for \(req.method) \(req.path)").httpResponse
         case .methodNotAllowed(let allow):
             var r = Problem(status: 405, detail: "\(req.method) is not allowed here").httpResponse
             r.headers.append(("Allow", allow.joined(separator: ", ")))
-            finishRequest(state, w, req, r, route: nil, outcome: "error", requestID: requestID, start: start)
-        case .matched(let route, let params):
-            runRoute(route, params: params, req, w, caller: caller, state: state, requestID: requestID, start: start)
+            return r
         }
+    }
+
+    /// A request that sent `Expect: 100-continue` and would be refused from its head
+    /// alone — an unknown or missing API key (`401`), no route (`404`), a method the
+    /// path does not take (`405`) — gets that answer instead of `100 Continue`, so its
+    /// body is never sent (RFC 9110 §10.1.1); logged and counted like any request.
+    /// Returns whether it answered. Loop thread (the `HTTPServer`'s continue check).
+    private func refuseBeforeBody(_ head: HTTPRequest, _ w: HTTPResponseWriter) -> Bool {
+        let state = states[w.loop.index]
+        let p = head.path
+        if p == "/healthz" || p == "/readyz" { return false }
+        let refusal: HTTPResponse
+        if case .failure(let problem) = authenticate(head) {
+            refusal = problem.httpResponse
+        } else if p == "/metrics" || p == "/callbacks" || p.hasPrefix("/callbacks/") || p == "/jobs" || p.hasPrefix("/jobs/") {
+            return false
+        } else if let r = Gateway.noRoute(state.routes.match(method: head.method, path: p), head) {
+            refusal = r
+        } else {
+            return false
+        }
+        state.requestCounter &+= 1
+        finishRequest(state, w, head, refusal, route: nil, outcome: "error",
+                      requestID: state.requestIDPrefix + String(state.requestCounter), start: w.loop.now)
+        return true
     }
 
     /// Per-request context threaded through the route pipeline.

@@ -275,7 +275,7 @@ final class HTTPConnection: IOHandler {
                     dispatch(req)
                 case .expectContinue(let consumed):
                     pendStart += consumed
-                    sendContinue()
+                    expectContinue()
                 case .error(let e):
                     fail(e)
                 }
@@ -308,7 +308,7 @@ final class HTTPConnection: IOHandler {
                         off += consumed
                         keepPending(buf + off, n - off)
                         off = n
-                        sendContinue()
+                        expectContinue()
                     case .error(let e):
                         fail(e)
                         return
@@ -421,6 +421,26 @@ final class HTTPConnection: IOHandler {
         ResponseEncoder.encode(response, into: &out, isHEAD: requestIsHEAD, keepAlive: !close,
                                versionMinor: requestVersionMinor, dateLine: context.dateCache.line())
         if flush() { outputFlushed() }
+    }
+
+    /// The head asked for `100 Continue`. The server's `continueCheck` may answer from
+    /// the head alone — the body is then never read and the connection closes after
+    /// the answer (RFC 9110 §10.1.1) —; otherwise the client is told to send the body.
+    private func expectContinue() {
+        if let check = context.shared.continueCheck, let head = parser.pendingHead {
+            let w = HTTPResponseWriter(connection: self, loop: loop, closeAfterResponse: true)
+            awaiting = true
+            writer = w
+            requestIsHEAD = head.method == "HEAD"
+            requestVersionMinor = head.versionMinor
+            if check(head, w) {
+                timerKind = .none  // answered, or to be answered: no head or body timeout now
+                return
+            }
+            awaiting = false
+            writer = nil
+        }
+        sendContinue()
     }
 
     private func sendContinue() {

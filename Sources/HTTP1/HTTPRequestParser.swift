@@ -119,6 +119,10 @@ public struct HTTPRequestParser: Sendable {
     private var emptyLineBytes = 0
     // The request being received (head done, body pending).
     private var pending: HTTPRequest? = nil
+
+    /// The head of the request whose body is being read (its `body` empty), e.g.
+    /// after `.expectContinue`; nil between requests and inside a head.
+    public var pendingHead: HTTPRequest? { pending }
     private var body: [UInt8] = []
     private var remaining = 0
     private var chunkValue = 0, chunkDigits = 0, chunkLineBytes = 0

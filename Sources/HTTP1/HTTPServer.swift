@@ -9,11 +9,15 @@ final class ServerShared: @unchecked Sendable {
     let limits: HTTPLimits
     /// Called on a loop thread; the server's user guarantees it may run on several loops at once.
     let responder: (HTTPRequest, HTTPResponseWriter) -> Void
+    /// See `HTTPServer.init(…continueCheck:…)`.
+    let continueCheck: ((HTTPRequest, HTTPResponseWriter) -> Bool)?
     /// Open client connections across all loops (lingering ones included).
     let openCount = Atomic<Int>(0)
 
-    init(limits: HTTPLimits, responder: @escaping (HTTPRequest, HTTPResponseWriter) -> Void) {
+    init(limits: HTTPLimits, continueCheck: ((HTTPRequest, HTTPResponseWriter) -> Bool)?,
+         responder: @escaping (HTTPRequest, HTTPResponseWriter) -> Void) {
         self.limits = limits
+        self.continueCheck = continueCheck
         self.responder = responder
     }
 }
@@ -210,17 +214,25 @@ public final class HTTPServer: @unchecked Sendable {
     ///   - limits: parser and connection limits.
     ///   - tls: when set, the server speaks TLS only, with this certificate and key
     ///     (loaded by `start()`). Default: nil, plain HTTP.
+    ///   - continueCheck: called on the connection's loop thread with the head (body
+    ///     empty) of a request that sent `Expect: 100-continue`, before `100 Continue`
+    ///     goes out. Return true after answering it through the writer (now or later,
+    ///     exactly once): the body is then never read and the connection closes after
+    ///     the answer (RFC 9110 §10.1.1: a server may answer with a final status
+    ///     instead). Return false, without touching the writer, to let the body come;
+    ///     the request then reaches `responder` as usual. Default nil: always `100`.
     ///   - responder: called on the connection's loop thread for every complete
     ///     request; must eventually call `respond` on the writer exactly once. It
     ///     may answer later (after timers or other I/O); the connection waits.
     public init(group: EventLoopGroup, address: SocketAddress, limits: HTTPLimits,
                 tls: TLSConfiguration? = nil,
+                continueCheck: ((HTTPRequest, HTTPResponseWriter) -> Bool)? = nil,
                 responder: @escaping (HTTPRequest, HTTPResponseWriter) -> Void) {
         self.group = group
         self.address = address
         self.limits = limits
         self.tls = tls
-        let shared = ServerShared(limits: limits, responder: responder)
+        let shared = ServerShared(limits: limits, continueCheck: continueCheck, responder: responder)
         self.shared = shared
         self.contexts = group.loops.map { LoopContext(loop: $0, shared: shared) }
     }

@@ -1,4 +1,6 @@
+import Crypto
 import Foundation
+import Gateway
 import Glibc
 import Testing
 import TestSupport
@@ -327,6 +329,44 @@ import TestSupport
         #expect(try h.request("GET", "/healthz").status == 200)
         #expect(try h.request("GET", "/readyz").status == 200)
         #expect(try h.request("GET", "/c").status == 401)
+    }
+}
+
+/// `Expect: 100-continue` (RFC 9110 §10.1.1): a request refused from its head alone gets
+/// its final answer instead of `100 Continue`, so its body is never sent.
+@Suite struct ExpectContinueTests {
+    @Test func refusedHead_GetsItsAnswerInsteadOf100_AcceptedHeadGets100() throws {
+        let up = try ScriptedServer.answering(body: "{\"charged\":true}")
+        let route = routeJSON(["name": "pay", "method": "POST", "path": "/pay",
+                               "steps": [["id": "p", "request": ["method": "POST", "url": "http://127.0.0.1:\(up.port)/p", "body": "{{request.body}}"], "timeout": "5s"]],
+                               "response": ["status": 200, "body": "{{steps.p.body}}"]])
+        let h = try GatewayHarness(routes: ["p.json": route]) { c in
+            c.apiKeys = [APIKey(name: "shop", sha256: Crypto.sha256(Array("k1".utf8)))]
+        }
+        func send(_ head: String) throws -> RawConnection {
+            let c = try h.connect()
+            #expect(c.write(head + "Host: g\r\nExpect: 100-continue\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n"))
+            return c
+        }
+        for (head, status) in [("POST /pay HTTP/1.1\r\n", 401),                                        // no key
+                               ("POST /pay HTTP/1.1\r\nAuthorization: Bearer nope\r\n", 401),         // wrong key
+                               ("POST /nowhere HTTP/1.1\r\nAuthorization: Bearer k1\r\n", 404),       // no route
+                               ("PUT /pay HTTP/1.1\r\nAuthorization: Bearer k1\r\n", 405)] {          // wrong method
+            let c = try send(head)
+            let r = try #require(c.readResponse())
+            #expect(r.status == status, "\(head)")
+            #expect(r.header("content-type") == "application/problem+json")
+            #expect(c.isClosedByPeer())
+        }
+        #expect(up.requests.isEmpty)
+
+        let c = try send("POST /pay HTTP/1.1\r\nAuthorization: Bearer k1\r\n")
+        #expect(c.readResponse()?.status == 100)
+        #expect(c.write("{\"a\":123}"))
+        let r = try #require(c.readResponse())
+        #expect(r.status == 200)
+        #expect(r.text == "{\"charged\":true}")
+        #expect(up.requests.first?.body == Array("{\"a\":123}".utf8))
     }
 }
 

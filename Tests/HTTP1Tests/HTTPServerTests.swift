@@ -56,6 +56,51 @@ import Testing
         }
     }
 
+    /// A continue check sees the head (body empty) before `100 Continue`: a refusal goes out
+    /// instead — no `100`, the body never read, the connection closed after it — while a
+    /// head it lets through gets `100` and reaches the responder with its body.
+    @Test func continueCheck_AnswersFromTheHead_OrLetsTheBodyCome() throws {
+        let check: (HTTPRequest, HTTPResponseWriter) -> Bool = { head, w in
+            #expect(head.body.isEmpty)
+            guard head.path == "/locked" else { return false }
+            w.respond(HTTPResponse(status: 401, body: Array("no \(head.method) \(head.headers["x-n"] ?? "")".utf8)))
+            return true
+        }
+        try withServer(continueCheck: check) { s in
+            let refused = try s.client()
+            refused.send("PUT /locked HTTP/1.1\r\nHost: h\r\nX-N: 7\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+            let r = try #require(refused.readResponse())
+            #expect(r.status == 401)
+            #expect(r.bodyText == "no PUT 7")
+            #expect(r.headers["Connection"]?.lowercased() == "close")
+            #expect(refused.isClosedByServer())
+
+            let let_through = try s.client()
+            let_through.send("PUT /open HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+            #expect(let_through.readResponse()?.status == 100)
+            let_through.send("data")
+            let ok = try #require(let_through.readResponse())
+            #expect(ok.status == 200)
+            #expect(ok.bodyText == "PUT /open 4")
+            // Without Expect the check is not asked: the request goes straight to the responder.
+            #expect(let_through.get("/locked")?.status == 200)
+        }
+    }
+
+    /// A continue check may answer later (after a timer); the connection waits for it.
+    @Test func continueCheck_MayAnswerLater() throws {
+        let check: (HTTPRequest, HTTPResponseWriter) -> Bool = { _, w in
+            w.loop.schedule(at: w.loop.now + .milliseconds(30)) { w.respond(HTTPResponse(status: 404)) }
+            return true
+        }
+        try withServer(continueCheck: check) { s in
+            let c = try s.client()
+            c.send("POST /x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+            #expect(c.readResponse()?.status == 404)
+            #expect(c.isClosedByServer())
+        }
+    }
+
     /// `Expect: 100-continue` with a body over the limit gets 413 (no 100) and the connection closes.
     @Test func server_Sends413AndCloses_WhenExpectedBodyIsTooLarge() throws {
         try withServer(limits: HTTPLimits(bodyBytes: 10)) { s in

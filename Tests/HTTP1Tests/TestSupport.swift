@@ -139,11 +139,12 @@ final class TestServer {
     }
 
     init(loops: Int = 1, limits: HTTPLimits = HTTPLimits(), tls: TLSConfiguration? = nil,
+         continueCheck: ((HTTPRequest, HTTPResponseWriter) -> Bool)? = nil,
          responder: @escaping (HTTPRequest, HTTPResponseWriter) -> Void = TestServer.echo) throws {
         Socket.ignoreSIGPIPE()
         group = try EventLoopGroup(count: loops)
         server = HTTPServer(group: group, address: SocketAddress(host: "127.0.0.1", port: 0),
-                            limits: limits, tls: tls, responder: responder)
+                            limits: limits, tls: tls, continueCheck: continueCheck, responder: responder)
         do {
             try server.start()
         } catch {
@@ -164,9 +165,10 @@ final class TestServer {
 
 /// Runs `body` with a fresh server and always stops it.
 func withServer(loops: Int = 1, limits: HTTPLimits = HTTPLimits(), tls: TLSConfiguration? = nil,
+                continueCheck: ((HTTPRequest, HTTPResponseWriter) -> Bool)? = nil,
                 responder: @escaping (HTTPRequest, HTTPResponseWriter) -> Void = TestServer.echo,
                 _ body: (TestServer) throws -> Void) throws {
-    let s = try TestServer(loops: loops, limits: limits, tls: tls, responder: responder)
+    let s = try TestServer(loops: loops, limits: limits, tls: tls, continueCheck: continueCheck, responder: responder)
     defer { s.stop() }
     try body(s)
 }
