@@ -133,11 +133,41 @@ public final class UpstreamClient: @unchecked Sendable {
         curl_multi_cleanup(multi)
     }
 
-    /// A new easy handle with the options every transfer shares; the per-transfer
-    /// ones are set by `UpstreamTransfer.configure` (no `curl_easy_reset` between uses).
+    /// Whether an easy handle may serve another transfer once one has finished. Not
+    /// with libcurl before 8.1.0 (curl issue #11101): it frees a handle's stored
+    /// response fields when the next transfer starts but keeps pointing at the last
+    /// one, and a response whose first field line is folded (starts with a space or a
+    /// tab) then makes it write to freed memory — any upstream, or callback receiver,
+    /// could abort the process. There each handle is replaced by a fresh one after its
+    /// transfer (`renew`); connections stay pooled in the multi handle either way.
+    public static let handlesReusable: Bool = {
+        guard let info = curl_version_info(CURLVERSION_FIRST) else { return false }  // version_num is in every age
+        return info.pointee.version_num >= 0x08_01_00
+    }()
+
+    /// A new pooled easy handle with the options every transfer shares; the
+    /// per-transfer ones are set by `UpstreamTransfer.configure` (no `curl_easy_reset`
+    /// between uses).
     private func makeHandle() -> PooledEasy {
-        let h = curl_easy_init()!
+        let pooled = PooledEasy(easy: curl_easy_init()!)
         handleCounters.handleCreated()
+        setSharedOptions(pooled)
+        allHandles.append(pooled)
+        return pooled
+    }
+
+    /// Gives `pooled` a fresh curl handle in place of the one its last transfer used
+    /// (see `handlesReusable`); it keeps its own buffers.
+    private func renew(_ pooled: PooledEasy) {
+        curl_easy_cleanup(pooled.easy)
+        pooled.replaceHandle(with: curl_easy_init()!)
+        setSharedOptions(pooled)
+        handleCounters.handleRenewed()
+    }
+
+    /// Sets the options every transfer of `pooled`'s handle shares.
+    private func setSharedOptions(_ pooled: PooledEasy) {
+        let h = pooled.easy
         _ = CCurl_easy_setopt_string(h, CURLOPT_PROTOCOLS_STR, "http,https")
         _ = CCurl_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
         _ = CCurl_easy_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)
@@ -162,15 +192,12 @@ public final class UpstreamClient: @unchecked Sendable {
             return close(fd)
         })
         _ = CCurl_easy_setopt_pointer(h, CURLOPT_CLOSESOCKETDATA, Unmanaged.passUnretained(self).toOpaque())
-        let pooled = PooledEasy(easy: h)
-        allHandles.append(pooled)
         // The handle's own object, unretained: it lives as long as the handle (in the
         // pool, or held by the transfer using it).
         let me = Unmanaged.passUnretained(pooled).toOpaque()
         _ = CCurl_easy_setopt_pointer(h, CURLOPT_PRIVATE, me)
         _ = CCurl_easy_setopt_pointer(h, CURLOPT_WRITEDATA, me)
         _ = CCurl_easy_setopt_pointer(h, CURLOPT_HEADERDATA, me)
-        return pooled
     }
 
     /// Starts one attempt. `completion` runs exactly once on the loop thread,
@@ -215,6 +242,7 @@ public final class UpstreamClient: @unchecked Sendable {
         curl_multi_remove_handle(multi, t.pooled.easy)
         t.pooled.transfer = nil
         t.easy = nil
+        if !UpstreamClient.handlesReusable { renew(t.pooled) }
         freeHandles.append(t.pooled)
         activeTransfers -= 1
         t.releaseFromCurl()
@@ -394,7 +422,7 @@ private final class CurlSocket: IOHandler {
 
 /// A pooled easy handle and which per-transfer options its last use left set.
 private final class PooledEasy {
-    let easy: UnsafeMutableRawPointer
+    private(set) var easy: UnsafeMutableRawPointer
     var customRequest = false
     var noBody = false
     var postFields = false
@@ -432,6 +460,21 @@ private final class PooledEasy {
     private static let bodyBufferKeep = 16 * 1024
 
     init(easy: UnsafeMutableRawPointer) { self.easy = easy }
+
+    /// Takes `fresh` (all options at their defaults) in place of the handle it had;
+    /// forgets what was set on the old one, keeps its buffers.
+    func replaceHandle(with fresh: UnsafeMutableRawPointer) {
+        easy = fresh
+        customRequest = false
+        noBody = false
+        postFields = false
+        resolve = false
+        connectMsSet = -1
+        maxFileSize = -1
+        proxyIsHTTPS = nil
+        url = nil
+        headerListSet = nil
+    }
 
     deinit {
         headerNodes?.deallocate()

@@ -2,6 +2,7 @@ import Dispatch
 import EventLoop
 import Glibc
 import JSON
+import Locking
 import Routes
 import Testing
 import TestSupport
@@ -68,4 +69,56 @@ import Upstream
         #expect(block.pairs.first?.1 == "a b")
         loop.execute { client = nil }
     }
+
+    /// Found by fuzz target `upstream_response` (seed fuzz/corpus/upstream_response/folded_first_header_curl_11101): with libcurl before
+    /// 8.1.0 (curl issue #11101) a reused easy handle writes to freed memory when a response's first field line is folded
+    /// — the process aborted. Handles are renewed after each transfer there: the folded response is an ordinary failure (or
+    /// answer), and the client goes on serving.
+    @Test func upstreamResponse_FoldedFirstFieldAfterAnotherTransfer_DoesNotCrash() throws {
+        let answers = ["HTTP/1.1 200 OK\r\nA: b\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+                       "HTTP/1.1 200 OK\r\n\tX: y\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+                       "HTTP/1.1 200 OK\r\nC: d\r\nConnection: close\r\nContent-Length: 4\r\n\r\nfine"]
+        let n = Counter()
+        let up = try ScriptedServer { conn, _ in
+            _ = conn.readRequest()
+            conn.write(answers[min(n.increment() - 1, answers.count - 1)])
+            shutdown(conn.fd, Int32(SHUT_WR))
+            _ = conn.isClosedByPeer()
+        }
+        let group = try EventLoopGroup(count: 1)
+        defer { group.shutdown() }
+        let loop = group.loops[0]
+        nonisolated(unsafe) var client: UpstreamClient?
+        loop.execute { client = UpstreamClient(loop: loop) }
+        func send() -> UpstreamResult? {
+            let done = DispatchSemaphore(value: 0)
+            nonisolated(unsafe) var result: UpstreamResult?
+            loop.execute {
+                client!.send(UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: loop.now + .seconds(10))) { r in
+                    result = r
+                    done.signal()
+                }
+            }
+            _ = done.wait(timeout: .now() + 20)
+            return result
+        }
+        #expect(try send()?.get().status == 200)
+        switch send() {
+        case .success(let r): #expect(r.status == 200)
+        case .failure(let f): #expect(f.kind == .protocol, "\(f)")
+        case nil: Issue.record("no result")
+        }
+        let third = try #require(try send()?.get())
+        #expect(third.body == Array("fine".utf8))
+        let stats = UpstreamClient.handleStats(onLoops: [loop])
+        #expect(stats.created == 1 && stats.unaccounted == 0, "\(stats)")
+        #expect(stats.renewed == (UpstreamClient.handlesReusable ? 0 : 3), "\(stats)")
+        loop.execute { client = nil }
+    }
+}
+
+/// A thread-safe counter for scripted upstreams.
+private final class Counter: @unchecked Sendable {
+    private let lock = Locked<Int>(0)
+    func increment() -> Int { lock.withLock { $0 += 1; return $0 } }
 }

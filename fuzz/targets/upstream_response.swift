@@ -183,15 +183,13 @@ nonisolated(unsafe) private var statusClasses = [Int](repeating: 0, count: 6)  /
 nonisolated(unsafe) private var failures: [UpstreamFailureKind: Int] = [:]
 nonisolated(unsafe) private var timeoutsRetried = 0
 nonisolated(unsafe) private var canonicalBodies = 0
-nonisolated(unsafe) private var skippedCurlIssue = 0
 nonisolated(unsafe) private var statsRegistered = false
 
 private func printStats() {
     var s = "upstream_response: successes by status class"
     for k in 1...5 { s += " \(k)xx=\(statusClasses[k])" }
     s += "; failures protocol=\(failures[.protocol] ?? 0) timeout=\(failures[.timeout] ?? 0) connect=\(failures[.connect] ?? 0)"
-    s += "; timeouts re-run=\(timeoutsRetried); canonical JSON bodies=\(canonicalBodies)"
-    s += "; left out for curl issue #11101=\(skippedCurlIssue)\n"
+    s += "; timeouts re-run=\(timeoutsRetried); canonical JSON bodies=\(canonicalBodies)\n"
     s.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
 }
 
@@ -247,35 +245,6 @@ private func check(_ result: UpstreamResult) {
     }
 }
 
-// MARK: - A known libcurl bug, left out
-
-/// libcurl before 8.1.0 frees a reused easy handle's stored response headers at the
-/// start of its next transfer but keeps pointing at the last one (curl issue #11101,
-/// fixed by curl PR #11103): when the first header line of the next response is a
-/// folded one (starts with a space or tab), libcurl appends it to that freed header —
-/// a use-after-free and a double free inside libcurl. `UpstreamClient` pools its easy
-/// handles, so with such a libcurl any upstream can trigger it (see fuzz/README.md).
-private let curlHasIssue11101: Bool = {
-    guard let info = curl_version_info(CURLVERSION_FIRST) else { return true }
-    return info.pointee.version_num < 0x08_01_00
-}()
-
-/// Whether libcurl would unfold a line of `data` onto its previous transfer's headers:
-/// a line starting with SP or HT before any line that stores a header (conservatively,
-/// lines starting with `HTTP/`, CR or LF store none).
-private func reachesCurlIssue11101(_ data: [UInt8]) -> Bool {
-    var start = 0
-    while start < data.count {
-        let c = data[start]
-        if c == 0x20 || c == 0x09 { return true }
-        let isStatus = data.count - start >= 5 && data[start..<(start + 5)].elementsEqual("HTTP/".utf8)
-        if start > 0 && c != 0x0D && c != 0x0A && !isStatus { return false }
-        guard let lf = data[start...].firstIndex(of: 0x0A) else { return false }
-        start = lf + 1
-    }
-    return false
-}
-
 @_cdecl("LLVMFuzzerTestOneInput")
 public func LLVMFuzzerTestOneInput(_ ptr: UnsafePointer<UInt8>, _ count: Int) -> Int32 {
     if !statsRegistered {
@@ -283,11 +252,6 @@ public func LLVMFuzzerTestOneInput(_ ptr: UnsafePointer<UInt8>, _ count: Int) ->
         atexit { printStats() }
     }
     let data = Array(UnsafeBufferPointer(start: ptr, count: count))
-    // Known and reported; fuzzing it again would stop every run at the same libcurl crash.
-    if curlHasIssue11101 && reachesCurlIssue11101(data) {
-        skippedCurlIssue += 1
-        return 0
-    }
     var result = harness.exchange(data, deadline: .seconds(2))
     if case .failure(let f) = result, f.kind == .timeout {
         // A busy machine may delay a transfer past 2 s; a real hang also outlasts 60 s.
