@@ -40,19 +40,9 @@ private final class Harness: @unchecked Sendable {
     init() {
         // Never through a proxy from the environment: the client reads it when created.
         setenv("no_proxy", "*", 1)
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        precondition(fd >= 0, "socket")
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var sa = sockaddr_in()
-        sa.sin_family = sa_family_t(AF_INET)
-        sa.sin_addr.s_addr = inet_addr("127.0.0.1")
-        sa.sin_port = 0
-        let bound = withUnsafePointer(to: &sa) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        precondition(bound == 0 && listen(fd, 64) == 0, "bind/listen on 127.0.0.1:0")
-        port = Socket.boundPort(fd)
+        let listener = try! Socket.listen(SocketAddress(host: "127.0.0.1", port: 0), reusePort: false, backlog: 64)
+        let fd = listener.fd
+        port = listener.port
 
         group = try! EventLoopGroup(count: 1)
         let loop = group.loops[0]
