@@ -86,7 +86,8 @@ public final class UpstreamClient: @unchecked Sendable {
     /// transfers ever in flight at once); read only by `deinit`.
     private var allHandles: [PooledEasy] = []
     private var freeHandles: [PooledEasy] = [] { didSet { handleCounters.setIdle(freeHandles.count) } }
-    /// Transfers in flight (for tests and metrics).
+    /// Transfers in flight (for tests and metrics), each counted until its handle is back
+    /// in the pool, which is after its completion ran.
     public private(set) var activeTransfers = 0 { didSet { handleCounters.setInFlight(activeTransfers) } }
     /// Easy-handle accounting, read through `handleStats` (UpstreamClient+Stats.swift).
     let handleCounters: UpstreamHandleCounters
@@ -237,15 +238,29 @@ public final class UpstreamClient: @unchecked Sendable {
         for h in allHandles { if let t = h.transfer { release(t.takeUnretainedValue()) } }
     }
 
+    /// Takes `t` out of curl and puts its handle back in the pool (renewed first when
+    /// handles are not reusable).
     fileprivate func release(_ t: UpstreamTransfer) {
-        guard t.easy != nil else { return }
+        guard let pooled = detach(t) else { return }
+        repool(pooled)
+    }
+
+    /// Takes `t` out of curl; returns its handle, which is in no pool yet and still
+    /// counted in `activeTransfers` until `repool` (nil when `t` was not in curl).
+    private func detach(_ t: UpstreamTransfer) -> PooledEasy? {
+        guard t.easy != nil else { return nil }
         curl_multi_remove_handle(multi, t.pooled.easy)
         t.pooled.transfer = nil
         t.easy = nil
-        if !UpstreamClient.handlesReusable { renew(t.pooled) }
-        freeHandles.append(t.pooled)
-        activeTransfers -= 1
         t.releaseFromCurl()
+        return t.pooled
+    }
+
+    /// Puts a detached handle back in the pool, renewed first when handles are not reusable.
+    private func repool(_ pooled: PooledEasy) {
+        if !UpstreamClient.handlesReusable { renew(pooled) }
+        freeHandles.append(pooled)
+        activeTransfers -= 1
     }
 
     // MARK: curl → loop
@@ -389,8 +404,12 @@ public final class UpstreamClient: @unchecked Sendable {
             _ = CCurl_easy_getinfo_pointer(easy, CURLINFO_PRIVATE, &ptr)
             guard let ptr, let t = Unmanaged<PooledEasy>.fromOpaque(ptr).takeUnretainedValue().transfer?.takeUnretainedValue() else { continue }
             let result = t.result(code: code)
-            release(t)
+            // The completion (which usually answers the caller) goes first; the handle's
+            // renewal after it, off that path. Transfers the completion starts take
+            // another handle meanwhile.
+            let pooled = detach(t)
             t.finish(result)
+            if let pooled { repool(pooled) }
         }
     }
 }
