@@ -608,6 +608,9 @@ public final class UpstreamTransfer {
     /// The final response's `Content-Length`, when it sent one: the body is allocated
     /// at that size on its first bytes instead of growing chunk by chunk.
     private var expectedBodyBytes = 0
+    /// The next header line starts a response (the first one, or the one after a 1xx's
+    /// blank line): only there is a line starting with `HTTP/` a status line.
+    private var atResponseStart = true
     private var tooLarge = false
     private var selfRetain: Unmanaged<UpstreamTransfer>?
 
@@ -758,12 +761,15 @@ public final class UpstreamTransfer {
     fileprivate func received(headerLine raw: UnsafeRawBufferPointer) {
         var end = raw.count
         while end > 0 && (raw[end - 1] == 0x0A || raw[end - 1] == 0x0D) { end -= 1 }
-        if end == 0 { return }
-        if end >= 5 && raw[0] == 0x48 && raw[1] == 0x54 && raw[2] == 0x54 && raw[3] == 0x50 && raw[4] == 0x2F {  // "HTTP/"
-            // A new status line (after 1xx, or a new response): start over.
-            rawHeaders.removeAll(keepingCapacity: true)
-            expectedBodyBytes = 0
-            return
+        if end == 0 { atResponseStart = true; return }  // the blank line ending a header block
+        if atResponseStart {
+            atResponseStart = false
+            if end >= 5 && raw[0] == 0x48 && raw[1] == 0x54 && raw[2] == 0x54 && raw[3] == 0x50 && raw[4] == 0x2F {  // "HTTP/"
+                // A status line (after 1xx, or a new response): start over.
+                rawHeaders.removeAll(keepingCapacity: true)
+                expectedBodyBytes = 0
+                return
+            }
         }
         if end > 15 && (raw[0] | 0x20) == UInt8(ascii: "c") && (raw[8] | 0x20) == UInt8(ascii: "l") {
             expectedBodyBytes = UpstreamTransfer.contentLength(raw, end: end) ?? expectedBodyBytes

@@ -70,6 +70,40 @@ import Upstream
         loop.execute { client = nil }
     }
 
+    /// Noted by fuzz target `upstream_response`: a field line starting with `HTTP/` inside a header block (libcurl
+    /// passes `HTTP/x: 9` on as a field; it refuses a status line there) was taken for a new status line and dropped
+    /// the fields before it. Only a response's first line, or the one after a 1xx's blank line, is a status line now.
+    @Test func upstreamHeader_HTTPSlashLineInsideTheBlock_IsNotAStatusLine() throws {
+        let answer = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nA: 1\r\nHTTP/x: 9\r\nB: 2\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+        let up = try ScriptedServer { conn, _ in
+            _ = conn.readRequest()
+            conn.write(answer)
+            shutdown(conn.fd, Int32(SHUT_WR))
+            _ = conn.isClosedByPeer()
+        }
+        let group = try EventLoopGroup(count: 1)
+        defer { group.shutdown() }
+        let loop = group.loops[0]
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: UpstreamResult?
+        nonisolated(unsafe) var client: UpstreamClient?
+        loop.execute {
+            client = UpstreamClient(loop: loop)
+            client!.send(UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: loop.now + .seconds(10))) { r in
+                result = r
+                done.signal()
+            }
+        }
+        #expect(done.wait(timeout: .now() + 20) == .success)
+        let response = try #require(try result?.get())
+        #expect(response.status == 200)
+        #expect(response.header("a") == "1")
+        #expect(response.header("b") == "2")
+        #expect(response.header("link") == nil)
+        #expect(response.body == Array("ok".utf8))
+        loop.execute { client = nil }
+    }
+
     /// Found by fuzz target `upstream_response` (seed fuzz/corpus/upstream_response/folded_first_header_curl_11101): with libcurl before
     /// 8.1.0 (curl issue #11101) a reused easy handle writes to freed memory when a response's first field line is folded
     /// — the process aborted. Handles are renewed after each transfer there: the folded response is an ordinary failure (or
