@@ -78,10 +78,12 @@ public struct UpstreamResponse: Sendable {
 
 /// Response header lines exactly as libcurl delivered them (each ending in LF),
 /// parsed into `(name, value)` pairs on first use, at most once. Lines without a
-/// colon are ignored; a value has its leading blanks and the line's trailing
-/// CR/LF removed. A CR or NUL inside a line (libcurl passes a bare CR through) is
-/// replaced by a space, as RFC 9110 §5.5 allows a recipient to do, so no name or
-/// value holds CR, LF or NUL.
+/// colon are ignored; a value has its leading and trailing blanks and the line's
+/// CR/LF removed. An obs-fold line (starting with SP or HTAB; libcurl passes it on
+/// as its own line) is joined to the previous field's value with one space, as
+/// RFC 9112 §5.2 asks of a recipient, or ignored before any field (§2.2). A CR or NUL
+/// inside a line (libcurl passes a bare CR through) is replaced by a space, as
+/// RFC 9110 §5.5 allows a recipient to do, so no name or value holds CR, LF or NUL.
 public final class UpstreamHeaderBlock: @unchecked Sendable {
     /// The header lines, each terminated by LF.
     public let raw: [UInt8]
@@ -110,12 +112,23 @@ public final class UpstreamHeaderBlock: @unchecked Sendable {
                 while end > start && (b[end - 1] == 0x0A || b[end - 1] == 0x0D) { end -= 1 }
                 defer { start = lf + 1 }
                 guard end > start else { continue }
+                func isBlank(_ c: UInt8) -> Bool { c == 0x20 || c == 0x09 || c == 0x0D || c == 0 }
+                while end > start && isBlank(b[end - 1]) { end -= 1 }
+                if b[start] == 0x20 || b[start] == 0x09 {
+                    // obs-fold: the previous field's value goes on.
+                    var cs = start
+                    while cs < end && isBlank(b[cs]) { cs += 1 }
+                    if cs < end, !out.isEmpty {
+                        out[out.count - 1].1 += out[out.count - 1].1.isEmpty ? text(b, cs..<end) : " " + text(b, cs..<end)
+                    }
+                    continue
+                }
                 var colon = start
                 while colon < end && b[colon] != UInt8(ascii: ":") { colon += 1 }
                 guard colon < end else { continue }
                 let name = text(b, start..<colon)
                 var vs = colon + 1
-                while vs < end && (b[vs] == 0x20 || b[vs] == 0x09 || b[vs] == 0x0D || b[vs] == 0) { vs += 1 }
+                while vs < end && isBlank(b[vs]) { vs += 1 }
                 out.append((name, text(b, vs..<end)))
             }
         }

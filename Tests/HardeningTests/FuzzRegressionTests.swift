@@ -70,6 +70,39 @@ import Upstream
         loop.execute { client = nil }
     }
 
+    /// Noted by fuzz target `upstream_response`: libcurl passes obs-fold lines on as lines of their own; the header
+    /// block joins each to the previous value with one space (RFC 9112 §5.2), ignores one before any field (§2.2), and
+    /// trims blanks around values (RFC 9110 §5.5) — a continuation holding a colon is no longer a field of its own.
+    @Test func upstreamHeader_ObsFold_JoinsThePreviousValue() throws {
+        let block = UpstreamHeaderBlock(raw: Array(" lead: 0\r\nA: 1\r\n  continued \r\n\tmore: x\r\nB: 2  \r\nE:\r\n\tlate\r\n".utf8))
+        #expect(block.pairs.map { "\($0.0)=\($0.1)" } == ["A=1 continued more: x", "B=2", "E=late"])
+
+        let up = try ScriptedServer { conn, _ in
+            _ = conn.readRequest()
+            conn.write("HTTP/1.1 200 OK\r\nA: 1\r\n continued\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+            shutdown(conn.fd, Int32(SHUT_WR))
+            _ = conn.isClosedByPeer()
+        }
+        let group = try EventLoopGroup(count: 1)
+        defer { group.shutdown() }
+        let loop = group.loops[0]
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: UpstreamResult?
+        nonisolated(unsafe) var client: UpstreamClient?
+        loop.execute {
+            client = UpstreamClient(loop: loop)
+            client!.send(UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: loop.now + .seconds(10))) { r in
+                result = r
+                done.signal()
+            }
+        }
+        #expect(done.wait(timeout: .now() + 20) == .success)
+        let response = try #require(try result?.get())
+        #expect(response.header("a") == "1 continued")
+        #expect(response.header("connection") == "close")
+        loop.execute { client = nil }
+    }
+
     /// Noted by fuzz target `upstream_response`: a field line starting with `HTTP/` inside a header block (libcurl
     /// passes `HTTP/x: 9` on as a field; it refuses a status line there) was taken for a new status line and dropped
     /// the fields before it. Only a response's first line, or the one after a 1xx's blank line, is a status line now.
