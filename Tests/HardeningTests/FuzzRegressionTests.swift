@@ -10,6 +10,33 @@ import Upstream
 
 /// Regression tests for inputs the fuzzers (fuzz/) turned up.
 @Suite struct FuzzRegressionTests {
+    /// One GET through a fresh `UpstreamClient` to an upstream that answers `answer`
+    /// (raw bytes, then end of stream); nil when no result came within 20 s.
+    static func fetch(_ answer: String) throws -> UpstreamResult? {
+        let up = try ScriptedServer { conn, _ in
+            _ = conn.readRequest()
+            conn.write(answer)
+            shutdown(conn.fd, Int32(SHUT_WR))
+            _ = conn.isClosedByPeer()
+        }
+        let group = try EventLoopGroup(count: 1)
+        defer { group.shutdown() }
+        let loop = group.loops[0]
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: UpstreamResult?
+        nonisolated(unsafe) var client: UpstreamClient?
+        loop.execute {
+            client = UpstreamClient(loop: loop)
+            client!.send(UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: loop.now + .seconds(10))) { r in
+                result = r
+                done.signal()
+            }
+        }
+        _ = done.wait(timeout: .now() + 20)
+        loop.execute { client = nil }
+        return result
+    }
+
     /// Context answering every reference with a string holding CR LF.
     struct CRLFContext: TemplateContext {
         func resolve(_ ref: TemplateRef) -> JSON? { .string("v\r\nInjected: 1") }
@@ -35,28 +62,7 @@ import Upstream
     /// Found by fuzz target `upstream_response` (seed fuzz/corpus/upstream_response/header_bare_cr): libcurl passes a header line with a bare CR inside through whole, and the header block kept the CR in the value; it is now a space (RFC 9110 §5.5), so no upstream header name or value holds CR, LF or NUL.
     @Test func upstreamHeader_BareCR_ReplacedBySpace() throws {
         let answer = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\nLocation: /r/1\rgContent-Length: 0\r\nX-Lead:\r value\r\nContent-Length: 2\r\n\r\n{}"
-        let up = try ScriptedServer { conn, _ in
-            _ = conn.readRequest()
-            conn.write(answer)
-            shutdown(conn.fd, Int32(SHUT_WR))
-            _ = conn.isClosedByPeer()
-        }
-        let group = try EventLoopGroup(count: 1)
-        defer { group.shutdown() }
-        let loop = group.loops[0]
-        let done = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) var result: UpstreamResult?
-        nonisolated(unsafe) var client: UpstreamClient?
-        loop.execute {
-            let c = UpstreamClient(loop: loop)
-            client = c
-            c.send(UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: loop.now + .seconds(10))) { r in
-                result = r
-                done.signal()
-            }
-        }
-        #expect(done.wait(timeout: .now() + 20) == .success)
-        let response = try #require(try result?.get())
+        let response = try #require(try Self.fetch(answer)?.get())
         #expect(response.status == 201)
         for (name, value) in response.headers {
             #expect(!(name + value).utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0 }, "\(name): \(value)")
@@ -67,7 +73,6 @@ import Upstream
         // NUL (which libcurl refuses on the wire) is replaced the same way.
         let block = UpstreamHeaderBlock(raw: Array("X-A: a\u{0}b\r\n".utf8))
         #expect(block.pairs.first?.1 == "a b")
-        loop.execute { client = nil }
     }
 
     /// Noted by fuzz target `upstream_response`: libcurl passes obs-fold lines on as lines of their own; the header
@@ -77,30 +82,9 @@ import Upstream
         let block = UpstreamHeaderBlock(raw: Array(" lead: 0\r\nA: 1\r\n  continued \r\n\tmore: x\r\nB: 2  \r\nE:\r\n\tlate\r\n".utf8))
         #expect(block.pairs.map { "\($0.0)=\($0.1)" } == ["A=1 continued more: x", "B=2", "E=late"])
 
-        let up = try ScriptedServer { conn, _ in
-            _ = conn.readRequest()
-            conn.write("HTTP/1.1 200 OK\r\nA: 1\r\n continued\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
-            shutdown(conn.fd, Int32(SHUT_WR))
-            _ = conn.isClosedByPeer()
-        }
-        let group = try EventLoopGroup(count: 1)
-        defer { group.shutdown() }
-        let loop = group.loops[0]
-        let done = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) var result: UpstreamResult?
-        nonisolated(unsafe) var client: UpstreamClient?
-        loop.execute {
-            client = UpstreamClient(loop: loop)
-            client!.send(UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: loop.now + .seconds(10))) { r in
-                result = r
-                done.signal()
-            }
-        }
-        #expect(done.wait(timeout: .now() + 20) == .success)
-        let response = try #require(try result?.get())
+        let response = try #require(try Self.fetch("HTTP/1.1 200 OK\r\nA: 1\r\n continued\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")?.get())
         #expect(response.header("a") == "1 continued")
         #expect(response.header("connection") == "close")
-        loop.execute { client = nil }
     }
 
     /// Noted by fuzz target `upstream_response`: a field line starting with `HTTP/` inside a header block (libcurl
@@ -108,33 +92,12 @@ import Upstream
     /// the fields before it. Only a response's first line, or the one after a 1xx's blank line, is a status line now.
     @Test func upstreamHeader_HTTPSlashLineInsideTheBlock_IsNotAStatusLine() throws {
         let answer = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nA: 1\r\nHTTP/x: 9\r\nB: 2\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
-        let up = try ScriptedServer { conn, _ in
-            _ = conn.readRequest()
-            conn.write(answer)
-            shutdown(conn.fd, Int32(SHUT_WR))
-            _ = conn.isClosedByPeer()
-        }
-        let group = try EventLoopGroup(count: 1)
-        defer { group.shutdown() }
-        let loop = group.loops[0]
-        let done = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) var result: UpstreamResult?
-        nonisolated(unsafe) var client: UpstreamClient?
-        loop.execute {
-            client = UpstreamClient(loop: loop)
-            client!.send(UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: loop.now + .seconds(10))) { r in
-                result = r
-                done.signal()
-            }
-        }
-        #expect(done.wait(timeout: .now() + 20) == .success)
-        let response = try #require(try result?.get())
+        let response = try #require(try Self.fetch(answer)?.get())
         #expect(response.status == 200)
         #expect(response.header("a") == "1")
         #expect(response.header("b") == "2")
         #expect(response.header("link") == nil)
         #expect(response.body == Array("ok".utf8))
-        loop.execute { client = nil }
     }
 
     /// Found by fuzz target `upstream_response` (seed fuzz/corpus/upstream_response/folded_first_header_curl_11101): with libcurl before
