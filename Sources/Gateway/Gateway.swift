@@ -332,7 +332,8 @@ public final class Gateway: @unchecked Sendable {
         let refusal: HTTPResponse
         if case .failure(let problem) = authenticate(head) {
             refusal = problem.httpResponse
-        } else if p == "/metrics" || p == "/callbacks" || p.hasPrefix("/callbacks/") || p == "/jobs" || p.hasPrefix("/jobs/") {
+        } else if (p == "/metrics" && config.adminListen == nil) || p == "/callbacks" || p.hasPrefix("/callbacks/")
+                    || p == "/jobs" || p.hasPrefix("/jobs/") {
             return false
         } else if let r = Gateway.noRoute(state.routes.match(method: head.method, path: p), head) {
             refusal = r
@@ -685,7 +686,8 @@ public final class Gateway: @unchecked Sendable {
         // the run must not hold it too, or an unfinished run would keep it for good.
         run.onFinish { [unowned self, weak entry] run in
             guard let entry else { return }
-            entry.finishedAt = state.loop.now
+            let finishedAtMs = wallClockMilliseconds()
+            entry.finishedAtMs = finishedAtMs
             self.jobsRunning.subtract(1, ordering: .relaxed)
             let r = run.response!
             state.log.log("info", "job finished", [
@@ -702,7 +704,7 @@ public final class Gateway: @unchecked Sendable {
                 journal.flush()
                 state.deliverer.enqueue(jobID: entry.id, owner: entry.owner, target: target, body: entry.callbackBody())
             }
-            journal.append([DurableState.jobFinished(job: entry.id, response: r, finishedAt: wallClockMilliseconds())])
+            journal.append([DurableState.jobFinished(job: entry.id, response: r, finishedAt: finishedAtMs)])
         }
     }
 
@@ -748,6 +750,14 @@ public final class Gateway: @unchecked Sendable {
             run = FlowRun(route: route, input: job.input, client: ls.client, jobID: job.id,
                           redactor: redactor.withLock { $0 }, upstreamBodyBytes: config.upstreamBodyBytes)
             for (i, o) in job.steps where i < route.steps.count && o.isTerminal { run.restore(step: i, outcome: o) }
+        } else if job.response != nil {
+            // Finished, but its route is gone: it cannot be shown (its steps are the
+            // route's). Past its retention it is deleted all the same, so removing a
+            // route never keeps its jobs in the journal for good.
+            if let f = job.finishedAt, wallClockMilliseconds() - f > config.jobRetention.milliseconds {
+                durable.loopJournals[ls.loop.index].append([.delete(DurableState.jobKey(job.id))])
+            }
+            return false
         } else {
             // The route is gone: the job cannot run. Its record stays in the
             // journal, so it resumes once the route is configured again.
@@ -762,9 +772,9 @@ public final class Gateway: @unchecked Sendable {
         if let response = job.response {
             jobs.add(entry)
             run.restoreFinished(response: response)
-            // Retention counts from when it finished, across restarts.
-            let age = job.finishedAt.map { max(0, wallClockMilliseconds() - $0) } ?? 0
-            entry.finishedAt = ls.loop.now + .milliseconds(-age)
+            // Retention counts from when it finished, across restarts (records from
+            // before `finished_at` was journaled count from now).
+            entry.finishedAtMs = job.finishedAt ?? wallClockMilliseconds()
             return false
         }
         track(entry, callback: job.callback, state: ls)
@@ -854,7 +864,7 @@ public final class Gateway: @unchecked Sendable {
         deliveries.sweep(deliveredBefore: now - retention.milliseconds, failedBefore: now - 7 * 86_400_000)
         for e in jobs.all {
             e.loop.execute { [jobs, durable] in
-                guard let f = e.finishedAt, e.loop.now - f > retention else { return }
+                guard let f = e.finishedAtMs, wallClockMilliseconds() - f > retention.milliseconds else { return }
                 jobs.remove(e.id)
                 // Every registered job was journaled; its records go at the next compaction.
                 durable.loopJournals[e.loop.index].append([.delete(DurableState.jobKey(e.id))])

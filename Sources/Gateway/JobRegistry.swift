@@ -19,8 +19,10 @@ final class JobEntry: @unchecked Sendable {
     let run: FlowRun
     /// The run's W3C trace id.
     let traceID: String
-    /// Monotonic time the run finished (set on `loop`, read by the sweeper on `loop`).
-    var finishedAt: Instant?
+    /// Wall-clock time the run finished, milliseconds since the Unix epoch (set on
+    /// `loop`, read by the sweeper on `loop`): retention outlasts restarts and reboots,
+    /// which the monotonic clock does not.
+    var finishedAtMs: Int64?
 
     init(id: String, owner: String, routeName: String, loop: EventLoop, createdAt: Int64, run: FlowRun, traceID: String) {
         self.traceID = traceID

@@ -434,7 +434,9 @@ final class HTTPConnection: IOHandler {
             requestIsHEAD = head.method == "HEAD"
             requestVersionMinor = head.versionMinor
             if check(head, w) {
-                timerKind = .none  // answered, or to be answered: no head or body timeout now
+                // To be answered later: no head or body timeout meanwhile. (Answered
+                // already, the connection is closing under its own linger timer.)
+                if awaiting { timerKind = .none }
                 return
             }
             awaiting = false

@@ -48,4 +48,30 @@ import TestSupport
         #expect(try h.request("GET", "/jobs/\(id)").status == 404)
         #expect(up.requests.count == 1)
     }
+
+    /// A finished job whose route is no longer configured cannot be shown, but it still
+    /// leaves the journal once its retention has passed (restoring the route then does
+    /// not bring it back).
+    @Test func expiredJobOfARemovedRoute_IsDeletedToo() throws {
+        let up = try ScriptedServer.answering(body: "{\"ok\":true}")
+        let data = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: data) }
+        let env = ["U": "http://127.0.0.1:\(up.port)"]
+        let slow = ["s.json": AsyncEndToEndTests.slowRoute(wait: "5s")]
+        let other = ["o.json": routeJSON(["name": "other", "method": "GET", "path": "/other",
+                                          "steps": [["id": "a", "request": ["method": "GET", "url": "{{env.U}}/a"], "timeout": "5s"]]])]
+        var id = ""
+        do {
+            let h = try GatewayHarness(routes: slow, env: env) { $0.data = data; $0.jobRetention = .seconds(3600) }
+            let r = try h.request("POST", "/slow", headers: [("Prefer", "respond-async")], body: "{\"n\": 1}")
+            id = try #require(r.object["job_id"] as? String)
+            #expect(try h.request("GET", "/jobs/\(id)?wait=5").object["status"] as? String == "succeeded")
+        }
+        Thread.sleep(forTimeInterval: 0.3)
+        // Without its route, and past a 100 ms retention: deleted at start-up.
+        do { _ = try GatewayHarness(routes: other, env: env) { $0.data = data; $0.jobRetention = .milliseconds(100) } }
+        // The route is back, with a long retention: the job is gone for good.
+        let h = try GatewayHarness(routes: slow, env: env) { $0.data = data; $0.jobRetention = .seconds(3600) }
+        #expect(try h.request("GET", "/jobs/\(id)").status == 404)
+    }
 }

@@ -87,6 +87,26 @@ import Testing
         }
     }
 
+    /// A connection refused from the head closes under the linger timer like any other
+    /// refused one, also while the client keeps its end open (or goes on sending).
+    @Test func continueCheck_RefusedConnection_ClosesWhileTheClientHoldsIt() throws {
+        let check: (HTTPRequest, HTTPResponseWriter) -> Bool = { _, w in
+            w.respond(HTTPResponse(status: 401))
+            return true
+        }
+        try withServer(continueCheck: check) { s in
+            let held = try (0..<3).map { _ in try s.client() }
+            for c in held {
+                c.send("POST /x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 500\r\n\r\n")
+                #expect(c.readResponse()?.status == 401)
+                c.send("part of the body")
+            }
+            // The clients never close; the server's linger (2 s) must.
+            #expect(eventually(seconds: 8) { s.server.openConnections == 0 }, "\(s.server.openConnections) open")
+            withExtendedLifetime(held) {}
+        }
+    }
+
     /// A continue check may answer later (after a timer); the connection waits for it.
     @Test func continueCheck_MayAnswerLater() throws {
         let check: (HTTPRequest, HTTPResponseWriter) -> Bool = { _, w in
