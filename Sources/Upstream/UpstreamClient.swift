@@ -458,8 +458,11 @@ private final class PooledEasy {
     var maxFileSize = -1
     /// For which scheme the proxy options are set, when the client's proxies differ by scheme.
     var proxyIsHTTPS: Bool?
-    /// The URL the handle was last given (curl keeps its own copy of text URLs).
+    /// The URL the handle was last given (as `CURLOPT_CURLU`, `parsed`).
     var url: String?
+    /// `parsedText` parsed by `curl_url_set`, kept across transfers and handle renewals.
+    private var parsed: OpaquePointer?
+    private var parsedText: String?
 
     // `CURLOPT_HTTPHEADER`'s list, rewritten in place for each transfer instead of
     // built with `curl_slist_append` (two allocations per field): node i points at the
@@ -496,9 +499,27 @@ private final class PooledEasy {
     }
 
     deinit {
+        // After the easy handle that may point at it is cleaned up (the client does
+        // that before letting go of its pooled handles).
+        curl_url_cleanup(parsed)
         headerNodes?.deallocate()
         headerText?.deallocate()
         bodyBuffer?.deallocate()
+    }
+
+    /// `text` parsed as curl parses `CURLOPT_URL` (a missing scheme is guessed, any
+    /// scheme is parsed: `CURLOPT_PROTOCOLS_STR` refuses what is not allowed), for
+    /// `CURLOPT_CURLU`; the same object while `text` stays the same. Nil when curl
+    /// cannot parse it. Only between transfers: curl reads it while one runs.
+    func parsedURL(_ text: String) -> OpaquePointer? {
+        if let parsed, parsedText == text { return parsed }
+        if parsed == nil { parsed = curl_url() }
+        parsedText = nil
+        guard let parsed,
+              curl_url_set(parsed, CURLUPART_URL, text, UInt32(CURLU_GUESS_SCHEME | CURLU_NON_SUPPORT_SCHEME)) == CURLUE_OK
+        else { return nil }
+        parsedText = text
+        return parsed
     }
 
     /// Sets the request header fields, then an empty `Expect:` when `suppressExpect`
@@ -651,12 +672,16 @@ public final class UpstreamTransfer {
         guard let h = easy else { return UpstreamFailure(kind: .protocol, message: "no handle") }
         // Undo what the handle's previous transfer set (the shared options stay).
         let p = pooled
-        // The handle keeps the URL between transfers: set it only when it changes.
+        // The handle keeps the URL between transfers: set it only when it changes. It
+        // is given parsed (`CURLOPT_CURLU`), so curl does not parse the same text again
+        // for every transfer; clearing `CURLOPT_URL` drops curl's copy of the old text.
         if p.url != request.url {
             p.url = nil
-            if CCurl_easy_setopt_string(h, CURLOPT_URL, request.url) != CURLE_OK {
-                return UpstreamFailure(kind: .protocol, message: "invalid URL")
+            guard let parsed = p.parsedURL(request.url) else {
+                return UpstreamFailure(kind: .protocol, message: String(cString: curl_easy_strerror(CURLE_URL_MALFORMAT)))
             }
+            _ = CCurl_easy_setopt_string(h, CURLOPT_URL, nil)
+            _ = CCurl_easy_setopt_pointer(h, CURLOPT_CURLU, UnsafeMutableRawPointer(parsed))
             p.url = request.url
             if proxies.http != proxies.https {
                 // The proxy depends on the scheme (set once per handle when it does not).

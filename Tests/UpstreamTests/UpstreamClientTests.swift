@@ -111,6 +111,40 @@ final class ClientHarness: @unchecked Sendable {
         #expect(up.connections == 1)
     }
 
+    /// One pooled handle serving one URL after another (given to curl parsed, and
+    /// parsed again only when the text changes) reaches each URL's own upstream, path
+    /// and query, also when a URL comes back after another.
+    @Test func changingURLs_EachReachesItsOwnTarget() throws {
+        let a = try ScriptedServer.answering(body: "{\"from\":\"a\"}")
+        let b = try ScriptedServer.answering(body: "{\"from\":\"b\"}")
+        let h = try ClientHarness()
+        let urls = ["http://127.0.0.1:\(a.port)/one?x=1", "http://127.0.0.1:\(b.port)/two", "http://127.0.0.1:\(b.port)/two",
+                    "http://127.0.0.1:\(a.port)/one?x=1", "http://127.0.0.1:\(a.port)/three?y=%20"]
+        for url in urls {
+            let r = try h.send { UpstreamRequest(method: "GET", url: url, deadline: $0 + .seconds(5)) }.get()
+            let from = url.contains(":\(a.port)/") ? "a" : "b"
+            #expect(String(decoding: r.body, as: UTF8.self) == "{\"from\":\"\(from)\"}", "\(url)")
+        }
+        #expect(a.requests.map(\.target) == ["/one?x=1", "/one?x=1", "/three?y=%20"])
+        #expect(b.requests.map(\.target) == ["/two", "/two"])
+    }
+
+    /// A URL curl cannot parse fails the attempt as `protocol` without a connection,
+    /// and the handle serves the next, valid, URL.
+    @Test func malformedURL_IsProtocolFailure_AndTheHandleServesTheNext() throws {
+        let up = try ScriptedServer.answering()
+        let h = try ClientHarness()
+        for bad in ["http://[::1/x", "http://127.0.0.1:99999/", ""] {
+            let r = h.send { UpstreamRequest(method: "GET", url: bad, deadline: $0 + .seconds(5)) }
+            guard case .failure(let f) = r else { Issue.record("expected a failure for \(bad)"); continue }
+            #expect(f.kind == .protocol, "\(bad)")
+            #expect(f.message.contains("URL"), "\(bad): \(f.message)")
+        }
+        _ = try h.send { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/ok", deadline: $0 + .seconds(5)) }.get()
+        #expect(up.requests.map(\.target) == ["/ok"])
+        #expect(h.activeTransfers == 0)
+    }
+
     /// An upstream slower than the deadline yields a `timeout` failure at the deadline.
     @Test func slowUpstream_TimesOutAtDeadline() throws {
         let up = try ScriptedServer.answering(delay: .seconds(3))
