@@ -69,20 +69,24 @@ private struct CanonicalScanner {
 
     /// A string starting at `pos` (the opening quote); on success `pos` is past the closing quote.
     mutating func string() -> Bool {
-        pos += 1
-        while pos < b.count {
-            let c = b[pos]
-            if c == 0x22 { pos += 1; return true }
-            if c < 0x20 || c >= 0x7F { return false }
+        // A local index and unchecked reads (`i < end` guards each): the loop runs
+        // once per byte of every string in a passed-through body.
+        guard let base = b.baseAddress else { return false }
+        let end = b.count
+        var i = pos + 1
+        while i < end {
+            let c = base[i]
+            if c == 0x22 { pos = i + 1; return true }
             if c == 0x5C {
-                guard pos + 1 < b.count else { return false }
-                switch b[pos + 1] {
-                case 0x22, 0x5C, 0x6E, 0x72, 0x74, 0x62, 0x66: pos += 2
+                guard i + 1 < end else { return false }
+                switch base[i + 1] {
+                case 0x22, 0x5C, 0x6E, 0x72, 0x74, 0x62, 0x66: i += 2
                 default: return false
                 }
                 continue
             }
-            pos += 1
+            if c < 0x20 || c >= 0x7F { return false }
+            i += 1
         }
         return false
     }
