@@ -43,10 +43,12 @@ final class DurableState: Sendable {
     }
 
     /// Folds one durable-write latency into `writeAheadLead` (a high-water mark that
-    /// decays by 1/32 per sample).
+    /// decays by 1/256 per sample: under load, with a batch per fsync, a spike is
+    /// remembered for about a second — the fsync tail comes back often enough that a
+    /// faster decay let a few % of `202`s wait on their record).
     func noteSyncLatency(_ nanos: Int64) {
         let old = recentSyncNanos.load(ordering: .relaxed)
-        recentSyncNanos.store(max(nanos, old - old / 32), ordering: .relaxed)
+        recentSyncNanos.store(max(nanos, old - old / 256), ordering: .relaxed)
     }
 
     // MARK: Writing

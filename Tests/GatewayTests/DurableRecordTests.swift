@@ -1,9 +1,11 @@
+import Foundation
 import Crypto
 import Flows
 import JSON
 import Jobs
 import Journal
 import Testing
+import TestSupport
 @testable import Gateway
 
 /// The job records are written straight into bytes; they must be exactly what
@@ -96,5 +98,34 @@ struct DurableRecordTests {
         let ref = JSON.object(["finished_at": .int(1_764_400_000_123), "status": .int(502), "headers": Self.pairs(resp.headers),
                                "body": .string(Crypto.base64(resp.body))]).serialized
         #expect(rec.payload == ref)
+    }
+}
+
+/// `DurableState.writeAheadLead`: how long before a wait budget ends a job record is
+/// written, from the recent durable-write latencies.
+struct WriteAheadLeadTests {
+    /// Twice the high-water latency plus 1 ms, between 2 and 50 ms; a spike is
+    /// remembered over many fast samples (it decays by 1/256 per sample) instead of
+    /// being forgotten after a few dozen.
+    @Test func lead_FollowsTheLatencyHighWater_AndForgetsASpikeSlowly() throws {
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let journal = try Journal.open(directory: dir)
+        defer { journal.close() }
+        let durable = DurableState(journal: journal)
+        #expect(durable.writeAheadLead == .milliseconds(2))  // no sample yet: the floor
+        durable.noteSyncLatency(4_000_000)
+        #expect(durable.writeAheadLead == .milliseconds(9))
+        durable.noteSyncLatency(10_000_000)  // a spike
+        #expect(durable.writeAheadLead == .milliseconds(21))
+        for _ in 0..<64 { durable.noteSyncLatency(1_000_000) }
+        // 64 fast samples later the spike still counts for most of its size:
+        // 10 ms × (255/256)^64 ≈ 7.8 ms.
+        let afterFast = durable.writeAheadLead
+        #expect(afterFast > .milliseconds(16) && afterFast < .milliseconds(17))
+        for _ in 0..<4096 { durable.noteSyncLatency(1_000_000) }
+        #expect(durable.writeAheadLead == .milliseconds(3))  // decayed to the latency seen now
+        durable.noteSyncLatency(100_000_000)
+        #expect(durable.writeAheadLead == .milliseconds(50))  // the ceiling
     }
 }
