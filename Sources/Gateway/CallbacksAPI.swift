@@ -6,67 +6,87 @@ import HTTP1
 import JSON
 import Jobs
 
+/// An operation of the callback endpoints API, decided from the request head.
+enum CallbacksOperation {
+    /// `GET|HEAD /callbacks`: the caller's endpoints.
+    case list
+    /// `POST /callbacks {"url": …}`: registers an endpoint.
+    case register
+    /// `GET|HEAD /callbacks/{id}`.
+    case show(String)
+    /// `DELETE /callbacks/{id}`.
+    case delete(String)
+    /// `GET|HEAD /callbacks/{id}/deliveries[?status=…]`.
+    case deliveries(String)
+}
+
 /// The callback endpoints API (SPEC §4): `POST/GET /callbacks`,
 /// `DELETE /callbacks/{id}`, `GET /callbacks/{id}/deliveries?status=failed`,
 /// and `POST /jobs/{id}/redeliver`. All on the request's loop thread.
 extension Gateway {
-    func handleCallbacks(_ req: HTTPRequest, _ w: HTTPResponseWriter, caller: String, state: LoopState, requestID: String, start: Instant) {
-        let parts = req.path.split(separator: "/").map(String.init)
+    /// Classifies a path under `/callbacks`: one of the API's operations; `405`
+    /// (with `Allow`) for a method its resource does not take; `404` for any other
+    /// path (`/callbacks/`, `/callbacks/{id}/`, an empty segment, an unknown sub-resource).
+    static func callbacksTarget(_ head: HTTPRequest) -> RequestTarget {
+        let s = pathSegments(head.path)
+        guard !s.contains(where: \.isEmpty) else { return .refused(noSuchResource) }
+        let m = head.method
+        let read = m == "GET" || m == "HEAD"
+        switch s.count {
+        case 1 where read: return .callbacks(.list)
+        case 1 where m == "POST": return .callbacks(.register)
+        case 1: return .refused(notAllowed(head, allow: "GET, POST"))
+        case 2 where read: return .callbacks(.show(String(s[1])))
+        case 2 where m == "DELETE": return .callbacks(.delete(String(s[1])))
+        case 2: return .refused(notAllowed(head, allow: "GET, DELETE"))
+        case 3 where s[2] == "deliveries" && read: return .callbacks(.deliveries(String(s[1])))
+        case 3 where s[2] == "deliveries": return .refused(notAllowed(head, allow: "GET"))
+        default: return .refused(noSuchResource)
+        }
+    }
+
+    /// Serves one operation of the callbacks API (classified by `callbacksTarget`).
+    func handleCallbacks(_ op: CallbacksOperation, _ req: HTTPRequest, _ w: HTTPResponseWriter, caller: String, state: LoopState,
+                         requestID: String, start: Instant) {
         let reply: (HTTPResponse) -> Void = { [unowned self] r in
             self.finishRequest(state, w, req, r, route: nil, outcome: r.status < 400 ? "sync" : "error", requestID: requestID, start: start)
         }
         let problem: (Int, String) -> Void = { status, detail in reply(Problem(status: status, detail: detail).httpResponse) }
-        let notAllowed: (String) -> Void = { allow in
-            var r = Problem(status: 405, detail: "\(req.method) is not allowed here").httpResponse
-            r.headers.append(("Allow", allow))
-            reply(r)
-        }
-        switch parts.count {
-        case 1:
-            switch req.method {
-            case "GET", "HEAD":
-                let list = endpoints.list(owner: caller).map { $0.json(includingSecret: false) }
-                reply(HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: JSON.object(["callbacks": .array(list)]).serialized))
-            case "POST":
-                guard case .object(let o)? = try? JSON.parse(req.body), case .string(let url)? = o["url"] else {
-                    return problem(400, "send {\"url\": \"https://…\"}")
-                }
-                for k in o.keys where k != "url" { return problem(400, "unknown field \(k)") }
-                guard endpoints.list(owner: caller).count < Gateway.maxEndpointsPerCaller else {
-                    return problem(422, "limit of \(Gateway.maxEndpointsPerCaller) callback endpoints per caller reached; delete some first")
-                }
-                let loop = state.loop
-                let (reply, problem) = (LoopBound(reply), LoopBound(problem))
-                policy.vetAsync(url) { [unowned self] result in
-                    loop.execute {
-                        let (reply, problem) = (reply.value, problem.value)
-                        switch result {
-                        case .success(let target):
-                            let e = self.endpoints.register(target, owner: caller)
-                            reply(HTTPResponse(status: 201, headers: [("Content-Type", "application/json"), ("Location", "/callbacks/\(e.id)")],
-                                               body: e.json(includingSecret: true).serialized))
-                        case .failure(let err):
-                            if case .malformed = err { problem(400, "url: \(err.description)") } else { problem(422, "url refused: \(err.description)") }
-                        }
+        switch op {
+        case .list:
+            let list = endpoints.list(owner: caller).map { $0.json(includingSecret: false) }
+            reply(HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: JSON.object(["callbacks": .array(list)]).serialized))
+        case .register:
+            guard case .object(let o)? = try? JSON.parse(req.body), case .string(let url)? = o["url"] else {
+                return problem(400, "send {\"url\": \"https://…\"}")
+            }
+            for k in o.keys where k != "url" { return problem(400, "unknown field \(k)") }
+            guard endpoints.list(owner: caller).count < Gateway.maxEndpointsPerCaller else {
+                return problem(422, "limit of \(Gateway.maxEndpointsPerCaller) callback endpoints per caller reached; delete some first")
+            }
+            let loop = state.loop
+            let (reply, problem) = (LoopBound(reply), LoopBound(problem))
+            policy.vetAsync(url) { [unowned self] result in
+                loop.execute {
+                    let (reply, problem) = (reply.value, problem.value)
+                    switch result {
+                    case .success(let target):
+                        let e = self.endpoints.register(target, owner: caller)
+                        reply(HTTPResponse(status: 201, headers: [("Content-Type", "application/json"), ("Location", "/callbacks/\(e.id)")],
+                                           body: e.json(includingSecret: true).serialized))
+                    case .failure(let err):
+                        if case .malformed = err { problem(400, "url: \(err.description)") } else { problem(422, "url refused: \(err.description)") }
                     }
                 }
-            default: notAllowed("GET, POST")
             }
-        case 2:
-            let id = parts[1]
+        case .show(let id):
+            guard let e = endpoints.find(id, owner: caller) else { return problem(404, "no callback endpoint \(id)") }
+            reply(HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: e.json(includingSecret: false).serialized))
+        case .delete(let id):
             guard endpoints.find(id, owner: caller) != nil else { return problem(404, "no callback endpoint \(id)") }
-            switch req.method {
-            case "GET", "HEAD":
-                let e = endpoints.find(id, owner: caller)!
-                reply(HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: e.json(includingSecret: false).serialized))
-            case "DELETE":
-                endpoints.delete(id, owner: caller)
-                reply(HTTPResponse(status: 204))
-            default: notAllowed("GET, DELETE")
-            }
-        case 3 where parts[2] == "deliveries":
-            let id = parts[1]
-            guard req.method == "GET" || req.method == "HEAD" else { return notAllowed("GET") }
+            endpoints.delete(id, owner: caller)
+            reply(HTTPResponse(status: 204))
+        case .deliveries(let id):
             guard endpoints.find(id, owner: caller) != nil else { return problem(404, "no callback endpoint \(id)") }
             var status: DeliveryStatus? = nil
             for (k, v) in FlowRun.parseQuery(req.query ?? "") where k == "status" {
@@ -75,27 +95,25 @@ extension Gateway {
             }
             let body = deliveries.listingJSON(endpointID: id, owner: caller, status: status)
             reply(HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: body.serialized))
-        default:
-            problem(404, "no such resource")
         }
     }
 
     /// The most callback endpoints one caller may register. 1000.
     static let maxEndpointsPerCaller = 1000
 
-    func handleRedeliver(_ req: HTTPRequest, _ w: HTTPResponseWriter, caller: String, state: LoopState, requestID: String, start: Instant) {
-        let parts = req.path.split(separator: "/").map(String.init)
+    /// `POST /jobs/{id}/redeliver`: sends the job's dead-lettered (or delivered) callback again.
+    func handleRedeliver(jobID: String, _ req: HTTPRequest, _ w: HTTPResponseWriter, caller: String, state: LoopState,
+                         requestID: String, start: Instant) {
         let reply: (HTTPResponse) -> Void = { [unowned self] r in
             self.finishRequest(state, w, req, r, route: nil, outcome: r.status < 400 ? "sync" : "error", requestID: requestID, start: start)
         }
-        guard parts.count == 3 else { return reply(Problem(status: 404, detail: "no such resource").httpResponse) }
-        switch state.deliverer.redeliver(jobID: parts[1], owner: caller) {
+        switch state.deliverer.redeliver(jobID: jobID, owner: caller) {
         case .success(let record):
             reply(HTTPResponse(status: 202, headers: [("Content-Type", "application/json")], body: JSON.object([
                 "job_id": .string(record.jobID), "webhook_id": .string(record.webhookID), "status": .string(record.status.rawValue),
             ]).serialized))
         case .failure(.notFound):
-            reply(Problem(status: 404, detail: "no delivery for job \(parts[1])").httpResponse)
+            reply(Problem(status: 404, detail: "no delivery for job \(jobID)").httpResponse)
         case .failure(let e):
             reply(Problem(status: 409, detail: e.description).httpResponse)
         }

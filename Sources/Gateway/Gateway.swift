@@ -263,6 +263,84 @@ public final class Gateway: @unchecked Sendable {
 
     // MARK: - Request dispatch (loop thread)
 
+    /// What a request asks for, decided from its head alone (method and path). The
+    /// one classification both `handle` (the whole request) and `refuseBeforeBody`
+    /// (the head of an `Expect: 100-continue` request) use, so they always agree.
+    enum RequestTarget {
+        /// `GET|HEAD /healthz`; no API key.
+        case health
+        /// `GET|HEAD /readyz`; no API key.
+        case readiness
+        /// `GET|HEAD /metrics` on the main listener (no `admin_listen`), or on the admin listener.
+        case metrics
+        /// An operation of the callbacks API (`/callbacks…`).
+        case callbacks(CallbacksOperation)
+        /// `GET|HEAD /jobs/{id}`.
+        case job(id: String)
+        /// `POST /jobs/{id}/redeliver`.
+        case redeliver(jobID: String)
+        /// A route takes this method and path.
+        case route(Route, params: [(String, String)])
+        /// Refused whatever the body: a `404` or `405` problem (`405` with `Allow`).
+        /// `open`: answered without an API key (a method `/healthz` or `/readyz` does not take).
+        case refused(HTTPResponse, open: Bool = false)
+
+        /// Whether the caller must authenticate before being served or refused.
+        var needsKey: Bool {
+            switch self {
+            case .health, .readiness: return false
+            case .refused(_, let open): return !open
+            case .metrics, .callbacks, .job, .redeliver, .route: return true
+            }
+        }
+    }
+
+    /// Classifies a request head on the main listener: the operations endpoints,
+    /// then the `/callbacks` and `/jobs` APIs (which own every path under them),
+    /// then the routes.
+    private func target(of head: HTTPRequest, routes: RouteTable) -> RequestTarget {
+        if let t = Gateway.operationsTarget(head, metrics: config.adminListen == nil) { return t }
+        let p = head.path
+        if p == "/callbacks" || p.hasPrefix("/callbacks/") { return Gateway.callbacksTarget(head) }
+        if p == "/jobs" || p.hasPrefix("/jobs/") { return Gateway.jobsTarget(head) }
+        switch routes.match(method: head.method, path: p) {
+        case .matched(let route, let params): return .route(route, params: params)
+        case .notFound: return .refused(Problem(status: 404, detail: "no route for \(head.method) \(p)").httpResponse)
+        case .methodNotAllowed(let allow): return .refused(Gateway.notAllowed(head, allow: allow.joined(separator: ", ")))
+        }
+    }
+
+    /// `/healthz`, `/readyz` and, when `metrics`, `/metrics`: served to `GET` and
+    /// `HEAD`, `405` to any other method. Nil for any other path.
+    private static func operationsTarget(_ head: HTTPRequest, metrics: Bool) -> RequestTarget? {
+        let t: RequestTarget
+        switch head.path {
+        case "/healthz": t = .health
+        case "/readyz": t = .readiness
+        case "/metrics" where metrics: t = .metrics
+        default: return nil
+        }
+        guard head.method == "GET" || head.method == "HEAD" else {
+            return .refused(notAllowed(head, allow: "GET, HEAD"), open: !t.needsKey)
+        }
+        return t
+    }
+
+    /// The segments of `path` after its leading `/`, empty ones kept (`/a/` → `["a", ""]`).
+    static func pathSegments(_ path: String) -> [Substring] {
+        path.dropFirst().split(separator: "/", omittingEmptySubsequences: false)
+    }
+
+    /// `404` for a path under the gateway's own APIs that names nothing.
+    static var noSuchResource: HTTPResponse { Problem(status: 404, detail: "no such resource").httpResponse }
+
+    /// `405` for `head`'s method, with `Allow: allow`.
+    static func notAllowed(_ head: HTTPRequest, allow: String) -> HTTPResponse {
+        var r = Problem(status: 405, detail: "\(head.method) is not allowed here").httpResponse
+        r.headers.append(("Allow", allow))
+        return r
+    }
+
     private func handle(_ req: HTTPRequest, _ w: HTTPResponseWriter) {
         let state = states[w.loop.index]
         state.requestCounter &+= 1
@@ -270,72 +348,44 @@ public final class Gateway: @unchecked Sendable {
         let start = w.loop.now
         if draining.load(ordering: .relaxed) { w.closeAfterResponse = true }
 
-        // Operations endpoints: never need a key.
-        if req.path == "/healthz" {
-            return w.respond(json(200, ["status": "ok"]))
+        let target = target(of: req, routes: state.routes)
+        // Authentication (SPEC §7); the operations endpoints never need a key.
+        var caller = ""
+        if target.needsKey {
+            switch authenticate(req) {
+            case .success(let name): caller = name
+            case .failure(let p):
+                return finishRequest(state, w, req, p.httpResponse, route: nil, outcome: "error", requestID: requestID, start: start)
+            }
         }
-        if req.path == "/readyz" {
-            let ready = isReady
-            return w.respond(json(ready ? 200 : 503, ["status": ready ? "ready" : "draining"]))
-        }
-
-        // Authentication (SPEC §7).
-        let caller: String
-        switch authenticate(req) {
-        case .success(let name): caller = name
-        case .failure(let p):
-            finishRequest(state, w, req, p.httpResponse, route: nil, outcome: "error", requestID: requestID, start: start)
-            return
-        }
-
-        if req.path == "/metrics" && config.adminListen == nil {
-            return serveMetrics(req, w, state: state, requestID: requestID, start: start)
-        }
-        if req.path == "/callbacks" || req.path.hasPrefix("/callbacks/") {
-            return handleCallbacks(req, w, caller: caller, state: state, requestID: requestID, start: start)
-        }
-        if req.method == "POST", req.path.hasPrefix("/jobs/"), req.path.hasSuffix("/redeliver") {
-            return handleRedeliver(req, w, caller: caller, state: state, requestID: requestID, start: start)
-        }
-        if req.path == "/jobs" || req.path.hasPrefix("/jobs/") {
-            return handleJobs(req, w, caller: caller, state: state, requestID: requestID, start: start)
-        }
-
-        let match = state.routes.match(method: req.method, path: req.path)
-        if case .matched(let route, let params) = match {
-            return runRoute(route, params: params, req, w, caller: caller, state: state, requestID: requestID, start: start)
-        }
-        finishRequest(state, w, req, Gateway.noRoute(match, req)!, route: nil, outcome: "error", requestID: requestID, start: start)
-    }
-
-    /// `404` for no route, `405` with `Allow` for a path other methods have; nil for a match.
-    private static func noRoute(_ match: RouteMatch, _ req: HTTPRequest) -> HTTPResponse? {
-        switch match {
-        case .matched: return nil
-        case .notFound: return Problem(status: 404, detail: "no route for \(req.method) \(req.path)").httpResponse
-        case .methodNotAllowed(let allow):
-            var r = Problem(status: 405, detail: "\(req.method) is not allowed here").httpResponse
-            r.headers.append(("Allow", allow.joined(separator: ", ")))
-            return r
+        switch target {
+        case .health: w.respond(healthResponse)
+        case .readiness: w.respond(readinessResponse)
+        case .metrics: serveMetrics(req, w, state: state, requestID: requestID, start: start)
+        case .callbacks(let op): handleCallbacks(op, req, w, caller: caller, state: state, requestID: requestID, start: start)
+        case .job(let id): handleJob(id, req, w, caller: caller, state: state, requestID: requestID, start: start)
+        case .redeliver(let id): handleRedeliver(jobID: id, req, w, caller: caller, state: state, requestID: requestID, start: start)
+        case .route(let route, let params):
+            runRoute(route, params: params, req, w, caller: caller, state: state, requestID: requestID, start: start)
+        case .refused(let r, _):
+            finishRequest(state, w, req, r, route: nil, outcome: "error", requestID: requestID, start: start)
         }
     }
 
     /// A request that sent `Expect: 100-continue` and would be refused from its head
-    /// alone — an unknown or missing API key (`401`), no route (`404`), a method the
-    /// path does not take (`405`) — gets that answer instead of `100 Continue`, so its
-    /// body is never sent (RFC 9110 §10.1.1); logged and counted like any request.
-    /// Returns whether it answered. Loop thread (the `HTTPServer`'s continue check).
+    /// alone — an unknown or missing API key (`401`), no route or no such resource of
+    /// the `/jobs` and `/callbacks` APIs (`404`), a method the path does not take
+    /// (`405`) — gets that answer instead of `100 Continue`, so its body is never sent
+    /// (RFC 9110 §10.1.1); logged and counted like any request. The head is classified
+    /// as `handle` classifies the whole request. Returns whether it answered. Loop
+    /// thread (the `HTTPServer`'s continue check).
     private func refuseBeforeBody(_ head: HTTPRequest, _ w: HTTPResponseWriter) -> Bool {
         let state = states[w.loop.index]
-        let p = head.path
-        if p == "/healthz" || p == "/readyz" { return false }
+        let target = target(of: head, routes: state.routes)
         let refusal: HTTPResponse
-        if case .failure(let problem) = authenticate(head) {
+        if target.needsKey, case .failure(let problem) = authenticate(head) {
             refusal = problem.httpResponse
-        } else if (p == "/metrics" && config.adminListen == nil) || p == "/callbacks" || p.hasPrefix("/callbacks/")
-                    || p == "/jobs" || p.hasPrefix("/jobs/") {
-            return false
-        } else if let r = Gateway.noRoute(state.routes.match(method: head.method, path: p), head) {
+        } else if case .refused(let r, _) = target {
             refusal = r
         } else {
             return false
@@ -796,16 +846,25 @@ public final class Gateway: @unchecked Sendable {
 
     // MARK: - Jobs API
 
-    private func handleJobs(_ req: HTTPRequest, _ w: HTTPResponseWriter, caller: String, state: LoopState, requestID: String, start: Instant) {
-        let parts = req.path.split(separator: "/", omittingEmptySubsequences: true)
-        guard parts.count == 2, req.method == "GET" || req.method == "HEAD" else {
-            let status = parts.count == 2 ? 405 : 404
-            var r = Problem(status: status, detail: status == 405 ? "use GET" : "no such resource").httpResponse
-            if status == 405 { r.headers.append(("Allow", "GET, HEAD")) }
-            finishRequest(state, w, req, r, route: nil, outcome: "error", requestID: requestID, start: start)
-            return
+    /// The `/jobs` API: `GET|HEAD /jobs/{id}` and `POST /jobs/{id}/redeliver`; `405`
+    /// for another method there, `404` for any other path under `/jobs` (`/jobs`,
+    /// `/jobs/`, `/jobs/{id}/`, an empty segment).
+    static func jobsTarget(_ head: HTTPRequest) -> RequestTarget {
+        let s = pathSegments(head.path)
+        guard !s.contains(where: \.isEmpty) else { return .refused(noSuchResource) }
+        let read = head.method == "GET" || head.method == "HEAD"
+        switch s.count {
+        case 2 where read: return .job(id: String(s[1]))
+        case 2: return .refused(notAllowed(head, allow: "GET, HEAD"))
+        case 3 where s[2] == "redeliver" && head.method == "POST": return .redeliver(jobID: String(s[1]))
+        case 3 where s[2] == "redeliver": return .refused(notAllowed(head, allow: "POST"))
+        default: return .refused(noSuchResource)
         }
-        let id = String(parts[1])
+    }
+
+    /// `GET|HEAD /jobs/{id}[?wait=N]`: the caller's job, long-polled up to N seconds (at most 60).
+    private func handleJob(_ id: String, _ req: HTTPRequest, _ w: HTTPResponseWriter, caller: String, state: LoopState,
+                           requestID: String, start: Instant) {
         guard let entry = jobs.find(id, owner: caller) else {
             let p = Problem(status: 404, detail: "no job \(id)")
             finishRequest(state, w, req, p.httpResponse, route: nil, outcome: "error", requestID: requestID, start: start)
@@ -941,15 +1000,25 @@ public final class Gateway: @unchecked Sendable {
         }
     }
 
-    /// The admin listener: `/metrics`, `/healthz`, `/readyz` only, no API key.
+    /// The admin listener: `GET|HEAD` of `/metrics`, `/healthz`, `/readyz` only, no API key.
     private func handleAdmin(_ req: HTTPRequest, _ w: HTTPResponseWriter) {
         let state = states[w.loop.index]
-        switch req.path {
-        case "/metrics": serveMetrics(req, w, state: state, requestID: "", start: w.loop.now)
-        case "/healthz": w.respond(json(200, ["status": "ok"]))
-        case "/readyz": w.respond(json(isReady ? 200 : 503, ["status": isReady ? "ready" : "draining"]))
+        switch Gateway.operationsTarget(req, metrics: true) {
+        case .metrics?: serveMetrics(req, w, state: state, requestID: "", start: w.loop.now)
+        case .health?: w.respond(healthResponse)
+        case .readiness?: w.respond(readinessResponse)
+        case .refused(let r, _)?: w.respond(r)
         default: w.respond(Problem(status: 404, detail: "the admin listener serves /metrics, /healthz and /readyz").httpResponse)
         }
+    }
+
+    /// `/healthz`: the process is alive.
+    private var healthResponse: HTTPResponse { json(200, ["status": "ok"]) }
+
+    /// `/readyz`: `200` while ready, `503` while draining.
+    private var readinessResponse: HTTPResponse {
+        let ready = isReady
+        return json(ready ? 200 : 503, ["status": ready ? "ready" : "draining"])
     }
 
     // MARK: - Helpers

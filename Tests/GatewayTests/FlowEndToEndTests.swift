@@ -368,6 +368,57 @@ import TestSupport
         #expect(r.text == "{\"charged\":true}")
         #expect(up.requests.first?.body == Array("{\"a\":123}".utf8))
     }
+
+    /// The gateway's own endpoints are classified from the head like routes: a method or
+    /// path of the `/jobs`, `/callbacks` and operations endpoints that can never succeed
+    /// gets its `404`/`405` instead of `100` (after the API key check, except for
+    /// `/healthz` and `/readyz`); what may succeed still gets `100` and is served.
+    @Test func gatewayEndpoints_RefusedFromHead_WhenNoBodyCouldSucceed() throws {
+        let h = try GatewayHarness(routes: GatewayEndpointsTests.routes) { c in
+            c.apiKeys = [APIKey(name: "shop", sha256: Crypto.sha256(Array("k1".utf8)))]
+            c.callbackAllow = ["127.0.0.0/8"]
+        }
+        func send(_ head: String, length: Int = 9) throws -> RawConnection {
+            let c = try h.connect()
+            #expect(c.write(head + "Host: g\r\nExpect: 100-continue\r\nContent-Type: application/json\r\nContent-Length: \(length)\r\n\r\n"))
+            return c
+        }
+        let key = "Authorization: Bearer k1\r\n"
+        for (head, status, allow) in [("PUT /jobs/abc HTTP/1.1\r\n" + key, 405, "GET, HEAD"),
+                                      ("POST /jobs/abc HTTP/1.1\r\n" + key, 405, "GET, HEAD"),
+                                      ("PUT /jobs/abc/redeliver HTTP/1.1\r\n" + key, 405, "POST"),
+                                      ("POST /jobs HTTP/1.1\r\n" + key, 404, nil),
+                                      ("POST /jobs/ HTTP/1.1\r\n" + key, 404, nil),
+                                      ("POST /jobs/abc/other HTTP/1.1\r\n" + key, 404, nil),
+                                      ("POST /callbacks/nope/whatever HTTP/1.1\r\n" + key, 404, nil),
+                                      ("POST /callbacks/ HTTP/1.1\r\n" + key, 404, nil),
+                                      ("PUT /callbacks HTTP/1.1\r\n" + key, 405, "GET, POST"),
+                                      ("PUT /callbacks/nope HTTP/1.1\r\n" + key, 405, "GET, DELETE"),
+                                      ("POST /callbacks/nope/deliveries HTTP/1.1\r\n" + key, 405, "GET"),
+                                      ("PUT /jobs/abc HTTP/1.1\r\n", 401, nil),                      // the key comes first
+                                      ("POST /metrics HTTP/1.1\r\n", 401, nil),
+                                      ("POST /metrics HTTP/1.1\r\n" + key, 405, "GET, HEAD"),
+                                      ("POST /healthz HTTP/1.1\r\n", 405, "GET, HEAD"),               // never needs a key
+                                      ("PUT /readyz HTTP/1.1\r\n", 405, "GET, HEAD")] as [(String, Int, String?)] {
+            let c = try send(head)
+            let r = try #require(c.readResponse(), "\(head)")
+            #expect(r.status == status, "\(head)")
+            #expect(r.header("content-type") == "application/problem+json", "\(head)")
+            #expect(r.header("allow") == allow, "\(head)")
+            #expect(c.isClosedByPeer(), "\(head)")
+        }
+
+        // Requests that may succeed get 100 and are answered after their body.
+        let body = "{\"url\": \"http://127.0.0.1:9/hook\"}"
+        let c = try send("POST /callbacks HTTP/1.1\r\n" + key, length: body.utf8.count)
+        #expect(c.readResponse()?.status == 100)
+        #expect(c.write(body))
+        #expect(c.readResponse()?.status == 201)
+        let redeliver = try send("POST /jobs/abc/redeliver HTTP/1.1\r\n" + key, length: 2)
+        #expect(redeliver.readResponse()?.status == 100)
+        #expect(redeliver.write("{}"))
+        #expect(redeliver.readResponse()?.status == 404)  // no delivery for that job
+    }
 }
 
 /// A thread-safe counter for scripted upstreams.
