@@ -90,9 +90,12 @@ public final class Gateway: @unchecked Sendable {
     /// Creates the gateway with a loaded route table. Nothing listens until `start()`.
     /// Opens the journal in `config.data` (recovery happens in `start()`).
     /// - Throws: `SystemError` when the event loops cannot be created;
-    ///   `GatewayConfig.Error` when the data directory is locked by another
-    ///   process or cannot be used.
+    ///   `GatewayConfig.Error` when a setting is out of range (`job_retention`), or
+    ///   when the data directory is locked by another process or cannot be used.
     public init(config: GatewayConfig, routes: RouteTable) throws {
+        if let problem = GatewayConfig.jobRetentionProblem(config.jobRetention) {
+            throw GatewayConfig.Error(message: "job_retention: \(problem)")
+        }
         self.config = config
         self.group = try EventLoopGroup(count: config.eventLoops)
         self.redactor = Locked(Redactor(secrets: routes.secrets))

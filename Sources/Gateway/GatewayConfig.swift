@@ -42,7 +42,8 @@ public struct GatewayConfig: Sendable {
     public var callbackSecret: String?
     /// Delay before each delivery attempt. Default: 0s, 5s, 5m, 30m, 2h, 5h, 10h, 10h.
     public var callbackRetry: [Duration] = [.zero, .seconds(5), .seconds(300), .seconds(1800), .seconds(7200), .seconds(18000), .seconds(36000), .seconds(36000)]
-    /// How long finished jobs stay queryable. Default: 24 h.
+    /// How long finished jobs stay queryable. Default: 24 h. At least 1 ms: anything
+    /// shorter is refused at start (`jobRetentionProblem`).
     public var jobRetention: Duration = .seconds(86_400)
     /// Log level: `debug`, `info` (default), `warn`, `error`.
     public var logLevel = "info"
@@ -60,6 +61,13 @@ public struct GatewayConfig: Sendable {
     public struct Error: Swift.Error, CustomStringConvertible {
         public let message: String
         public var description: String { message }
+    }
+
+    /// Why `retention` cannot be the job retention, or nil when it can. Finished jobs
+    /// are retired by the wall clock in whole milliseconds, so under 1 ms (zero or
+    /// negative included) a job would be dropped as soon as it finished.
+    static func jobRetentionProblem(_ retention: Duration) -> String? {
+        retention < .milliseconds(1) ? "must be at least 1ms (e.g. \"24h\")" : nil
     }
 
     /// Reads a JSON config file (SPEC §1); unknown keys are an error.
@@ -100,7 +108,9 @@ public struct GatewayConfig: Sendable {
             case "data": c.data = try string(key, v)
             case "event_loops": c.eventLoops = try int(key, v)
             case "drain_timeout": c.drainTimeout = try duration(key, v)
-            case "job_retention": c.jobRetention = try duration(key, v)
+            case "job_retention":
+                c.jobRetention = try duration(key, v)
+                if let problem = jobRetentionProblem(c.jobRetention) { throw fail(key, problem) }
             case "log_level":
                 let l = try string(key, v)
                 guard ["debug", "info", "warn", "error"].contains(l) else { throw fail(key, "must be debug, info, warn or error") }

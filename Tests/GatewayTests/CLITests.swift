@@ -5,8 +5,10 @@ import TestSupport
 
 /// The real `switchboard` binary: `check`, `serve` logs and SIGTERM drain.
 @Suite struct CLITests {
-    /// Runs the binary to completion and returns (exit code, stdout, stderr).
-    static func run(_ args: [String], env: [String: String] = [:]) throws -> (Int32, String, String) {
+    /// Runs the binary to completion and returns (exit code, stdout, stderr). With a
+    /// `timeout`, a process still running then gets SIGTERM (a `serve` that should
+    /// have refused to start drains and exits 0).
+    static func run(_ args: [String], env: [String: String] = [:], timeout: Duration? = nil) throws -> (Int32, String, String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: try switchboardBinary())
         p.arguments = args
@@ -15,6 +17,11 @@ import TestSupport
         p.standardOutput = out
         p.standardError = err
         try p.run()
+        let stop = DispatchWorkItem { if p.isRunning { p.terminate() } }
+        if let timeout {
+            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(Int(timeout.milliseconds)), execute: stop)
+        }
+        defer { stop.cancel() }
         let o = out.fileHandleForReading.readDataToEndOfFile()
         let e = err.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()

@@ -1,4 +1,7 @@
 import Foundation
+import Gateway
+import Glibc
+import Routes
 import Testing
 import TestSupport
 
@@ -73,5 +76,48 @@ import TestSupport
         // The route is back, with a long retention: the job is gone for good.
         let h = try GatewayHarness(routes: slow, env: env) { $0.data = data; $0.jobRetention = .seconds(3600) }
         #expect(try h.request("GET", "/jobs/\(id)").status == 404)
+    }
+
+    /// `serve` refuses a config file whose `job_retention` is under 1 ms (zero included)
+    /// with a `file: job_retention: message` line and exit code 1, before listening.
+    @Test func serve_RefusesJobRetentionUnder1ms_WithFileFieldMessage() throws {
+        let dir = try makeTempDir(), configDir = try makeTempDir()
+        defer {
+            try? FileManager.default.removeItem(atPath: dir)
+            try? FileManager.default.removeItem(atPath: configDir)
+        }
+        for (name, text) in GatewayEndpointsTests.routes { try text.write(toFile: "\(dir)/\(name)", atomically: true, encoding: .utf8) }
+        let config = "\(configDir)/config.json"
+        for value in ["0s", "0ms", "0.0001ms"] {
+            try "{\"job_retention\": \"\(value)\"}".write(toFile: config, atomically: true, encoding: .utf8)
+            let (code, out, err) = try CLITests.run(["serve", "--config", config, "--routes", dir, "--listen", "127.0.0.1:0",
+                                                     "--data", "\(dir)/data", "--event-loops", "1"], timeout: .seconds(20))
+            #expect(code == 1, "\(value)")
+            #expect(err == "\(config): job_retention: must be at least 1ms (e.g. \"24h\")\n", "\(value)")
+            #expect(!out.contains("listening"), "\(value)")
+        }
+        // The smallest retention allowed starts.
+        try "{\"job_retention\": \"1ms\"}".write(toFile: config, atomically: true, encoding: .utf8)
+        #expect(try GatewayConfig.load(file: config).jobRetention == .milliseconds(1))
+        let server = try CLITests.Server(routesDir: dir, env: [:], extra: ["--config", config])
+        #expect(try RawConnection(port: server.port).request("GET", "/healthz")?.status == 200)
+        kill(server.process.processIdentifier, SIGTERM)
+        server.process.waitUntilExit()
+        #expect(server.process.terminationStatus == 0)
+    }
+
+    /// A configuration built in code is checked too: the gateway refuses to start with a
+    /// zero or negative retention (`job_retention: message`).
+    @Test func gateway_RefusesZeroOrNegativeJobRetention() throws {
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for retention in [Duration.zero, .seconds(-5)] {
+            var c = GatewayConfig()
+            c.data = "\(dir)/data"
+            c.jobRetention = retention
+            let error = #expect(throws: GatewayConfig.Error.self) { _ = try Gateway(config: c, routes: try RouteTable(routes: [])) }
+            #expect(error?.message == "job_retention: must be at least 1ms (e.g. \"24h\")")
+        }
+        #expect(!FileManager.default.fileExists(atPath: "\(dir)/data"))  // refused before the journal is opened
     }
 }
