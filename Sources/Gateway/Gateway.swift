@@ -399,8 +399,10 @@ public final class Gateway: @unchecked Sendable {
         return true
     }
 
-    /// Per-request context threaded through the route pipeline.
-    struct RouteCall {
+    /// Per-request context threaded through the route pipeline: one object per
+    /// request, shared by the steps and the waiting caller instead of copied into
+    /// each (a copy retained every field). Loop thread only.
+    final class RouteCall {
         let route: Route
         let params: [(String, String)]
         let req: HTTPRequest
@@ -409,15 +411,29 @@ public final class Gateway: @unchecked Sendable {
         let state: LoopState
         let requestID: String
         let start: Instant
+        /// The parsed request body, when the route reads it (set before the run starts).
         var body: JSON?
+        /// Where the job's result goes, when the caller asked for a callback (set before the run starts).
         var callback: DeliveryTarget?
+
+        init(route: Route, params: [(String, String)], req: HTTPRequest, w: HTTPResponseWriter, caller: String,
+             state: LoopState, requestID: String, start: Instant) {
+            self.route = route
+            self.params = params
+            self.req = req
+            self.w = w
+            self.caller = caller
+            self.state = state
+            self.requestID = requestID
+            self.start = start
+        }
     }
 
     /// Step 1: parse the body when the route reads it, then resolve the callback target.
     private func runRoute(_ route: Route, params: [(String, String)], _ req: HTTPRequest, _ w: HTTPResponseWriter,
                           caller: String, state: LoopState, requestID: String, start: Instant) {
-        var call = RouteCall(route: route, params: params, req: req, w: w, caller: caller, state: state,
-                             requestID: requestID, start: start, body: nil, callback: nil)
+        let call = RouteCall(route: route, params: params, req: req, w: w, caller: caller, state: state,
+                             requestID: requestID, start: start)
         if route.readsRequestBody {
             do { call.body = try JSON.parse(req.body) } catch {
                 return refuse(call, Problem(status: 400, detail: "the request body must be JSON: \(error)"))
@@ -438,9 +454,8 @@ public final class Gateway: @unchecked Sendable {
                     let call = pending.value
                     switch result {
                     case .success(let target):
-                        var c = call
-                        c.callback = .url(target.url.text)
-                        self.applyIdempotency(c)
+                        call.callback = .url(target.url.text)
+                        self.applyIdempotency(call)
                     case .failure(let e):
                         let status = { if case .malformed = e { return 400 } else { return 422 } }()
                         self.refuse(call, Problem(status: status, detail: "Callback-URL refused: \(e.description)"))
