@@ -104,18 +104,16 @@ struct DurableRecordTests {
 /// `DurableState.writeAheadLead`: how long before a wait budget ends a job record is
 /// written, from the recent durable-write latencies.
 struct WriteAheadLeadTests {
-    /// Twice the high-water latency plus 1 ms, between 2 and 50 ms; a spike is
-    /// remembered over many fast samples (it decays by 1/256 per sample) instead of
-    /// being forgotten after a few dozen.
+    /// Twice the high-water latency (5 ms until measured) plus 1 ms, between 2 and
+    /// 50 ms; a spike is remembered over many fast samples (it decays by 1/256 per
+    /// sample) instead of being forgotten after a few dozen.
     @Test func lead_FollowsTheLatencyHighWater_AndForgetsASpikeSlowly() throws {
         let dir = try makeTempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let journal = try Journal.open(directory: dir)
         defer { journal.close() }
         let durable = DurableState(journal: journal)
-        #expect(durable.writeAheadLead == .milliseconds(2))  // no sample yet: the floor
-        durable.noteSyncLatency(4_000_000)
-        #expect(durable.writeAheadLead == .milliseconds(9))
+        #expect(durable.writeAheadLead == .milliseconds(11))  // no sample yet: 5 ms assumed
         durable.noteSyncLatency(10_000_000)  // a spike
         #expect(durable.writeAheadLead == .milliseconds(21))
         for _ in 0..<64 { durable.noteSyncLatency(1_000_000) }
@@ -125,6 +123,8 @@ struct WriteAheadLeadTests {
         #expect(afterFast > .milliseconds(16) && afterFast < .milliseconds(17))
         for _ in 0..<4096 { durable.noteSyncLatency(1_000_000) }
         #expect(durable.writeAheadLead == .milliseconds(3))  // decayed to the latency seen now
+        for _ in 0..<4096 { durable.noteSyncLatency(100_000) }
+        #expect(durable.writeAheadLead == .milliseconds(2))  // the floor
         durable.noteSyncLatency(100_000_000)
         #expect(durable.writeAheadLead == .milliseconds(50))  // the ceiling
     }
