@@ -259,6 +259,7 @@ public final class UpstreamClient: @unchecked Sendable {
     /// Puts a detached handle back in the pool, renewed first when handles are not reusable.
     private func repool(_ pooled: PooledEasy) {
         if !UpstreamClient.handlesReusable { renew(pooled) }
+        pooled.forgetLongURL()
         freeHandles.append(pooled)
         activeTransfers -= 1
     }
@@ -505,6 +506,22 @@ private final class PooledEasy {
         headerNodes?.deallocate()
         headerText?.deallocate()
         bodyBuffer?.deallocate()
+    }
+
+    /// URLs longer than this many bytes are parsed for their transfer only: an idle
+    /// handle does not keep them (a URL templated from a request body can be
+    /// megabytes long, and the pool holds as many handles as were ever in flight).
+    static let keptURLBytes = 2048
+
+    /// Drops the parsed URL and its text when the URL is longer than `keptURLBytes`
+    /// (the handle is given its next URL anew). Between transfers only.
+    func forgetLongURL() {
+        guard let text = parsedText, text.utf8.count > PooledEasy.keptURLBytes else { return }
+        if url != nil { _ = CCurl_easy_setopt_pointer(easy, CURLOPT_CURLU, nil) }
+        url = nil
+        curl_url_cleanup(parsed)
+        parsed = nil
+        parsedText = nil
     }
 
     /// `text` parsed as curl parses `CURLOPT_URL` (a missing scheme is guessed, any

@@ -201,6 +201,46 @@ struct UpstreamFaultMemoryProbe {
                 "\(fault.name): a loop's handle pool grew past the storm's concurrency: \(m.poolsBefore) -> \(m.poolsAfter)")
     }
 
+    /// Step URLs templated from request bodies (100 KB each, 20 at a time): once the
+    /// transfers are over, the idle handle pool keeps none of them (a pooled handle
+    /// keeps only URLs up to `keptURLBytes` parsed), so the heap returns to its baseline.
+    @Test func longURLStorm_ThePoolKeepsNoLongURL() throws {
+        let gw = try HardeningGateway(routes: [
+            "long.json": jsonText(["name": "long", "method": "POST", "path": "/long", "wait": "30s",
+                                   "steps": [["id": "up", "timeout": probeStepTimeout,
+                                              "request": ["method": "GET", "url": "http://127.0.0.1:\(closedPort())/h?x={{request.body.x}}"]]]]),
+        ])
+        func post(x: String) -> [Int] {
+            let body = "{\"x\":\"\(x)\"}"
+            let statuses = Shared<[Int]>([])
+            let workers = (0..<stormConcurrency).map { _ in
+                Background {
+                    for _ in 0..<3 {
+                        let status = (try? gw.connect(timeout: .seconds(15)).request("POST", "/long", headers: [("Content-Type", "application/json")], body: Array(body.utf8)))?.status ?? 0
+                        statuses.with { $0.append(status) }
+                    }
+                }
+            }
+            for w in workers { w.join() }
+            return statuses.get
+        }
+        func idle() -> Bool {
+            eventually(timeout: .seconds(15)) { gw.upstreamHandles.inFlight == 0 && gw.metric("switchboard_jobs_running") == 0 }
+        }
+        // Warm-up with short URLs: the pool grows to the storm's concurrency.
+        let warm = post(x: "a")
+        #expect(idle(), "\(gw.upstreamHandles)")
+        let before = steadyHeapBytes()
+        let measured = post(x: String(repeating: "a", count: 100_000))
+        #expect(idle(), "\(gw.upstreamHandles)")
+        let after = steadyHeapBytes()
+        print("memory-probe long URLs: heap \(before) -> \(after) bytes (\(after - before)); \(gw.upstreamHandles)")
+        #expect((warm + measured).allSatisfy { $0 == 502 }, "\(Set(warm + measured))")
+        // 20 idle handles each keeping a 100 KB URL twice (text and parsed) would be ~4 MB.
+        #expect(after - before < heapTolerance, "the idle pool kept long URLs: heap grew by \(after - before) bytes")
+        #expect(gw.upstreamHandles.live >= stormConcurrency / 2, "the storm ran concurrently: \(gw.upstreamHandles)")
+    }
+
     /// The measurement is sharp enough: a deliberate leak of 2 KiB per request (in the upstream, same process) shows up as heap growth above the tolerance.
     @Test func selfTest_ADeliberate2KiBPerRequestLeak_IsCaught() throws {
         let fault = try #require(upstreamFaults.first { $0.name == "closes before answering" })
@@ -236,6 +276,6 @@ struct UpstreamFaultMemoryProbe {
         for l in lines { print(l) }
         #expect(finished, "the probe did not finish within 300 s")
         #expect(p.terminationStatus == 0, "the probe failed:\n\(text.suffix(6000))")
-        #expect(lines.count == upstreamFaults.count + 1, "every fault mode and the self-test reported (\(lines.count)):\n\(text.suffix(3000))")
+        #expect(lines.count == upstreamFaults.count + 2, "every fault mode, the long URLs and the self-test reported (\(lines.count)):\n\(text.suffix(3000))")
     }
 }
