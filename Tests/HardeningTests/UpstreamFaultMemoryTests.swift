@@ -235,7 +235,8 @@ struct UpstreamFaultMemoryProbe {
         #expect(idle(), "\(gw.upstreamHandles)")
         let after = steadyHeapBytes()
         print("memory-probe long URLs: heap \(before) -> \(after) bytes (\(after - before)); \(gw.upstreamHandles)")
-        #expect((warm + measured).allSatisfy { $0 == 502 }, "\(Set(warm + measured))")
+        // Refused connections: 502, or 504 when the short step timeout ends first on a busy machine.
+        #expect((warm + measured).allSatisfy { $0 == 502 || $0 == 504 }, "\(Set(warm + measured))")
         // 20 idle handles each keeping a 100 KB URL twice (text and parsed) would be ~4 MB.
         #expect(after - before < heapTolerance, "the idle pool kept long URLs: heap grew by \(after - before) bytes")
         #expect(gw.upstreamHandles.live >= stormConcurrency / 2, "the storm ran concurrently: \(gw.upstreamHandles)")
