@@ -293,7 +293,7 @@ public final class FlowRun {
         let status = kind == .timeout ? 504 : 502
         let detail = "step \(step.id) failed: \(message)"
         var resp = Problem(status: status, detail: detail, extensions: ext).response
-        resp.body = redactor.redact(resp.body)
+        resp.body = redactor.redactJSON(resp.body)
         for j in route.steps.indices where outcomes[j].state == .pending {
             skip(j, because: "run failed at step \(step.id)")
         }
@@ -327,7 +327,7 @@ public final class FlowRun {
             top["steps"] = .object(steps)
             if isPartial { top["partial"] = .bool(true) }
             headers.append(("Content-Type", "application/json"))
-            return FlowResponse(status: 200, headers: headers, body: redactor.redact(JSON.object(top).serialized))
+            return FlowResponse(status: 200, headers: headers, body: redactor.redactJSON(JSON.object(top).serialized))
         }
         let ctx = RunContext(run: self, step: nil, deadline: .distantFuture)
         do {
@@ -342,7 +342,7 @@ public final class FlowRun {
                 try b.serialize(ctx, into: &body)
                 if !hasContentType { headers.append(("Content-Type", "application/json")) }
             }
-            return FlowResponse(status: spec.status, headers: headers, body: redactor.redact(body))
+            return FlowResponse(status: spec.status, headers: headers, body: redactor.redactJSON(body))
         } catch {
             let ref = error.reference
             return Problem(status: 502, detail: "the route's response needs {{\(ref)}}, which the steps did not provide",

@@ -1,5 +1,4 @@
 import EventLoop
-import Glibc
 import JSON
 import Synchronization
 import Upstream
@@ -190,67 +189,5 @@ public struct FlowResponse: Sendable {
         self.status = status
         self.headers = headers
         self.body = body
-    }
-}
-
-/// Replaces every occurrence of configured secrets (values of `{{env.*}}`) with
-/// `[redacted]`, for anything Switchboard writes to a caller, a job or a log.
-/// Immutable and `Sendable`. The common case — no secret occurs — costs one
-/// `memmem` scan per secret over the bytes, with no allocation.
-public struct Redactor: Sendable {
-    /// The secrets, longest first; empty strings and strings under 4 bytes are
-    /// ignored (too short to redact without destroying ordinary text).
-    public let secrets: [[UInt8]]
-
-    public init(secrets: [String]) {
-        self.secrets = secrets.map { Array($0.utf8) }.filter { $0.count >= 4 }.sorted { $0.count > $1.count }
-    }
-
-    /// `text` with every secret replaced.
-    public func redact(_ text: String) -> String {
-        guard !secrets.isEmpty else { return text }
-        let bytes = Array(text.utf8)
-        let r = redact(bytes)
-        return r == bytes ? text : String(decoding: r, as: UTF8.self)
-    }
-
-    /// `bytes` (UTF-8) with every secret replaced; returns the input when none occurs.
-    public func redact(_ bytes: [UInt8]) -> [UInt8] {
-        var current = bytes
-        for secret in secrets where Redactor.find(secret, in: current, from: 0) != nil {
-            var out: [UInt8] = []
-            out.reserveCapacity(current.count)
-            var i = 0
-            while let hit = Redactor.find(secret, in: current, from: i) {
-                out.append(contentsOf: current[i..<hit])
-                out.append(contentsOf: Redactor.marker)
-                i = hit + secret.count
-            }
-            out.append(contentsOf: current[i...])
-            current = out
-        }
-        return current
-    }
-
-    private static let marker = Array("[redacted]".utf8)
-
-    /// Offset of the first occurrence of `needle` in `haystack` at or after `from`
-    /// (`memchr` for the first byte, then `memcmp`).
-    private static func find(_ needle: [UInt8], in haystack: [UInt8], from: Int) -> Int? {
-        guard haystack.count - from >= needle.count else { return nil }
-        return haystack.withUnsafeBytes { h in
-            needle.withUnsafeBytes { n in
-                let base = h.baseAddress!
-                let last = h.count - n.count  // last offset where a match can start
-                var i = from
-                while i <= last {
-                    guard let p = memchr(base + i, Int32(n[0]), last - i + 1) else { return nil }
-                    let at = base.distance(to: UnsafeRawPointer(p))
-                    if memcmp(base + at, n.baseAddress!, n.count) == 0 { return at }
-                    i = at + 1
-                }
-                return nil
-            }
-        }
     }
 }

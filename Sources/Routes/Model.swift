@@ -37,7 +37,8 @@ public final class Route: Sendable {
     public let criticalPath: Duration
     /// The step indexes along ``criticalPath``, first to last.
     public let criticalPathSteps: [Int]
-    /// The non-empty `{{env.*}}` values this route's templates use (secrets to redact).
+    /// The `{{env.*}}` values this route's templates use that are secrets to redact: those
+    /// of at least ``Template/minimumSecretBytes`` bytes.
     public let secrets: [String]
 
     init(name: String, method: String, path: PathPattern, wait: Duration, maxWait: Duration, steps: [Step],

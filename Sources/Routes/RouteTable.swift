@@ -21,8 +21,9 @@ public enum RouteMatch: Sendable {
 public struct RouteTable: Sendable {
     /// The routes in load order (files sorted by name).
     public let routes: [Route]
-    /// Every non-empty `{{env.*}}` value used by any route, unique, longest first: redact
-    /// these from anything logged or returned.
+    /// Every route's ``Route/secrets`` (`{{env.*}}` values of at least
+    /// ``Template/minimumSecretBytes`` bytes), unique, longest first: redact these from
+    /// anything logged or returned.
     public let secrets: [String]
 
     /// Patterns grouped by segment count (index), most specific first.
@@ -97,7 +98,7 @@ public struct RouteTable: Sendable {
         var seen: Set<String> = []
         var secrets: [String] = []
         for route in routes {
-            for s in route.secrets where !s.isEmpty && seen.insert(s).inserted { secrets.append(s) }
+            for s in route.secrets where seen.insert(s).inserted { secrets.append(s) }
         }
         self.secrets = secrets.sorted { $0.utf8.count != $1.utf8.count ? $0.utf8.count > $1.utf8.count : $0 < $1 }
     }

@@ -101,8 +101,15 @@ public struct Template: Sendable, Equatable {
     public let source: String
     /// Whether an `{{env.*}}` value was substituted into the text.
     public let containsSecret: Bool
-    /// The environment values substituted into the text.
+    /// The environment values substituted into the text that count as secrets (at least
+    /// ``minimumSecretBytes`` long).
     let secretValues: [String]
+
+    /// The shortest `{{env.*}}` value treated as a secret (redacted from responses and
+    /// logs), in bytes: 8. Shorter values — flags (`true`), versions, ports, region names —
+    /// collide with ordinary data (a redacted `true` would break every JSON body holding
+    /// the literal), and credentials are longer.
+    public static let minimumSecretBytes = 8
 
     init(parts: [Part], source: String, secretValues: [String], containsSecret: Bool) {
         self.parts = parts
@@ -458,7 +465,7 @@ struct TemplateCompiler {
                     }
                     literal.append(contentsOf: value.utf8)
                     containsSecret = true
-                    if !value.isEmpty { secrets.append(value) }
+                    if value.utf8.count >= Template.minimumSecretBytes { secrets.append(value) }
                 case .success(.ref(let ref)):
                     if !literal.isEmpty {
                         parts.append(.literal(String(decoding: literal, as: UTF8.self)))

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Gateway
 import Glibc
+import JSON
 import Testing
 import TestSupport
 
@@ -179,6 +180,59 @@ import TestSupport
         #expect(up.requests.first?.header("authorization") == "Bearer \(secret)")
         #expect(!r.text.contains(secret))
         #expect(r.text.contains("[redacted]"))
+    }
+
+    /// Short env values (a flag, a year, a region) are not secrets: an upstream JSON body
+    /// holding them reaches the caller byte for byte.
+    @Test func envShortValues_LeaveUpstreamJSONUnchanged() throws {
+        let upstreamBody = #"{"ok":true,"year":2024,"region":"eu-west","port":50051}"#
+        let up = try ScriptedServer.answering(body: upstreamBody)
+        let route = routeJSON(["name": "f", "method": "GET", "path": "/f",
+                               "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/",
+                                                                  "headers": ["X-Flag": "{{env.FLAG}}", "X-Year": "{{env.YEAR}}",
+                                                                              "X-Region": "{{env.REGION}}", "X-Port": "{{env.PORT}}"]],
+                                          "timeout": "1s"]],
+                               "response": ["status": 200, "body": "{{steps.s.body}}"]])
+        let h = try GatewayHarness(routes: ["f.json": route], env: ["U": "http://127.0.0.1:\(up.port)", "FLAG": "true", "YEAR": "2024",
+                                                                    "REGION": "eu-west", "PORT": "50051"])
+        let r = try h.request("GET", "/f")
+        #expect(r.status == 200)
+        #expect(up.requests.first?.header("x-flag") == "true")
+        #expect(r.text == upstreamBody)
+    }
+
+    /// A secret echoed by the upstream as a JSON number is redacted from the default
+    /// response and from a problem body, and both stay valid JSON.
+    @Test func envSecret_InJSONNumber_IsRedacted_AndBodyStaysJSON() throws {
+        let secret = "12345678901"
+        let up = try ScriptedServer { conn, server in
+            while let req = conn.readRequest() {
+                server.record(req)
+                let account = req.header("x-account") ?? ""
+                let body = "{\"account\":\(account),\"note\":\"acct \(account)\",\"ok\":true}"
+                let status = req.target == "/fail" ? 500 : 200
+                conn.write("HTTP/1.1 \(status) X\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+            }
+        }
+        let route = routeJSON(["name": "a", "method": "GET", "path": "/a/{mode}",
+                               "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/{{request.path.mode}}",
+                                                                  "headers": ["X-Account": "{{env.ACCOUNT}}"]],
+                                          "timeout": "1s"]]])
+        let h = try GatewayHarness(routes: ["a.json": route], env: ["U": "http://127.0.0.1:\(up.port)", "ACCOUNT": secret])
+
+        let ok = try h.request("GET", "/a/ok")
+        #expect(ok.status == 200)
+        #expect(up.requests.first?.header("x-account") == secret)
+        #expect(ok.text == #"{"steps":{"s":{"status":200,"body":{"account":"[redacted]","note":"acct [redacted]","ok":true}}}}"#)
+        #expect((try? JSON.parse(ok.body)) != nil)
+
+        let failed = try h.request("GET", "/a/fail")
+        #expect(failed.status == 502)
+        #expect(failed.header("content-type") == "application/problem+json")
+        #expect(!failed.text.contains(secret))
+        #expect((try? JSON.parse(failed.body)) != nil)
+        #expect((failed.object["upstream_body"] as? [String: Any])?["account"] as? String == "[redacted]")
+        #expect((failed.object["upstream_body"] as? [String: Any])?["ok"] as? Bool == true)
     }
 
     /// Garbage from an upstream gives a 502 naming the step, and the gateway keeps serving.

@@ -129,6 +129,22 @@ import Testing
         #expect(header.containsSecret)
         #expect(header.source == "Bearer {{env.API_TOKEN}}")
     }
+
+    /// env values under 8 bytes (a flag, a year, a port, a region) are substituted but not
+    /// collected as secrets: redacting them would mangle ordinary data.
+    @Test func secrets_SkipValuesShorterThan8Bytes() throws {
+        let steps = #"{"id": "a", "request": {"url": "http://up.example:{{env.PORT}}/x", "#
+            + #""headers": {"X-Flag": "{{env.FLAG}}", "X-Year": "{{env.YEAR}}", "X-Region": "{{env.REGION}}", "#
+            + #""Authorization": "Bearer {{env.API_TOKEN}}"}}}"#
+        var environment = testEnvironment
+        for (name, value) in [("PORT", "50051"), ("FLAG", "true"), ("YEAR", "2024"), ("REGION", "eu-west")] { environment[name] = value }
+        let route = try parseRoute(routeFile(steps: steps), environment: environment)
+        #expect(route.secrets == ["tok_secret_123"])
+        #expect(route.steps[0].request.headers[0].value.literal == "true")
+        #expect(route.steps[0].request.headers[0].value.containsSecret)
+        let table = try RouteLoader.load(files: [(name: "routes/t.json", data: Array(routeFile(steps: steps).utf8))], environment: environment)
+        #expect(table.secrets == ["tok_secret_123"])
+    }
 }
 
 extension String {
