@@ -35,12 +35,12 @@ extension Gateway {
         switch s.count {
         case 1 where read: return .callbacks(.list)
         case 1 where m == "POST": return .callbacks(.register)
-        case 1: return .refused(notAllowed(head, allow: "GET, POST"))
+        case 1: return .refused(notAllowed(head, allow: "GET, HEAD, POST"))
         case 2 where read: return .callbacks(.show(String(s[1])))
         case 2 where m == "DELETE": return .callbacks(.delete(String(s[1])))
-        case 2: return .refused(notAllowed(head, allow: "GET, DELETE"))
+        case 2: return .refused(notAllowed(head, allow: "GET, HEAD, DELETE"))
         case 3 where s[2] == "deliveries" && read: return .callbacks(.deliveries(String(s[1])))
-        case 3 where s[2] == "deliveries": return .refused(notAllowed(head, allow: "GET"))
+        case 3 where s[2] == "deliveries": return .refused(notAllowed(head, allow: "GET, HEAD"))
         default: return .refused(noSuchResource)
         }
     }

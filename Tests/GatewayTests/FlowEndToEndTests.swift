@@ -446,9 +446,9 @@ import TestSupport
                                       ("POST /jobs/abc/other HTTP/1.1\r\n" + key, 404, nil),
                                       ("POST /callbacks/nope/whatever HTTP/1.1\r\n" + key, 404, nil),
                                       ("POST /callbacks/ HTTP/1.1\r\n" + key, 404, nil),
-                                      ("PUT /callbacks HTTP/1.1\r\n" + key, 405, "GET, POST"),
-                                      ("PUT /callbacks/nope HTTP/1.1\r\n" + key, 405, "GET, DELETE"),
-                                      ("POST /callbacks/nope/deliveries HTTP/1.1\r\n" + key, 405, "GET"),
+                                      ("PUT /callbacks HTTP/1.1\r\n" + key, 405, "GET, HEAD, POST"),
+                                      ("PUT /callbacks/nope HTTP/1.1\r\n" + key, 405, "GET, HEAD, DELETE"),
+                                      ("POST /callbacks/nope/deliveries HTTP/1.1\r\n" + key, 405, "GET, HEAD"),
                                       ("PUT /jobs/abc HTTP/1.1\r\n", 401, nil),                      // the key comes first
                                       ("POST /metrics HTTP/1.1\r\n", 401, nil),
                                       ("POST /metrics HTTP/1.1\r\n" + key, 405, "GET, HEAD"),

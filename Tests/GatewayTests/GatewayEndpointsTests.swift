@@ -57,9 +57,9 @@ import TestSupport
         for (method, path, allow) in [("PUT", "/jobs/0123456789abcdef0123456789abcdef", "GET, HEAD"),
                                       ("DELETE", "/jobs/abc", "GET, HEAD"),
                                       ("GET", "/jobs/abc/redeliver", "POST"),
-                                      ("PATCH", "/callbacks", "GET, POST"),
-                                      ("PUT", "/callbacks/nope", "GET, DELETE"),
-                                      ("DELETE", "/callbacks/nope/deliveries", "GET")] {
+                                      ("PATCH", "/callbacks", "GET, HEAD, POST"),
+                                      ("PUT", "/callbacks/nope", "GET, HEAD, DELETE"),
+                                      ("DELETE", "/callbacks/nope/deliveries", "GET, HEAD")] {
             Self.expectProblem(try h.request(method, path), 405, allow: allow, "\(method) \(path)")
         }
     }
@@ -90,7 +90,8 @@ import TestSupport
         #expect(try h.request("HEAD", "/readyz").status == 200)
     }
 
-    /// The admin listener answers the same way: `GET`/`HEAD` only, `405` otherwise.
+    /// The admin listener answers the same way: `GET`/`HEAD` only, `405` otherwise,
+    /// `404` for any other path — from the head when the request expects `100`.
     @Test func adminListener_RefusesOtherMethods() throws {
         let h = try GatewayHarness(routes: Self.routes) { $0.adminListen = SocketAddress(host: "127.0.0.1", port: 0) }
         let admin = try #require(h.gateway.adminPort)
@@ -100,5 +101,15 @@ import TestSupport
             #expect(try RawConnection(port: admin).request("GET", path)?.status == 200)
         }
         Self.expectProblem(try #require(RawConnection(port: admin).request("GET", "/jobs")), 404, "admin GET /jobs")
+        // With `Expect: 100-continue`, from the head: the refusal instead of `100`, then close.
+        for (head, status, allow) in [("POST /metrics", 405, "GET, HEAD"), ("PUT /healthz", 405, "GET, HEAD"),
+                                      ("POST /other", 404, nil)] as [(String, Int, String?)] {
+            let c = try RawConnection(port: admin)
+            #expect(c.write(head + " HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"))
+            let r = try #require(c.readResponse(), "admin \(head)")
+            #expect(r.status == status, "admin \(head)")
+            #expect(r.header("allow") == allow, "admin \(head)")
+            #expect(c.isClosedByPeer(), "admin \(head)")
+        }
     }
 }
