@@ -181,7 +181,8 @@ public final class Gateway: @unchecked Sendable {
         try recover()
         try server.start()
         if let admin = config.adminListen {
-            adminServer = HTTPServer(group: group, address: admin, limits: config.limits) { [unowned self] req, w in
+            adminServer = HTTPServer(group: group, address: admin, limits: config.limits,
+                                     continueCheck: { [unowned self] head, w in self.refuseAdminBeforeBody(head, w) }) { [unowned self] req, w in
                 self.handleAdmin(req, w)
             }
             try adminServer!.start()
@@ -357,8 +358,8 @@ public final class Gateway: @unchecked Sendable {
         if target.needsKey {
             switch authenticate(req) {
             case .success(let name): caller = name
-            case .failure(let p):
-                return finishRequest(state, w, req, p.httpResponse, route: nil, outcome: "error", requestID: requestID, start: start)
+            case .failure(let refusal):
+                return finishRequest(state, w, req, refusal, route: nil, outcome: "error", requestID: requestID, start: start)
             }
         }
         switch target {
@@ -386,8 +387,8 @@ public final class Gateway: @unchecked Sendable {
         let state = states[w.loop.index]
         let target = target(of: head, routes: state.routes)
         let refusal: HTTPResponse
-        if target.needsKey, case .failure(let problem) = authenticate(head) {
-            refusal = problem.httpResponse
+        if target.needsKey, case .failure(let r) = authenticate(head) {
+            refusal = r
         } else if case .refused(let r, _) = target {
             refusal = r
         } else {
@@ -1021,13 +1022,29 @@ public final class Gateway: @unchecked Sendable {
     /// The admin listener: `GET|HEAD` of `/metrics`, `/healthz`, `/readyz` only, no API key.
     private func handleAdmin(_ req: HTTPRequest, _ w: HTTPResponseWriter) {
         let state = states[w.loop.index]
-        switch Gateway.operationsTarget(req, metrics: true) {
-        case .metrics?: serveMetrics(req, w, state: state, requestID: "", start: w.loop.now)
-        case .health?: w.respond(healthResponse)
-        case .readiness?: w.respond(readinessResponse)
-        case .refused(let r, _)?: w.respond(r)
-        default: w.respond(Problem(status: 404, detail: "the admin listener serves /metrics, /healthz and /readyz").httpResponse)
+        switch Gateway.adminTarget(req) {
+        case .metrics: serveMetrics(req, w, state: state, requestID: "", start: w.loop.now)
+        case .health: w.respond(healthResponse)
+        case .readiness: w.respond(readinessResponse)
+        case .refused(let r, _): w.respond(r)
+        default: break  // adminTarget answers nothing else
         }
+    }
+
+    /// What a request head asks of the admin listener: an operations endpoint, or a
+    /// `404`/`405` refusal.
+    private static func adminTarget(_ head: HTTPRequest) -> RequestTarget {
+        operationsTarget(head, metrics: true)
+            ?? .refused(Problem(status: 404, detail: "the admin listener serves /metrics, /healthz and /readyz").httpResponse)
+    }
+
+    /// The admin listener's `Expect: 100-continue` check: a head it refuses whatever
+    /// the body (every one but `GET`/`HEAD` of its three paths) gets the refusal
+    /// instead of `100 Continue` (RFC 9110 §10.1.1). Loop thread.
+    private func refuseAdminBeforeBody(_ head: HTTPRequest, _ w: HTTPResponseWriter) -> Bool {
+        guard case .refused(let r, _) = Gateway.adminTarget(head) else { return false }
+        w.respond(r)
+        return true
     }
 
     /// `/healthz`: the process is alive.
@@ -1042,20 +1059,29 @@ public final class Gateway: @unchecked Sendable {
     // MARK: - Helpers
 
     private enum AuthResult {
+        /// The caller's name (the key's), empty when no API keys are configured.
         case success(String)
-        case failure(Problem)
+        /// The `401` to answer.
+        case failure(HTTPResponse)
     }
 
-    /// `Authorization: Bearer <key>` checked against the configured SHA-256 hashes in constant time.
+    /// `Authorization: Bearer <key>` checked against the configured SHA-256 hashes in
+    /// constant time. A refusal is a `401` problem with `WWW-Authenticate: Bearer`
+    /// (RFC 9110 §11.6.1, RFC 6750 §3).
     private func authenticate(_ req: HTTPRequest) -> AuthResult {
         if config.apiKeys.isEmpty { return .success("") }
+        func refuse(_ detail: String, _ challenge: String) -> AuthResult {
+            var r = Problem(status: 401, detail: detail).httpResponse
+            r.headers.append(("WWW-Authenticate", challenge))
+            return .failure(r)
+        }
         guard let h = req.headers["authorization"], h.count > 7, h.prefix(7).lowercased() == "bearer " else {
-            return .failure(Problem(status: 401, detail: "send Authorization: Bearer <api key>"))
+            return refuse("send Authorization: Bearer <api key>", "Bearer")
         }
         let digest = Crypto.sha256(Array(h.dropFirst(7).utf8))
         var found: String? = nil
         for k in config.apiKeys where Crypto.constantTimeEquals(k.sha256, digest) { found = k.name }
-        guard let name = found else { return .failure(Problem(status: 401, detail: "unknown API key")) }
+        guard let name = found else { return refuse("unknown API key", "Bearer error=\"invalid_token\"") }
         return .success(name)
     }
 

@@ -221,12 +221,16 @@ import TestSupport
         #expect(up.requests.count == 1)
     }
 
-    /// With API keys: a missing or wrong key is 401; another caller's job is 404; the owner sees it.
+    /// With API keys: a missing or wrong key is 401 with a `WWW-Authenticate` challenge;
+    /// another caller's job is 404; the owner sees it.
     @Test func apiKeys_IsolateCallers() throws {
         let up = try ScriptedServer.answering(delay: .milliseconds(300))
         let h = try Self.harness(up, keys: [("shop", "key-shop"), ("crm", "key-crm")])
-        #expect(try h.request("POST", "/slow", body: "{\"n\":1}").status == 401)
-        #expect(try h.request("POST", "/slow", headers: [("Authorization", "Bearer nope")], body: "{\"n\":1}").status == 401)
+        // A 401 names the scheme to use (RFC 9110 §11.6.1), and says when the key was wrong (RFC 6750 §3).
+        let missing = try h.request("POST", "/slow", body: "{\"n\":1}")
+        #expect(missing.status == 401 && missing.header("www-authenticate") == "Bearer")
+        let wrong = try h.request("POST", "/slow", headers: [("Authorization", "Bearer nope")], body: "{\"n\":1}")
+        #expect(wrong.status == 401 && wrong.header("www-authenticate") == "Bearer error=\"invalid_token\"")
         let r = try h.request("POST", "/slow", headers: [("Authorization", "Bearer key-shop")], body: "{\"n\":1}")
         #expect(r.status == 202)
         let id = try #require(r.object["job_id"] as? String)
