@@ -376,10 +376,33 @@ public struct HTTPRequestParser: Sendable {
         return .more
     }
 
+    /// Whether `t` is a request-target of a form a server takes (RFC 9112 §3.2):
+    /// origin-form (`/path?query`), absolute-form with an `http` or `https` scheme
+    /// (any case), or asterisk-form (`*`) for `OPTIONS` only. Authority-form (for
+    /// `CONNECT`, which this server does not proxy) and anything else are refused,
+    /// as nginx does (`GET healthz` → `400`).
+    static func hasValidTargetForm(_ t: UnsafeBufferPointer<UInt8>, methodIsOPTIONS: Bool) -> Bool {
+        guard let first = t.first else { return false }
+        if first == UInt8(ascii: "/") { return true }
+        if first == UInt8(ascii: "*") { return t.count == 1 && methodIsOPTIONS }
+        func hasPrefix(_ s: StaticString) -> Bool {
+            let n = s.utf8CodeUnitCount
+            guard t.count > n else { return false }  // an authority must follow
+            for k in 0..<n where t[k] | 0x20 != s.utf8Start[k] | 0x20 { return false }
+            return true
+        }
+        return hasPrefix("http://") || hasPrefix("https://")
+    }
+
     /// Builds the request from a complete head and decides the framing (RFC 9112 §6.3).
     /// - Returns: a result to hand back at once, or nil to go on with the body.
     private mutating func finishHead(consumed: Int) -> Result? {
         let h = head
+        let form = h.withUnsafeBufferPointer { hp in
+            HTTPRequestParser.hasValidTargetForm(UnsafeBufferPointer(rebasing: hp[targetStart..<targetEnd]),
+                                                 methodIsOPTIONS: methodEnd == 7 && hp[0..<7].elementsEqual("OPTIONS".utf8))
+        }
+        guard form else { return failResult(.invalidTarget) }
         var hostCount = 0
         var clSeen = false, clInvalid = false, clConflict = false, clHave = false
         var contentLength = 0

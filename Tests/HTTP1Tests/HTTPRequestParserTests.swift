@@ -172,6 +172,14 @@ private let modes = [false, true]
         #expect(root.path == "/")
     }
 
+    /// `OPTIONS *` (asterisk-form) is taken, `*` for any other method is not (RFC 9112 §3.2.4).
+    @Test func parser_TakesAsteriskForm_OnlyForOPTIONS() throws {
+        let r = try #require(parseAll("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", byteByByte: true).first?.request)
+        #expect(r.target == "*")
+        #expect(parseAll("OPTIONSX * HTTP/1.1\r\nHost: a\r\n\r\n", byteByByte: false).first?.error == .invalidTarget)
+        #expect(parseAll("OPTIONS */x HTTP/1.1\r\nHost: a\r\n\r\n", byteByByte: false).first?.error == .invalidTarget)
+    }
+
     /// Limits are inclusive: a request line, header section and body exactly at their limits pass; one byte less fails.
     @Test(arguments: modes)
     func parser_EnforcesLimitsInclusively_WhenAtOrOverLimit(byteByByte: Bool) {

@@ -102,6 +102,7 @@ let corpus: [CorpusCase] = {
         .ok("empty field value", get("X-Empty:\r\n")),
         .ok("HTAB inside a field value", get("X-A: a\tb\r\n")),
         .ok("absolute-form request target", "GET http://a/healthz HTTP/1.1\r\nHost: a\r\n\r\n"),
+        .ok("absolute-form request target, https, scheme in capitals", "GET HTTPS://a/healthz HTTP/1.1\r\nHost: a\r\n\r\n"),
         .ok("query string on the target", "GET /healthz?a=1&b=%20 HTTP/1.1\r\nHost: a\r\n\r\n"),
         .ok("HTTP/1.0 with keep-alive", "GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"),
         .ok("Expect 100-continue with no body needs no interim", get("Expect: 100-continue\r\n")),
@@ -125,6 +126,8 @@ let corpus: [CorpusCase] = {
     // MARK: request line
     c += [
         .bad("missing HTTP version", "GET /healthz\r\nHost: a\r\n\r\n"),
+        .bad("request target without a leading slash", "GET healthz HTTP/1.1\r\nHost: a\r\n\r\n"),
+        .bad("asterisk-form target on GET", "GET * HTTP/1.1\r\nHost: a\r\n\r\n"),
         .bad("two spaces after the method", "GET  /healthz HTTP/1.1\r\nHost: a\r\n\r\n"),
         .bad("two spaces before the version", "GET /healthz  HTTP/1.1\r\nHost: a\r\n\r\n"),
         .bad("tab as request-line separator", "GET\t/healthz HTTP/1.1\r\nHost: a\r\n\r\n"),
