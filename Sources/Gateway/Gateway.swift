@@ -175,7 +175,8 @@ public final class Gateway: @unchecked Sendable {
     /// - Throws: `SystemError` when the address cannot be bound.
     public func start() throws {
         server = HTTPServer(group: group, address: config.listen, limits: config.limits, tls: config.tls,
-                            continueCheck: { [unowned self] head, w in self.refuseBeforeBody(head, w) }) { [unowned self] req, w in
+                            continueCheck: { [unowned self] head, w in self.refuseBeforeBody(head, w) },
+                            onRefusal: { [unowned self] r in self.recordRefusal(r) }) { [unowned self] req, w in
             self.handle(req, w)
         }
         try recover()
@@ -1095,14 +1096,31 @@ public final class Gateway: @unchecked Sendable {
                                route: String?, outcome: String, requestID: String, start: Instant, jobID: String? = nil,
                                traceID: String? = nil) {
         w.respond(r)
+        record(state, method: req.method, path: req.path, status: r.status, bytes: r.body.count, route: route,
+               outcome: outcome, requestID: requestID, start: start, jobID: jobID, traceID: traceID)
+    }
+
+    /// Counts an answered request and writes its log line (SPEC §8). Fields: request_id,
+    /// route (when matched), method and path (when known), status, duration_ms,
+    /// outcome, bytes, job_id and trace_id when set. Loop thread.
+    private func record(_ state: LoopState, method: String?, path: String?, status: Int, bytes: Int, route: String?,
+                        outcome: String, requestID: String, start: Instant, jobID: String? = nil, traceID: String? = nil) {
         let seconds = Double((Instant.now() - start).nanosecondsClamped) / 1e9
         let ms = seconds * 1000
-        state.metrics.request(route: route ?? "", outcome: outcome, status: r.status, seconds: seconds)
-        // Fields: request_id, route (when matched), method, path, status, duration_ms,
-        // outcome, bytes, job_id and trace_id when set (written without a field array).
-        state.log.logRequest(requestID: requestID, route: route, method: req.method, path: req.path, status: r.status,
-                             durationMs: (ms * 1000).rounded() / 1000, outcome: outcome, bytes: r.body.count,
+        state.metrics.request(route: route ?? "", outcome: outcome, status: status, seconds: seconds)
+        state.log.logRequest(requestID: requestID, route: route, method: method, path: path, status: status,
+                             durationMs: (ms * 1000).rounded() / 1000, outcome: outcome, bytes: bytes,
                              jobID: jobID, traceID: traceID)
+    }
+
+    /// A request the HTTP layer answered itself (unparseable, over a limit, too slow:
+    /// `400`, `408`, `413`, `414`, `431`, `501`, `505`) is logged and counted like any
+    /// refusal, with outcome `error` (SPEC §8). On the refusing connection's loop.
+    private func recordRefusal(_ r: HTTPRefusal) {
+        let state = states[r.loop.index]
+        state.requestCounter &+= 1
+        record(state, method: r.method, path: r.path, status: r.error.status, bytes: r.bytes, route: nil,
+               outcome: "error", requestID: state.requestIDPrefix + String(state.requestCounter), start: r.start)
     }
 }
 

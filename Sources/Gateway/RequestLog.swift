@@ -64,10 +64,11 @@ public final class LogBuffer {
     }
 
     /// The `request` line (`info`): the same bytes as `log("info", "request", fields)`
-    /// with the fields `request_id`, `route` (when matched), `method`, `path`,
-    /// `status`, `duration_ms`, `outcome`, `bytes`, then `job_id` and `trace_id`
-    /// when given — written straight to the buffer, without a field array.
-    public func logRequest(requestID: String, route: String?, method: String, path: String, status: Int,
+    /// with the fields `request_id`, `route` (when matched), `method` and `path` (when
+    /// known: not for a request whose head could not be read), `status`,
+    /// `duration_ms`, `outcome`, `bytes`, then `job_id` and `trace_id` when given —
+    /// written straight to the buffer, without a field array.
+    public func logRequest(requestID: String, route: String?, method: String?, path: String?, status: Int,
                            durationMs: Double, outcome: String, bytes: Int, jobID: String?, traceID: String?) {
         guard LogBuffer.rank("info") >= minimumLevel else { return }
         appendTimeLevelMessage("info", "request")
@@ -77,10 +78,14 @@ public final class LogBuffer {
             pending.append(contentsOf: LogBuffer.kRoute)
             JSON.appendQuoted(route, to: &pending)
         }
-        pending.append(contentsOf: LogBuffer.kMethod)
-        JSON.appendQuoted(method, to: &pending)
-        pending.append(contentsOf: LogBuffer.kPath)
-        JSON.appendQuoted(path, to: &pending)
+        if let method {
+            pending.append(contentsOf: LogBuffer.kMethod)
+            JSON.appendQuoted(method, to: &pending)
+        }
+        if let path {
+            pending.append(contentsOf: LogBuffer.kPath)
+            JSON.appendQuoted(path, to: &pending)
+        }
         pending.append(contentsOf: LogBuffer.kStatus)
         JSON.appendInteger(Int64(status), to: &pending)
         pending.append(contentsOf: LogBuffer.kDurationMs)

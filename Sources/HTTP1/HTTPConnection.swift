@@ -450,13 +450,23 @@ final class HTTPConnection: IOHandler {
         _ = flush()
     }
 
-    /// Answers a parse error or timeout with a problem and closes.
+    /// Answers a parse error or timeout with a problem and closes; tells the server's
+    /// `onRefusal` observer.
     private func fail(_ e: HTTPParseError) {
         guard !closed else { return }
+        // The request began when its head timer was armed (from its first byte), else
+        // (a body, or between requests) it is taken as now.
+        let start = timerKind == .head ? deadline + (.zero - limits.headerTimeout) : loop.now
         closeAfterFlush = true
         timerKind = .none
-        ResponseEncoder.encode(e.response, into: &out, isHEAD: false, keepAlive: false,
+        let response = e.response
+        ResponseEncoder.encode(response, into: &out, isHEAD: false, keepAlive: false,
                                versionMinor: 1, dateLine: context.dateCache.line())
+        if let observe = context.shared.onRefusal {
+            let head = parser.methodAndPath
+            observe(HTTPRefusal(error: e, method: head?.method, path: head?.path, start: start,
+                                bytes: response.body.count, loop: loop))
+        }
         if flush() { outputFlushed() }
     }
 

@@ -123,6 +123,13 @@ public struct HTTPRequestParser: Sendable {
     /// The head of the request whose body is being read (its `body` empty), e.g.
     /// after `.expectContinue`; nil between requests and inside a head.
     public var pendingHead: HTTPRequest? { pending }
+    /// The method and path of the request being received, once its head has been
+    /// read whole (also when the head was then refused, e.g. for a body over the
+    /// limit); nil before, and between requests. For logging a refusal.
+    public var methodAndPath: (method: String, path: String)? {
+        pending.map { ($0.method, $0.path) } ?? headMethodAndPath
+    }
+    private var headMethodAndPath: (method: String, path: String)?
     private var body: [UInt8] = []
     private var remaining = 0
     private var chunkValue = 0, chunkDigits = 0, chunkLineBytes = 0
@@ -418,6 +425,7 @@ public struct HTTPRequestParser: Sendable {
             let t = UnsafeBufferPointer(rebasing: hp[targetStart..<targetEnd])
             target = String(decoding: t, as: UTF8.self)
             (path, query) = HTTPRequest.splitTarget(t)
+            headMethodAndPath = (method, path)
             for f in fields {
                 let ns = Int(f.nameStart), ne = Int(f.nameEnd), vs = Int(f.valueStart)
                 var ve = Int(f.valueEnd)
@@ -525,6 +533,7 @@ public struct HTTPRequestParser: Sendable {
     }
 
     private mutating func resetHead() {
+        headMethodAndPath = nil
         if head.capacity > 8192 { head = [] } else { head.removeAll(keepingCapacity: true) }
         if fields.capacity > 256 { fields = [] } else { fields.removeAll(keepingCapacity: true) }
         emptyLineBytes = 0

@@ -11,13 +11,16 @@ final class ServerShared: @unchecked Sendable {
     let responder: (HTTPRequest, HTTPResponseWriter) -> Void
     /// See `HTTPServer.init(…continueCheck:…)`.
     let continueCheck: ((HTTPRequest, HTTPResponseWriter) -> Bool)?
+    /// See `HTTPServer.init(…onRefusal:…)`.
+    let onRefusal: ((HTTPRefusal) -> Void)?
     /// Open client connections across all loops (lingering ones included).
     let openCount = Atomic<Int>(0)
 
     init(limits: HTTPLimits, continueCheck: ((HTTPRequest, HTTPResponseWriter) -> Bool)?,
-         responder: @escaping (HTTPRequest, HTTPResponseWriter) -> Void) {
+         onRefusal: ((HTTPRefusal) -> Void)?, responder: @escaping (HTTPRequest, HTTPResponseWriter) -> Void) {
         self.limits = limits
         self.continueCheck = continueCheck
+        self.onRefusal = onRefusal
         self.responder = responder
     }
 }
@@ -221,18 +224,24 @@ public final class HTTPServer: @unchecked Sendable {
     ///     the answer (RFC 9110 §10.1.1: a server may answer with a final status
     ///     instead). Return false, without touching the writer, to let the body come;
     ///     the request then reaches `responder` as usual. Default nil: always `100`.
+    ///   - onRefusal: called on the connection's loop thread after the server itself
+    ///     answered a request it could not take — unparseable (`400`), over a limit
+    ///     (`413`, `414`, `431`), too slow (`408`), an unsupported version or coding
+    ///     (`505`, `501`) — with a problem and a close, without `responder` seeing it
+    ///     (for request logs and metrics). Default nil.
     ///   - responder: called on the connection's loop thread for every complete
     ///     request; must eventually call `respond` on the writer exactly once. It
     ///     may answer later (after timers or other I/O); the connection waits.
     public init(group: EventLoopGroup, address: SocketAddress, limits: HTTPLimits,
                 tls: TLSConfiguration? = nil,
                 continueCheck: ((HTTPRequest, HTTPResponseWriter) -> Bool)? = nil,
+                onRefusal: ((HTTPRefusal) -> Void)? = nil,
                 responder: @escaping (HTTPRequest, HTTPResponseWriter) -> Void) {
         self.group = group
         self.address = address
         self.limits = limits
         self.tls = tls
-        let shared = ServerShared(limits: limits, continueCheck: continueCheck, responder: responder)
+        let shared = ServerShared(limits: limits, continueCheck: continueCheck, onRefusal: onRefusal, responder: responder)
         self.shared = shared
         self.contexts = group.loops.map { LoopContext(loop: $0, shared: shared) }
     }

@@ -120,6 +120,46 @@ import TestSupport
         #expect(up.requests.first?.header("x-key") == secret)
     }
 
+    /// Requests the HTTP layer refuses on its own — unparseable (400), a body over the
+    /// limit (413), a request line over the limit (414) — get one log line each (with
+    /// method and path when the head was read whole) and count as `outcome="error"`
+    /// (SPEC §8).
+    @Test func serve_LogsAndCountsRequestsTheHTTPLayerRefuses() throws {
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try routeJSON(["name": "r", "method": "POST", "path": "/r", "response": ["status": 200, "body": ["ok": true]]])
+            .write(toFile: "\(dir)/r.json", atomically: true, encoding: .utf8)
+        let config = try makeTempDir() + "/config.json"  // not among the route files
+        defer { try? FileManager.default.removeItem(atPath: (config as NSString).deletingLastPathComponent) }
+        try "{\"limits\": {\"body_bytes\": 1000}}".write(toFile: config, atomically: true, encoding: .utf8)
+        let server = try Server(routesDir: dir, env: [:], extra: ["--config", config])
+        func send(_ raw: String) -> Int? {
+            guard let c = try? RawConnection(port: server.port), c.write(raw) else { return nil }
+            return c.readResponse()?.status
+        }
+        #expect(send("GET / HTTP/1.1\r\n\r\n") == 400)  // no Host
+        #expect(send("POST /r HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n") == 413)
+        #expect(send("GET /" + String(repeating: "a", count: 20_000) + " HTTP/1.1\r\nHost: a\r\n\r\n") == 414)
+        let metrics = try #require(RawConnection(port: server.port).request("GET", "/metrics"))
+        let e = try Exposition(metrics.text)
+        for status in ["400", "413", "414"] {
+            #expect(e.value("switchboard_requests_total", ["route": "", "outcome": "error", "status": status]) == 1, "\(status)")
+        }
+        kill(server.process.processIdentifier, SIGTERM)
+        server.process.waitUntilExit()
+        let lines = server.log.split(separator: "\n")
+            .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            .filter { $0["msg"] as? String == "request" && $0["outcome"] as? String == "error" }
+        #expect(lines.map { $0["status"] as? Int } == [400, 413, 414])
+        let tooLarge = try #require(lines.first { $0["status"] as? Int == 413 })
+        #expect(tooLarge["method"] as? String == "POST" && tooLarge["path"] as? String == "/r")
+        #expect(tooLarge["request_id"] is String && tooLarge["route"] == nil)
+        let noHost = try #require(lines.first)  // a whole head, refused: its request line is known
+        #expect(noHost["method"] as? String == "GET" && noHost["path"] as? String == "/")
+        let tooLong = try #require(lines.last)  // the request line itself was the problem
+        #expect(tooLong["method"] == nil && tooLong["path"] == nil)
+    }
+
     /// SIGTERM lets an in-flight request finish, refuses new connections, and exits 0.
     @Test func sigterm_DrainsInFlightRequest_ThenExitsZero() throws {
         let up = try ScriptedServer.answering(body: "{\"slow\":true}", delay: .milliseconds(800))
