@@ -217,6 +217,8 @@ public final class EventLoop: @unchecked Sendable {
             }
             let n = CLinux_epoll_wait_ns(epfd, events, maxEvents, timeoutNs)
             cachedNow = Instant.now()
+            // Timers that came due while the last iteration ran go before its events.
+            if let first = timers.first, first.deadline <= cachedNow { runExpiredTimers() }
             if n > 0 {
                 for k in 0..<Int(n) {
                     // A long batch must not hold back due timers (a wait budget's 202,
@@ -300,7 +302,15 @@ public final class EventLoop: @unchecked Sendable {
         while !deferred.isEmpty {
             let batch = deferred
             deferred.removeAll(keepingCapacity: true)
-            for t in batch { t() }
+            for (k, t) in batch.enumerated() {
+                if k > 0 {
+                    // A deferred task can take milliseconds (e.g. starting every upstream
+                    // transfer of the iteration): due timers run between tasks.
+                    cachedNow = Instant.now()
+                    if let first = timers.first, first.deadline <= cachedNow { runExpiredTimers() }
+                }
+                t()
+            }
         }
     }
 }
