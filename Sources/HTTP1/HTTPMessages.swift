@@ -1,5 +1,3 @@
-import EventLoop
-
 /// A complete HTTP/1.x request as parsed by `HTTPRequestParser`: the request line,
 /// the header fields as received and the fully buffered body. A value type; safe
 /// to send between threads.
@@ -83,34 +81,6 @@ public struct HTTPRequest: Sendable {
         let query: String? = q < t.count
             ? String(decoding: UnsafeBufferPointer(rebasing: t[(q + 1)...]), as: UTF8.self) : nil
         return (path, query)
-    }
-}
-
-/// A request the server answered on its own, without its responder (see
-/// `HTTPServer.init(…onRefusal:…)`): an `HTTPParseError` — unparseable, over a
-/// limit, too slow — answered with its problem response and a close.
-public struct HTTPRefusal: Sendable {
-    /// Why; the status sent is `error.status`.
-    public let error: HTTPParseError
-    /// The request's method and path when its head had been read whole (a body over
-    /// the limit, a bad chunk, a body timeout); nil when the head was the problem.
-    public let method: String?
-    public let path: String?
-    /// When the request began: its first byte when the head was being read, else
-    /// when it was refused.
-    public let start: Instant
-    /// Bytes of the problem body sent.
-    public let bytes: Int
-    /// The loop of the connection (the observer is called on its thread).
-    public let loop: EventLoop
-
-    public init(error: HTTPParseError, method: String?, path: String?, start: Instant, bytes: Int, loop: EventLoop) {
-        self.error = error
-        self.method = method
-        self.path = path
-        self.start = start
-        self.bytes = bytes
-        self.loop = loop
     }
 }
 

@@ -4,6 +4,34 @@ import EventLoop
 import Glibc
 import Synchronization
 
+/// A request the server answered on its own, without its responder (see
+/// `HTTPServer.init(…onRefusal:…)`): an `HTTPParseError` — unparseable, over a
+/// limit, too slow — answered with its problem response and a close.
+public struct HTTPRefusal: Sendable {
+    /// Why; the status sent is `error.status`.
+    public let error: HTTPParseError
+    /// The request's method and path when its head had been read whole (a body over
+    /// the limit, a bad chunk, a body timeout); nil when the head was the problem.
+    public let method: String?
+    public let path: String?
+    /// When the request began: its first byte when the head was being read, else
+    /// when it was refused.
+    public let start: Instant
+    /// Bytes of the problem body sent.
+    public let bytes: Int
+    /// The loop of the connection (the observer is called on its thread).
+    public let loop: EventLoop
+
+    public init(error: HTTPParseError, method: String?, path: String?, start: Instant, bytes: Int, loop: EventLoop) {
+        self.error = error
+        self.method = method
+        self.path = path
+        self.start = start
+        self.bytes = bytes
+        self.loop = loop
+    }
+}
+
 /// State shared by every loop of one server. Immutable apart from the atomic counter.
 final class ServerShared: @unchecked Sendable {
     let limits: HTTPLimits
