@@ -72,39 +72,29 @@ public final class LogBuffer {
                            durationMs: Double, outcome: String, bytes: Int, jobID: String?, traceID: String?) {
         guard LogBuffer.rank("info") >= minimumLevel else { return }
         appendTimeLevelMessage("info", "request")
-        pending.append(contentsOf: LogBuffer.kRequestID)
-        JSON.appendQuoted(requestID, to: &pending)
-        if let route {
-            pending.append(contentsOf: LogBuffer.kRoute)
-            JSON.appendQuoted(route, to: &pending)
-        }
-        if let method {
-            pending.append(contentsOf: LogBuffer.kMethod)
-            JSON.appendQuoted(method, to: &pending)
-        }
-        if let path {
-            pending.append(contentsOf: LogBuffer.kPath)
-            JSON.appendQuoted(path, to: &pending)
-        }
+        appendField(LogBuffer.kRequestID, requestID)
+        appendField(LogBuffer.kRoute, route)
+        appendField(LogBuffer.kMethod, method)
+        appendField(LogBuffer.kPath, path)
         pending.append(contentsOf: LogBuffer.kStatus)
         JSON.appendInteger(Int64(status), to: &pending)
         pending.append(contentsOf: LogBuffer.kDurationMs)
         LogBuffer.appendMilliseconds(durationMs, to: &pending)
-        pending.append(contentsOf: LogBuffer.kOutcome)
-        JSON.appendQuoted(outcome, to: &pending)
+        appendField(LogBuffer.kOutcome, outcome)
         pending.append(contentsOf: LogBuffer.kBytes)
         JSON.appendInteger(Int64(bytes), to: &pending)
-        if let jobID {
-            pending.append(contentsOf: LogBuffer.kJobID)
-            JSON.appendQuoted(jobID, to: &pending)
-        }
-        if let traceID {
-            pending.append(contentsOf: LogBuffer.kTraceID)
-            JSON.appendQuoted(traceID, to: &pending)
-        }
+        appendField(LogBuffer.kJobID, jobID)
+        appendField(LogBuffer.kTraceID, traceID)
         pending.append(0x7D)
         pending.append(0x0A)
         scheduleFlush()
+    }
+
+    /// Appends `key` (`,"name":`) and `value` as a JSON string, when `value` is set.
+    private func appendField(_ key: [UInt8], _ value: String?) {
+        guard let value else { return }
+        pending.append(contentsOf: key)
+        JSON.appendQuoted(value, to: &pending)
     }
 
     private static let kRequestID = Array(",\"request_id\":".utf8)
