@@ -125,7 +125,8 @@ public struct HTTPRequestParser: Sendable {
     public var pendingHead: HTTPRequest? { pending }
     /// The method and path of the request being received, once its head has been
     /// read whole (also when the head was then refused, e.g. for a body over the
-    /// limit); nil before, and between requests. For logging a refusal.
+    /// limit); nil before, and between requests. For logging a refusal: set only on
+    /// that path, so a served request pays nothing for it.
     public var methodAndPath: (method: String, path: String)? {
         pending.map { ($0.method, $0.path) } ?? headMethodAndPath
     }
@@ -425,7 +426,6 @@ public struct HTTPRequestParser: Sendable {
             let t = UnsafeBufferPointer(rebasing: hp[targetStart..<targetEnd])
             target = String(decoding: t, as: UTF8.self)
             (path, query) = HTTPRequest.splitTarget(t)
-            headMethodAndPath = (method, path)
             for f in fields {
                 let ns = Int(f.nameStart), ne = Int(f.nameEnd), vs = Int(f.valueStart)
                 var ve = Int(f.valueEnd)
@@ -487,25 +487,30 @@ public struct HTTPRequestParser: Sendable {
         }
 
         let versionMinor = minor
+        /// A whole head refused: its method and path stay readable (`methodAndPath`).
+        func refuseHead(_ e: HTTPParseError) -> Result {
+            headMethodAndPath = (method, path)
+            return failResult(e)
+        }
         // RFC 9112 §3.2: a server MUST respond 400 to an HTTP/1.1 request without Host,
         // and to any request with more than one Host field.
-        if hostCount > 1 { return failResult(.multipleHost) }
-        if hostCount == 0 && versionMinor == 1 { return failResult(.missingHost) }
+        if hostCount > 1 { return refuseHead(.multipleHost) }
+        if hostCount == 0 && versionMinor == 1 { return refuseHead(.missingHost) }
         var chunked = false
         if teSeen {
             // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
-            if versionMinor == 0 { return failResult(.invalidTransferEncoding) }
+            if versionMinor == 0 { return refuseHead(.invalidTransferEncoding) }
             // RFC 9112 §6.1 / §6.3 (3): Content-Length with Transfer-Encoding is rejected.
-            if clSeen { return failResult(.contentLengthWithTransferEncoding) }
-            if teCount == 0 || teChunkedNotLast { return failResult(.invalidTransferEncoding) }
+            if clSeen { return refuseHead(.contentLengthWithTransferEncoding) }
+            if teCount == 0 || teChunkedNotLast { return refuseHead(.invalidTransferEncoding) }
             // Only a lone "chunked" is implemented (nginx answers 501 likewise).
-            if !teLastChunked || teCount > 1 { return failResult(.unsupportedTransferEncoding) }
+            if !teLastChunked || teCount > 1 { return refuseHead(.unsupportedTransferEncoding) }
             chunked = true
         } else if clSeen {
             // RFC 9112 §6.3 (5): an invalid Content-Length is an unrecoverable error.
-            if clInvalid { return failResult(.invalidContentLength) }
-            if clConflict { return failResult(.conflictingContentLength) }
-            if contentLength > limits.bodyBytes { return failResult(.bodyTooLarge) }
+            if clInvalid { return refuseHead(.invalidContentLength) }
+            if clConflict { return refuseHead(.conflictingContentLength) }
+            if contentLength > limits.bodyBytes { return refuseHead(.bodyTooLarge) }
         }
 
         // RFC 9112 §9.3: persistence.
@@ -533,7 +538,6 @@ public struct HTTPRequestParser: Sendable {
     }
 
     private mutating func resetHead() {
-        headMethodAndPath = nil
         if head.capacity > 8192 { head = [] } else { head.removeAll(keepingCapacity: true) }
         if fields.capacity > 256 { fields = [] } else { fields.removeAll(keepingCapacity: true) }
         emptyLineBytes = 0
@@ -542,6 +546,7 @@ public struct HTTPRequestParser: Sendable {
 
     private mutating func resetRequest() {
         resetHead()
+        headMethodAndPath = nil
         pending = nil
         body = []
         remaining = 0
