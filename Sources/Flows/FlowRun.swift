@@ -50,8 +50,11 @@ public final class FlowRun {
     /// trace parent id) after `extraHeaders`. Default: none.
     public var headersForAttempt: ((inout [(String, String)]) -> Void)?
 
+    /// What removes this run's secrets: from its problem details and bodies here, and
+    /// from the copies of its response that job status and callbacks report.
+    public let redactor: Redactor
+
     private let client: UpstreamClient
-    private let redactor: Redactor
     private let maxBodyBytes: Int
     private var observers: [(FlowRun) -> Void] = []
     /// Per-step `start + retry.within` deadlines; empty (no allocation) until a

@@ -51,6 +51,18 @@ public struct Redactor: Sendable {
         return r == bytes ? text : String(decoding: r, as: UTF8.self)
     }
 
+    /// `headers` with every secret in their values replaced (see ``redact(_:)-(String)``),
+    /// names and order kept; returns the input when no secret is configured or none occurs.
+    public func redact(headers: [(String, String)]) -> [(String, String)] {
+        guard !secrets.isEmpty else { return headers }
+        var out = headers
+        for (i, (_, value)) in headers.enumerated() {
+            let r = redact(value)
+            if r != value { out[i].1 = r }
+        }
+        return out
+    }
+
     /// `bytes` (UTF-8 text) with every secret replaced byte for byte; returns the input
     /// when none occurs. For a JSON body use ``redactJSON(_:)``.
     public func redact(_ bytes: [UInt8]) -> [UInt8] {

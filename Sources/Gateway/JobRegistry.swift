@@ -62,7 +62,7 @@ final class JobEntry: @unchecked Sendable {
         }
         o["steps"] = .object(steps)
         if let r = run.response {
-            o["response"] = JobEntry.responseJSON(r)
+            o["response"] = JobEntry.responseJSON(r, redactor: run.redactor)
         }
         return .object(o)
     }
@@ -76,11 +76,15 @@ final class JobEntry: @unchecked Sendable {
     }
 
     /// `{"status", "headers", "body"}` of a response; the body as JSON when it is JSON.
-    static func responseJSON(_ r: FlowResponse) -> JSON {
+    /// Header values go through `redactor` (SPEC §7: no secret in job status or callbacks):
+    /// the run redacted the body already, but sends header values a route fills from
+    /// templates (`{{env.*}}`, an upstream's `{{steps.ID.headers.x}}`) to the
+    /// synchronous caller as written.
+    static func responseJSON(_ r: FlowResponse, redactor: Redactor) -> JSON {
         var resp = JSONObject()
         resp["status"] = .int(Int64(r.status))
         var h = JSONObject()
-        for (n, v) in r.headers { h[n] = .string(v) }
+        for (n, v) in redactor.redact(headers: r.headers) { h[n] = .string(v) }
         resp["headers"] = .object(h)
         if r.body.isEmpty {
             resp["body"] = .null

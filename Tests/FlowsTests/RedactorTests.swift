@@ -33,6 +33,25 @@ import Testing
         #expect(r.redact("edge_key-middle-edge_key") == "[redacted]-middle-[redacted]")
     }
 
+    /// Header values holding a secret are redacted; names, order and the other values stay.
+    @Test func redactHeaders_ReplacesSecretsInValues_KeepingNamesAndOrder() {
+        let r = Redactor(secrets: ["sk_live_ABCDEFGH"])
+        let out = r.redact(headers: [("X-Api-Key", "sk_live_ABCDEFGH"), ("Content-Type", "application/json"),
+                                     ("X-Echo", "Bearer sk_live_ABCDEFGH")])
+        #expect(out.map(\.0) == ["X-Api-Key", "Content-Type", "X-Echo"])
+        #expect(out.map(\.1) == ["[redacted]", "application/json", "Bearer [redacted]"])
+    }
+
+    /// Headers without a secret, or with no secret configured, come back unchanged.
+    @Test func redactHeaders_LeavesCleanHeadersAlone() {
+        let headers = [("X-Request", "abc"), ("Content-Type", "application/json")]
+        for r in [Redactor(secrets: []), Redactor(secrets: ["sk_live_ABCDEFGH"])] {
+            let out = r.redact(headers: headers)
+            #expect(out.map(\.0) == headers.map(\.0))
+            #expect(out.map(\.1) == headers.map(\.1))
+        }
+    }
+
     // MARK: - JSON bodies
 
     /// A secret inside a string value is replaced within the string.
