@@ -833,7 +833,23 @@ struct RouteFileParser {
             host = hostPort[..<colon]
         }
         if host.isEmpty { return "URL has no host" }
+        if hostPort.first != 0x5B {
+            // What libcurl refuses at run time (a non-ASCII name fails when curl tries to
+            // convert it, others as a bad host name) is refused here, before any call.
+            if host.contains(where: { $0 >= 0x80 }) {
+                return "URL host has non-ASCII characters, which libcurl refuses (internationalized names are not converted: write the host's ASCII form, xn--…)"
+            }
+            if host.contains(0x25) { return "URL host must not be percent-encoded" }
+            if !host.allSatisfy(isHostNameByte) {
+                return "URL host may contain only ASCII letters, digits, '-', '.', '_' and '~'"
+            }
+        }
         return nil
+    }
+
+    /// `[A-Za-z0-9._~-]`: the bytes a step URL's host name may hold (RFC 3986 unreserved).
+    func isHostNameByte(_ c: UInt8) -> Bool {
+        (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2D || c == 0x2E || c == 0x5F || c == 0x7E
     }
 
     func isPort(_ digits: Substring.UTF8View.SubSequence) -> Bool {

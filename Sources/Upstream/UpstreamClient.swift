@@ -182,10 +182,12 @@ public final class UpstreamClient: @unchecked Sendable {
             }
         })
         _ = CCurl_easy_setopt_datafunction(h, CURLOPT_HEADERFUNCTION, { ptr, size, n, ud in
-            Unmanaged<PooledEasy>.fromOpaque(ud!)._withUnsafeGuaranteedRef { p in
-                p.transfer?._withUnsafeGuaranteedRef { $0.received(headerLine: UnsafeRawBufferPointer(start: ptr, count: size * n)) }
+            let ok = Unmanaged<PooledEasy>.fromOpaque(ud!)._withUnsafeGuaranteedRef { p in
+                p.transfer?._withUnsafeGuaranteedRef { $0.received(headerLine: UnsafeRawBufferPointer(start: ptr, count: size * n)) } ?? true
             }
-            return size * n
+            // Fewer bytes than given: curl aborts the transfer (CURLE_WRITE_ERROR) and
+            // closes the connection instead of keeping it for another transfer.
+            return ok ? size * n : 0
         })
         // Told when curl closes a socket, so a parked (still registered) one is forgotten.
         _ = CCurl_easy_setopt_closesocketfunction(h, { clientp, fd in
@@ -199,6 +201,7 @@ public final class UpstreamClient: @unchecked Sendable {
         _ = CCurl_easy_setopt_pointer(h, CURLOPT_PRIVATE, me)
         _ = CCurl_easy_setopt_pointer(h, CURLOPT_WRITEDATA, me)
         _ = CCurl_easy_setopt_pointer(h, CURLOPT_HEADERDATA, me)
+        _ = CCurl_easy_setopt_pointer(h, CURLOPT_ERRORBUFFER, pooled.errorBuffer)
     }
 
     /// Starts one attempt. `completion` runs exactly once on the loop thread,
@@ -464,6 +467,9 @@ private final class PooledEasy {
     /// `parsedText` parsed by `curl_url_set`, kept across transfers and handle renewals.
     private var parsed: OpaquePointer?
     private var parsedText: String?
+    /// The handle's `CURLOPT_ERRORBUFFER` (`CURL_ERROR_SIZE` bytes): curl's detail of why
+    /// a transfer failed, emptied before each transfer.
+    let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE))
 
     // `CURLOPT_HTTPHEADER`'s list, rewritten in place for each transfer instead of
     // built with `curl_slist_append` (two allocations per field): node i points at the
@@ -482,7 +488,10 @@ private final class PooledEasy {
     private var bodyBufferCapacity = 0
     private static let bodyBufferKeep = 16 * 1024
 
-    init(easy: UnsafeMutableRawPointer) { self.easy = easy }
+    init(easy: UnsafeMutableRawPointer) {
+        self.easy = easy
+        errorBuffer[0] = 0
+    }
 
     /// Takes `fresh` (all options at their defaults) in place of the handle it had;
     /// forgets what was set on the old one, keeps its buffers.
@@ -503,6 +512,7 @@ private final class PooledEasy {
         // After the easy handle that may point at it is cleaned up (the client does
         // that before letting go of its pooled handles).
         curl_url_cleanup(parsed)
+        errorBuffer.deallocate()
         headerNodes?.deallocate()
         headerText?.deallocate()
         bodyBuffer?.deallocate()
@@ -526,17 +536,35 @@ private final class PooledEasy {
 
     /// `text` parsed as curl parses `CURLOPT_URL` (a missing scheme is guessed, any
     /// scheme is parsed: `CURLOPT_PROTOCOLS_STR` refuses what is not allowed), for
-    /// `CURLOPT_CURLU`; the same object while `text` stays the same. Nil when curl
-    /// cannot parse it. Only between transfers: curl reads it while one runs.
-    func parsedURL(_ text: String) -> OpaquePointer? {
-        if let parsed, parsedText == text { return parsed }
+    /// `CURLOPT_CURLU`; the same object while `text` stays the same. Nil, with curl's
+    /// reason, when curl cannot parse it. Only between transfers: curl reads it while one runs.
+    func parsedURL(_ text: String) -> (OpaquePointer?, CURLUcode) {
+        if let parsed, parsedText == text { return (parsed, CURLUE_OK) }
         if parsed == nil { parsed = curl_url() }
         parsedText = nil
-        guard let parsed,
-              curl_url_set(parsed, CURLUPART_URL, text, UInt32(CURLU_GUESS_SCHEME | CURLU_NON_SUPPORT_SCHEME)) == CURLUE_OK
-        else { return nil }
+        guard let parsed else { return (nil, CURLUE_OUT_OF_MEMORY) }
+        let code = curl_url_set(parsed, CURLUPART_URL, text, UInt32(CURLU_GUESS_SCHEME | CURLU_NON_SUPPORT_SCHEME))
+        guard code == CURLUE_OK else { return (nil, code) }
         parsedText = text
-        return parsed
+        return (parsed, code)
+    }
+
+    /// Whether the host of the URL the handle was last given (as curl parsed it, with
+    /// percent-encoding decoded) has a byte outside ASCII. curl converts such a name to
+    /// its ASCII form only when the process locale is UTF-8 (libidn2); in the C locale,
+    /// the gateway's, it fails the transfer as `CURLE_URL_MALFORMAT` without saying why.
+    /// For that failure's message only (it allocates).
+    func urlHostIsNonASCII() -> Bool {
+        guard let parsed, url != nil else { return false }
+        var host: UnsafeMutablePointer<CChar>? = nil
+        guard curl_url_get(parsed, CURLUPART_HOST, &host, 0) == CURLUE_OK, let host else { return false }
+        defer { curl_free(host) }
+        var p = host
+        while p.pointee != 0 {
+            if UInt8(bitPattern: p.pointee) >= 0x80 { return true }
+            p += 1
+        }
+        return false
     }
 
     /// Sets the request header fields, then an empty `Expect:` when `suppressExpect`
@@ -649,6 +677,23 @@ public final class UpstreamTransfer {
     /// The next header line starts a response (the first one, or the one after a 1xx's
     /// blank line): only there is a line starting with `HTTP/` a status line.
     private var atResponseStart = true
+    /// The final response's head has ended: lines before another status line (a
+    /// proxy's answer to `CONNECT` is followed by the real response) are trailer fields,
+    /// which are not header fields (RFC 9110 §6.5.1) and do not frame the body.
+    private var inTrailers = false
+    /// The current head is an interim (1xx) response's: another head follows it.
+    private var interim = false
+    /// The current head's fields do not frame a body (RFC 9112 §6.3 item 1: a 1xx, 204
+    /// or 304 status, or the answer to HEAD), so they are not checked for framing.
+    private var framingExempt = false
+    /// The current head's `Content-Length` value so far; -1: none yet.
+    private var headContentLength = -1
+    /// The current head has a `Transfer-Encoding` field.
+    private var headTransferEncoding = false
+    /// The current head's last field line was `Content-Length` (a folded line continues it).
+    private var lastFieldWasContentLength = false
+    /// Why the header callback stopped the transfer; nil: it did not.
+    private var framingError: FramingError?
     private var tooLarge = false
     private var selfRetain: Unmanaged<UpstreamTransfer>?
 
@@ -694,8 +739,10 @@ public final class UpstreamTransfer {
         // for every transfer; clearing `CURLOPT_URL` drops curl's copy of the old text.
         if p.url != request.url {
             p.url = nil
-            guard let parsed = p.parsedURL(request.url) else {
-                return UpstreamFailure(kind: .protocol, message: String(cString: curl_easy_strerror(CURLE_URL_MALFORMAT)))
+            let (parsed, code) = p.parsedURL(request.url)
+            guard let parsed else {
+                // e.g. "malformed URL: Bad hostname" (no URL in the message: it may hold a secret)
+                return UpstreamFailure(kind: .protocol, message: "malformed URL: \(String(cString: curl_url_strerror(code)))")
             }
             _ = CCurl_easy_setopt_string(h, CURLOPT_URL, nil)
             _ = CCurl_easy_setopt_pointer(h, CURLOPT_CURLU, UnsafeMutableRawPointer(parsed))
@@ -735,6 +782,7 @@ public final class UpstreamTransfer {
             p.maxFileSize = request.maxBodyBytes
         }
         p.transfer = Unmanaged.passUnretained(self)
+        p.errorBuffer[0] = 0  // curl writes to it only when the transfer fails
 
         switch request.method {
         case "GET" where request.body.isEmpty:
@@ -768,6 +816,9 @@ public final class UpstreamTransfer {
         return nil
     }
 
+    /// The failure message for a URL whose host is not ASCII.
+    static let nonASCIIHost = "URL host has non-ASCII characters, which libcurl refuses (internationalized names are not converted: use the host's ASCII form, xn--…)"
+
     /// Whether `name` is `Content-Type` (any case).
     private static func isContentType(_ name: String) -> Bool {
         var n = 0
@@ -800,51 +851,162 @@ public final class UpstreamTransfer {
         return chunk.count
     }
 
-    fileprivate func received(headerLine raw: UnsafeRawBufferPointer) {
+    /// Takes one header line as curl hands it over: a status line, a field line, a folded
+    /// continuation, the blank line ending a head, or a trailer field. Keeps the final
+    /// response's field lines and checks its framing (`checkFraming`). Returns false, with
+    /// `framingError` set, when the framing is invalid: curl then aborts the transfer and
+    /// closes the connection (RFC 9112 §6.3: the response is discarded, the connection not
+    /// reused). Loop thread (curl's callback); allocates only to store the line.
+    fileprivate func received(headerLine raw: UnsafeRawBufferPointer) -> Bool {
         var end = raw.count
         while end > 0 && (raw[end - 1] == 0x0A || raw[end - 1] == 0x0D) { end -= 1 }
-        if end == 0 { atResponseStart = true; return }  // the blank line ending a header block
+        if end == 0 {  // the blank line ending a header block
+            atResponseStart = true
+            if !interim { inTrailers = true }
+            return true
+        }
         if atResponseStart {
             atResponseStart = false
             if end >= 5 && raw[0] == 0x48 && raw[1] == 0x54 && raw[2] == 0x54 && raw[3] == 0x50 && raw[4] == 0x2F {  // "HTTP/"
                 // A status line (after 1xx, or a new response): start over.
-                rawHeaders.removeAll(keepingCapacity: true)
-                expectedBodyBytes = 0
-                return
+                startHead(raw, end: end)
+                return true
             }
         }
-        if end > 15 && (raw[0] | 0x20) == UInt8(ascii: "c") && (raw[8] | 0x20) == UInt8(ascii: "l") {
-            expectedBodyBytes = UpstreamTransfer.contentLength(raw, end: end) ?? expectedBodyBytes
-        }
+        if inTrailers { return true }  // neither kept nor merged into the header fields
+        if !framingExempt && !checkFraming(raw, end: end) { return false }
         // Kept as received; `UpstreamHeaderBlock` splits the lines on first use.
         if rawHeaders.capacity == 0 { rawHeaders.reserveCapacity(512) }
         rawHeaders.append(contentsOf: raw)
         if raw[raw.count - 1] != 0x0A { rawHeaders.append(0x0A) }
+        return true
     }
 
-    /// The value of a `Content-Length: N` line (name in any case), or nil when the
-    /// line is another field or the value is not a plain decimal number.
-    private static func contentLength(_ raw: UnsafeRawBufferPointer, end: Int) -> Int? {
-        let name: StaticString = "content-length:"
-        var i = 0
-        while i < name.utf8CodeUnitCount {
-            guard (raw[i] | 0x20) == name.utf8Start[i] else { return nil }  // ':' and '-' have the bit set already
-            i += 1
-        }
-        while i < end && (raw[i] == 0x20 || raw[i] == 0x09) { i += 1 }
-        var n = 0
+    /// A status line (`HTTP/1.1 204 No Content`, `HTTP/2 200`) begins a new head:
+    /// forgets the previous head's fields and framing facts.
+    private func startHead(_ raw: UnsafeRawBufferPointer, end: Int) {
+        rawHeaders.removeAll(keepingCapacity: true)
+        expectedBodyBytes = 0
+        headContentLength = -1
+        headTransferEncoding = false
+        lastFieldWasContentLength = false
+        inTrailers = false
+        var i = 5
+        while i < end && raw[i] != 0x20 { i += 1 }
+        while i < end && raw[i] == 0x20 { i += 1 }
+        var status = 0
         var digits = 0
-        while i < end, raw[i] >= 0x30, raw[i] <= 0x39 {
-            if digits == 18 { return nil }  // absurd; never reserve for it
-            n = n * 10 + Int(raw[i] - 0x30)
+        while i < end, digits < 3, raw[i] >= 0x30, raw[i] <= 0x39 {
+            status = status * 10 + Int(raw[i] - 0x30)
             digits += 1
             i += 1
         }
-        while i < end && (raw[i] == 0x20 || raw[i] == 0x09) { i += 1 }
-        return digits > 0 && i == end ? n : nil
+        if digits < 3 { status = 0 }  // curl refuses the response itself
+        interim = status >= 100 && status <= 199
+        framingExempt = interim || status == 204 || status == 304 || pooled.noBody
+    }
+
+    /// Checks one field line of a head whose fields frame the body (RFC 9112 §6.3):
+    /// `Content-Length` must be a decimal number (or a list of equal ones), the same in
+    /// every such line, including a folded continuation (item 5), and must not come with
+    /// `Transfer-Encoding` (item 3: curl would follow `Transfer-Encoding` and then reuse
+    /// the connection; no option may be changed from within a callback, so failing the
+    /// transfer is the way to make curl close it). Returns
+    /// false, with `framingError` set, when the framing is invalid. Reads the line only.
+    private func checkFraming(_ raw: UnsafeRawBufferPointer, end: Int) -> Bool {
+        let first = raw[0]
+        if first == 0x20 || first == 0x09 {
+            // obs-fold: the previous field's value goes on (RFC 9112 §5.2); curl read
+            // `Content-Length` from its first line alone.
+            guard lastFieldWasContentLength else { return true }
+            var i = 1
+            while i < end && (raw[i] == 0x20 || raw[i] == 0x09) { i += 1 }
+            return i == end || fail(.invalidLength)
+        }
+        lastFieldWasContentLength = false
+        let lower = first | 0x20
+        if lower == UInt8(ascii: "c") {
+            guard end >= 15 && (raw[8] | 0x20) == UInt8(ascii: "l"),
+                  UpstreamTransfer.hasName(raw, "content-length:") else { return true }
+            lastFieldWasContentLength = true
+            switch UpstreamTransfer.contentLength(raw, end: end) {
+            case .invalid: return fail(.invalidLength)
+            case .differing: return fail(.differingLengths)
+            case .value(let n):
+                if headTransferEncoding { return fail(.lengthWithTransferEncoding) }
+                if headContentLength >= 0 && headContentLength != n { return fail(.differingLengths) }
+                headContentLength = n
+                expectedBodyBytes = n
+            }
+        } else if lower == UInt8(ascii: "t") {
+            guard end >= 18 && raw[8] == UInt8(ascii: "-"),
+                  UpstreamTransfer.hasName(raw, "transfer-encoding:") else { return true }
+            if headContentLength >= 0 { return fail(.lengthWithTransferEncoding) }
+            headTransferEncoding = true
+        }
+        return true
+    }
+
+    private func fail(_ error: FramingError) -> Bool {
+        framingError = error
+        return false
+    }
+
+    /// Whether `raw` starts with `name` (lower-case, ending in `:`), its letters in any
+    /// case: the field curl reads as that name (curl's `checkprefix`).
+    private static func hasName(_ raw: UnsafeRawBufferPointer, _ name: StaticString) -> Bool {
+        let n = name.utf8CodeUnitCount
+        guard raw.count >= n else { return false }
+        let want = name.utf8Start
+        for i in 0..<n where raw[i] != want[i] {
+            guard want[i] >= 0x61 && want[i] <= 0x7A && raw[i] | 0x20 == want[i] else { return false }
+        }
+        return true
+    }
+
+    /// A `Content-Length` field value: one value, or members that differ, or not valid.
+    private enum LengthValue {
+        case value(Int)
+        case differing
+        case invalid
+    }
+
+    /// The value of a `Content-Length:` line (name already matched): `1*DIGIT`, or a
+    /// comma-separated list of such numbers that are all equal (what a sender that
+    /// combined duplicate fields writes; RFC 9110 §8.6 lets a recipient take it as one
+    /// value), blanks around each. More than 18 significant digits count as `Int.max`
+    /// (larger than any body accepted; curl refuses the transfer as too large).
+    private static func contentLength(_ raw: UnsafeRawBufferPointer, end: Int) -> LengthValue {
+        var i = 15  // "content-length:".count
+        var value = -1
+        while true {
+            while i < end && (raw[i] == 0x20 || raw[i] == 0x09) { i += 1 }
+            var n = 0
+            var digits = 0
+            var significant = 0
+            while i < end, raw[i] >= 0x30, raw[i] <= 0x39 {
+                if significant > 0 || raw[i] != 0x30 {
+                    significant += 1
+                    n = significant > 18 ? Int.max : n * 10 + Int(raw[i] - 0x30)
+                }
+                digits += 1
+                i += 1
+            }
+            if digits == 0 { return .invalid }
+            if value >= 0 && value != n { return .differing }
+            value = n
+            while i < end && (raw[i] == 0x20 || raw[i] == 0x09) { i += 1 }
+            if i == end { return .value(value) }
+            guard raw[i] == 0x2C else { return .invalid }  // ","
+            i += 1
+        }
     }
 
     fileprivate func result(code: CURLcode) -> UpstreamResult {
+        if let framingError {
+            // The header callback stopped the transfer (curl says only CURLE_WRITE_ERROR).
+            return .failure(UpstreamFailure(kind: .protocol, message: framingError.message))
+        }
         if code == CURLE_OK {
             var st = 0
             if let h = easy { _ = CCurl_easy_getinfo_long(h, CURLINFO_RESPONSE_CODE, &st) }
@@ -857,6 +1019,18 @@ public final class UpstreamTransfer {
         if tooLarge || code == CURLE_FILESIZE_EXCEEDED {
             return .failure(UpstreamFailure(kind: .protocol, message: "response body larger than \(request.maxBodyBytes) bytes"))
         }
+        if code == CURLE_URL_MALFORMAT && pooled.urlHostIsNonASCII() {
+            return .failure(UpstreamFailure(kind: .protocol, message: UpstreamTransfer.nonASCIIHost))
+        }
+        if code == CURLE_WEIRD_SERVER_REPLY && pooled.errorBuffer[0] != 0 {
+            // curl refused the response head itself, before the header callback saw the
+            // line (e.g. "Invalid Content-Length: value"): say what it found.
+            let detail = String(cString: pooled.errorBuffer)
+            if detail.hasPrefix("Invalid Content-Length") {
+                return .failure(UpstreamFailure(kind: .protocol, message: FramingError.invalidLength.message))
+            }
+            return .failure(UpstreamFailure(kind: .protocol, message: "\(text): \(detail)"))
+        }
         switch code {
         case CURLE_OPERATION_TIMEDOUT:
             return .failure(UpstreamFailure(kind: .timeout, message: text))
@@ -866,6 +1040,25 @@ public final class UpstreamTransfer {
             return .failure(UpstreamFailure(kind: .connect, message: text))
         default:
             return .failure(UpstreamFailure(kind: .protocol, message: text))
+        }
+    }
+}
+
+/// Why an upstream response's framing is invalid (RFC 9112 §6.3); the attempt fails as
+/// `.protocol` with `message`, and its connection is closed.
+private enum FramingError {
+    /// Two `Content-Length` lines, or members of one, with different values (item 5).
+    case differingLengths
+    /// A `Content-Length` that is not a decimal number (item 5).
+    case invalidLength
+    /// Both `Transfer-Encoding` and `Content-Length` (item 3).
+    case lengthWithTransferEncoding
+
+    var message: String {
+        switch self {
+        case .differingLengths: "invalid response framing: differing Content-Length values (RFC 9112 §6.3)"
+        case .invalidLength: "invalid response framing: Content-Length is not a decimal number (RFC 9112 §6.3)"
+        case .lengthWithTransferEncoding: "invalid response framing: both Transfer-Encoding and Content-Length (RFC 9112 §6.3)"
         }
     }
 }

@@ -151,8 +151,10 @@ public enum UpstreamFailureKind: String, Sendable {
     case timeout
     /// The connection could not be established (refused, unreachable, DNS, TLS handshake).
     case connect
-    /// The upstream answered with something that is not a valid HTTP response,
-    /// closed mid-response, or sent more than `maxBodyBytes`.
+    /// The upstream answered with something that is not a valid HTTP response (including
+    /// invalid framing, RFC 9112 §6.3: differing or non-numeric `Content-Length`, or
+    /// `Content-Length` with `Transfer-Encoding`), closed mid-response, or sent more
+    /// than `maxBodyBytes`.
     case `protocol`
 }
 

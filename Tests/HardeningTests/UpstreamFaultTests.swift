@@ -165,4 +165,36 @@ func closedPort() -> UInt16 {
         #expect(gw.healthz()?.status == 200, "\(fault.name): the gateway still answers")
         server?.stop()
     }
+
+    /// A step whose upstream answers with differing `Content-Length` values (here as one
+    /// list, which libcurl alone would read as its first number) fails: the caller gets a
+    /// `502` problem naming the step, error kind `protocol` and why (RFC 9112 §6.3), and
+    /// the upstream sees the next call on a new connection.
+    @Test func differingContentLength_Answers502ProblemNamingTheStep() throws {
+        let server = try ScriptedServer { conn, server in
+            while let req = conn.readRequest() {
+                server.record(req)
+                if !conn.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2, 12\r\n\r\n{}") { return }
+            }
+        }
+        // One loop, so both calls share one client: a reused connection would show.
+        let gw = try HardeningGateway(routes: [
+            "framing.json": upstreamRoute(name: "framing", path: "/framing", url: "http://127.0.0.1:\(server.port)/x", timeout: stepTimeout),
+        ]) { config in
+            config.eventLoops = 1
+        }
+        for call in 1...2 {
+            let r = try gw.request("GET", "/framing")
+            #expect(r.status == 502, "call \(call)")
+            #expect(r.header("content-type") == "application/problem+json", "call \(call)")
+            let problem = r.json as? [String: Any] ?? [:]
+            #expect(problem["step"] as? String == "up", "call \(call): \(r.text)")
+            #expect(problem["error"] as? String == "protocol", "call \(call): \(r.text)")
+            #expect(problem["detail"] as? String == "step up failed: invalid response framing: differing Content-Length values (RFC 9112 §6.3)",
+                    "call \(call): \(r.text)")
+        }
+        #expect(server.requests.count == 2)
+        #expect(server.connections == 2, "the connection of the invalid response was reused")
+        server.stop()
+    }
 }

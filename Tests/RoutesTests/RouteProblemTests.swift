@@ -280,6 +280,31 @@ import Testing
         #expect(problems(text) == ["routes/t.json: steps[0].request.url: URL has an invalid port"])
     }
 
+    /// A host libcurl would refuse at every call is refused at load time: non-ASCII (as
+    /// written, percent-encoded, or from an environment value, whose value the message does
+    /// not quote), or holding a character curl's URL parser rejects. A non-ASCII path is
+    /// not the host's business.
+    @Test func problem_IsReported_WhenURLHostIsNotSendable() {
+        let field = "routes/t.json: steps[0].request.url: "
+        let nonASCII = field + "URL host has non-ASCII characters, which libcurl refuses (internationalized names are not converted: write the host's ASCII form, xn--…)"
+        let cases: [(url: String, environment: [String: String], problem: String)] = [
+            ("http://exämple.com/x", [:], nonASCII),
+            ("https://user@exämple.com:8443/x", [:], nonASCII),
+            ("{{env.SHOP_URL}}/x", ["SHOP_URL": "http://shöp.example"], nonASCII),
+            ("http://ex%C3%A4mple.com/x", [:], field + "URL host must not be percent-encoded"),
+            ("http://ex^ample.com/x", [:], field + "URL host may contain only ASCII letters, digits, '-', '.', '_' and '~'"),
+            ("http://ex*ample.com:80/x", [:], field + "URL host may contain only ASCII letters, digits, '-', '.', '_' and '~'"),
+        ]
+        for c in cases {
+            let text = routeFile(steps: #"{"id": "a", "request": {"url": ""# + c.url + #""}}"#)
+            #expect(problems(text, environment: c.environment) == [c.problem], "\(c.url)")
+        }
+        for ok in ["http://up.example/ärger?q=ü", "http://up_1.example/x", "http://[::1]:8080/x", "http://127.0.0.1:9090"] {
+            let text = routeFile(steps: #"{"id": "a", "request": {"url": ""# + ok + #""}}"#)
+            #expect(problems(text) == [], "\(ok)")
+        }
+    }
+
     /// Framing headers are managed by the gateway and cannot be set by a route.
     @Test func problem_IsReported_WhenRouteSetsManagedHeader() {
         let text = routeFile(steps: #"{"id": "a", "request": {"url": "http://up.example/1", "headers": {"Content-Length": "5"}}}"#)
