@@ -1102,25 +1102,31 @@ public final class Gateway: @unchecked Sendable {
 
     /// Counts an answered request and writes its log line (SPEC §8). Fields: request_id,
     /// route (when matched), method and path (when known), status, duration_ms,
-    /// outcome, bytes, job_id and trace_id when set. Loop thread.
+    /// outcome, bytes, detail, job_id and trace_id when set. Loop thread.
     private func record(_ state: LoopState, method: String?, path: String?, status: Int, bytes: Int, route: String?,
-                        outcome: String, requestID: String, start: Instant, jobID: String? = nil, traceID: String? = nil) {
+                        outcome: String, requestID: String, start: Instant, detail: String? = nil,
+                        jobID: String? = nil, traceID: String? = nil) {
         let seconds = Double((Instant.now() - start).nanosecondsClamped) / 1e9
         let ms = seconds * 1000
         state.metrics.request(route: route ?? "", outcome: outcome, status: status, seconds: seconds)
         state.log.logRequest(requestID: requestID, route: route, method: method, path: path, status: status,
                              durationMs: (ms * 1000).rounded() / 1000, outcome: outcome, bytes: bytes,
-                             jobID: jobID, traceID: traceID)
+                             detail: detail, jobID: jobID, traceID: traceID)
     }
 
     /// A request the HTTP layer answered itself (unparseable, over a limit, too slow:
     /// `400`, `408`, `413`, `414`, `431`, `501`, `505`) is logged and counted like any
-    /// refusal, with outcome `error` (SPEC §8). On the refusing connection's loop.
+    /// refusal, with outcome `error` (SPEC §8), its reason as the line's `detail`.
+    /// So is a connection closed at accept time, before any request was read (no
+    /// method or path): over `max_connections` or not set up, status `503` — also on
+    /// a TLS listener, which sends no `503`; its `detail` then ends in "(closed
+    /// without a response)" and `bytes` is 0. On the refusing connection's loop.
     private func recordRefusal(_ r: HTTPRefusal) {
         let state = states[r.loop.index]
         state.requestCounter &+= 1
         record(state, method: r.method, path: r.path, status: r.error.status, bytes: r.bytes, route: nil,
-               outcome: "error", requestID: state.requestIDPrefix + String(state.requestCounter), start: r.start)
+               outcome: "error", requestID: state.requestIDPrefix + String(state.requestCounter), start: r.start,
+               detail: r.detail)
     }
 }
 

@@ -66,10 +66,12 @@ public final class LogBuffer {
     /// The `request` line (`info`): the same bytes as `log("info", "request", fields)`
     /// with the fields `request_id`, `route` (when matched), `method` and `path` (when
     /// known: not for a request whose head could not be read), `status`,
-    /// `duration_ms`, `outcome`, `bytes`, then `job_id` and `trace_id` when given —
+    /// `duration_ms`, `outcome`, `bytes`, then `detail` (a short reason, for what the
+    /// HTTP layer refused on its own), `job_id` and `trace_id` when given —
     /// written straight to the buffer, without a field array.
     public func logRequest(requestID: String, route: String?, method: String?, path: String?, status: Int,
-                           durationMs: Double, outcome: String, bytes: Int, jobID: String?, traceID: String?) {
+                           durationMs: Double, outcome: String, bytes: Int, detail: String? = nil,
+                           jobID: String?, traceID: String?) {
         guard LogBuffer.rank("info") >= minimumLevel else { return }
         appendTimeLevelMessage("info", "request")
         appendField(LogBuffer.kRequestID, requestID)
@@ -83,6 +85,7 @@ public final class LogBuffer {
         appendField(LogBuffer.kOutcome, outcome)
         pending.append(contentsOf: LogBuffer.kBytes)
         JSON.appendInteger(Int64(bytes), to: &pending)
+        appendField(LogBuffer.kDetail, detail)
         appendField(LogBuffer.kJobID, jobID)
         appendField(LogBuffer.kTraceID, traceID)
         pending.append(0x7D)
@@ -105,6 +108,7 @@ public final class LogBuffer {
     private static let kDurationMs = Array(",\"duration_ms\":".utf8)
     private static let kOutcome = Array(",\"outcome\":".utf8)
     private static let kBytes = Array(",\"bytes\":".utf8)
+    private static let kDetail = Array(",\"detail\":".utf8)
     private static let kJobID = Array(",\"job_id\":".utf8)
     private static let kTraceID = Array(",\"trace_id\":".utf8)
 

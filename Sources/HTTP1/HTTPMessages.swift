@@ -224,7 +224,8 @@ public struct HTTPLimits: Sendable {
     /// received (408) or while a response is being written. Default: 60 s.
     public var idleTimeout: Duration = .seconds(60)
     /// Most open client connections across all loops; beyond it a new connection
-    /// gets a short 503 and is closed at once. Default: 10,000.
+    /// gets a short 503 (plain HTTP only; a TLS listener just closes it) and is
+    /// closed at once. Default: 10,000.
     public var maxConnections = 10000
 
     /// Creates limits; every parameter defaults to the documented default.
@@ -243,6 +244,8 @@ public struct HTTPLimits: Sendable {
 
 /// Why a request could not be parsed, with the status the server answers
 /// (as an `application/problem+json` body, followed by closing the connection).
+/// Also the few reasons the server refuses a request or a connection on its own
+/// (`requestTimeout`, `tooManyConnections`, `connectionSetupFailed`).
 public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The request line is not `method SP request-target SP HTTP-version CRLF` (400).
     case invalidRequestLine
@@ -297,6 +300,16 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
     /// The request was not received in time (408): `headerTimeout` for the head,
     /// `idleTimeout` of silence during the body. Produced by the server, not the parser.
     case requestTimeout
+    /// A connection accepted while `HTTPLimits.maxConnections` were already open
+    /// (503). Produced by the server at accept time, before any request byte is
+    /// read, not by the parser; a plain-HTTP listener answers it with its problem
+    /// (best effort), a TLS listener closes without an answer.
+    case tooManyConnections
+    /// A connection the server accepted but could not set up (503): its TLS session
+    /// could not be created or the event loop could not watch it (out of memory or
+    /// of epoll watches). Produced by the server at accept time, not by the parser;
+    /// closed without an answer.
+    case connectionSetupFailed
 
     /// The HTTP status the server answers with.
     public var status: Int {
@@ -307,6 +320,7 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
         case .unsupportedTransferEncoding: return 501
         case .bodyTooLarge: return 413
         case .requestTimeout: return 408
+        case .tooManyConnections, .connectionSetupFailed: return 503
         default: return 400
         }
     }
@@ -339,6 +353,8 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
         case .missingChunkCRLF: return "chunk data not followed by CRLF"
         case .bodyTooLarge: return "request body too large"
         case .requestTimeout: return "request not received in time"
+        case .tooManyConnections: return "too many open connections"
+        case .connectionSetupFailed: return "the connection could not be set up"
         }
     }
 

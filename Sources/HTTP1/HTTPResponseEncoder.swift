@@ -97,9 +97,10 @@ enum ResponseEncoder {
         }
     }
 
-    /// The response written to a connection refused because of `maxConnections`.
+    /// The response written to a connection refused because of `maxConnections`:
+    /// `HTTPParseError.tooManyConnections`'s problem, without a `Date` line.
     static let serviceUnavailable: [UInt8] = {
-        let body = HTTPResponse.problem(status: 503, detail: "too many open connections").body
+        let body = HTTPParseError.tooManyConnections.response.body
         var out: [UInt8] = []
         out.append(contentsOf: "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\nContent-Length: ".utf8)
         appendDecimal(body.count, to: &out)
@@ -107,6 +108,9 @@ enum ResponseEncoder {
         out.append(contentsOf: body)
         return out
     }()
+
+    /// The body bytes of `serviceUnavailable` (what a refusal reports as sent).
+    static let serviceUnavailableBodyBytes = HTTPParseError.tooManyConnections.response.body.count
 }
 
 /// The `Date` header line (RFC 9110 §6.6.1, IMF-fixdate), recomputed at most once

@@ -4,31 +4,54 @@ import EventLoop
 import Glibc
 import Synchronization
 
-/// A request the server answered on its own, without its responder (see
-/// `HTTPServer.init(…onRefusal:…)`): an `HTTPParseError` — unparseable, over a
-/// limit, too slow — answered with its problem response and a close.
+/// A request, or a connection, the server refused on its own, without its
+/// responder (see `HTTPServer.init(…onRefusal:…)`):
+/// - a request that was unparseable, over a limit or too slow, answered with its
+///   problem response and a close;
+/// - a connection accepted over `HTTPLimits.maxConnections`
+///   (`HTTPParseError.tooManyConnections`), closed before any request byte was
+///   read: a plain-HTTP listener first sends a best-effort `503` problem, a TLS
+///   listener sends nothing (a plain-text `503` means nothing to a TLS client);
+/// - a connection that could not be set up (`.connectionSetupFailed`: no TLS
+///   session, or the loop could not watch it), closed without an answer.
 public struct HTTPRefusal: Sendable {
-    /// Why; the status sent is `error.status`.
+    /// Why; the status sent (or, when `answered` is false, the one that would have
+    /// been) is `error.status`.
     public let error: HTTPParseError
     /// The request's method and path when its head had been read whole (a body over
-    /// the limit, a bad chunk, a body timeout); nil when the head was the problem.
+    /// the limit, a bad chunk, a body timeout); nil when the head was the problem
+    /// and for a refused connection.
     public let method: String?
     public let path: String?
     /// When the request began: its first byte when the head was being read, else
-    /// when it was refused.
+    /// when it was refused (for a refused connection: the loop iteration that
+    /// accepted it).
     public let start: Instant
-    /// Bytes of the problem body sent.
+    /// Bytes of the problem body sent (0 when `answered` is false).
     public let bytes: Int
     /// The loop of the connection (the observer is called on its thread).
     public let loop: EventLoop
+    /// Whether the problem response went out: false when the connection was closed
+    /// without it — over `maxConnections` on a TLS listener, a connection that could
+    /// not be set up, or a `503` the socket did not take whole. True for every
+    /// request refusal (its response is queued like any other).
+    public let answered: Bool
 
-    public init(error: HTTPParseError, method: String?, path: String?, start: Instant, bytes: Int, loop: EventLoop) {
+    public init(error: HTTPParseError, method: String?, path: String?, start: Instant, bytes: Int, loop: EventLoop,
+                answered: Bool = true) {
         self.error = error
         self.method = method
         self.path = path
         self.start = start
         self.bytes = bytes
         self.loop = loop
+        self.answered = answered
+    }
+
+    /// A short text for a log line: `error.reason`, followed by
+    /// ` (closed without a response)` when `answered` is false.
+    public var detail: String {
+        answered ? error.reason : error.reason + " (closed without a response)"
     }
 }
 
@@ -90,13 +113,13 @@ final class LoopContext: @unchecked Sendable {
     }
 
     /// Takes a freshly accepted descriptor: counts it against `maxConnections`,
-    /// sets `TCP_NODELAY` and registers a connection for it.
+    /// sets `TCP_NODELAY` and registers a connection for it. A descriptor over the
+    /// limit, or one that cannot be set up, is refused (see `refuse`).
     func accepted(_ cfd: Int32) {
         let open = shared.openCount.add(1, ordering: .relaxed).newValue
         if open > shared.limits.maxConnections {
             shared.openCount.subtract(1, ordering: .relaxed)
-            // A plain-text 503 means nothing to a TLS client: just close.
-            if tlsContext == nil { LoopContext.refuse(cfd) } else { Glibc.close(cfd) }
+            refuse(cfd, .tooManyConnections)
             return
         }
         Socket.setNoDelay(cfd)
@@ -104,8 +127,8 @@ final class LoopContext: @unchecked Sendable {
         if let tlsContext {
             session = TLSSession(context: tlsContext, fd: cfd)
             if session == nil {
-                Glibc.close(cfd)
                 shared.openCount.subtract(1, ordering: .relaxed)
+                refuse(cfd, .connectionSetupFailed)
                 return
             }
         }
@@ -113,8 +136,8 @@ final class LoopContext: @unchecked Sendable {
         do {
             try loop.register(fd: cfd, events: [.read], handler: c)
         } catch {
-            Glibc.close(cfd)
             shared.openCount.subtract(1, ordering: .relaxed)
+            refuse(cfd, .connectionSetupFailed)
             return
         }
         c.slot = connections.count
@@ -122,16 +145,25 @@ final class LoopContext: @unchecked Sendable {
         c.started()
     }
 
-    /// Over `maxConnections`: best-effort 503, then close at once.
-    static func refuse(_ cfd: Int32) {
-        ResponseEncoder.serviceUnavailable.withUnsafeBytes { b in
-            _ = send(cfd, b.baseAddress!, b.count, Int32(MSG_NOSIGNAL))
+    /// Closes an accepted descriptor the server will not serve and tells the
+    /// `onRefusal` observer. For `.tooManyConnections` on a plain-HTTP listener it
+    /// first sends the pre-encoded `503` (one non-blocking `send`, best effort),
+    /// shuts down writing and discards what the client already sent (into the
+    /// loop's read buffer, one non-blocking `read`), so closing does not send a
+    /// reset; otherwise it just closes. Allocates nothing but the observer's own
+    /// work. Loop thread.
+    private func refuse(_ cfd: Int32, _ error: HTTPParseError) {
+        var bodyBytes = 0
+        if error == .tooManyConnections && tlsContext == nil {
+            let response = ResponseEncoder.serviceUnavailable
+            let sent = response.withUnsafeBytes { b in send(cfd, b.baseAddress!, b.count, Int32(MSG_NOSIGNAL)) }
+            if sent == response.count { bodyBytes = ResponseEncoder.serviceUnavailableBodyBytes }
+            Glibc.shutdown(cfd, Int32(SHUT_WR))
+            _ = Glibc.read(cfd, readBuffer, LoopContext.readBufferSize)
         }
-        Glibc.shutdown(cfd, Int32(SHUT_WR))
-        // Discard what the client already sent, so closing does not send a reset.
-        var scratch = [UInt8](repeating: 0, count: 4096)
-        _ = scratch.withUnsafeMutableBytes { Glibc.read(cfd, $0.baseAddress!, $0.count) }
         Glibc.close(cfd)
+        shared.onRefusal?(HTTPRefusal(error: error, method: nil, path: nil, start: loop.now, bytes: bodyBytes,
+                                      loop: loop, answered: bodyBytes > 0))
     }
 
     func remove(_ c: HTTPConnection) {
@@ -256,7 +288,12 @@ public final class HTTPServer: @unchecked Sendable {
     ///     answered a request it could not take — unparseable (`400`), over a limit
     ///     (`413`, `414`, `431`), too slow (`408`), an unsupported version or coding
     ///     (`505`, `501`) — with a problem and a close, without `responder` seeing it
-    ///     (for request logs and metrics). Default nil.
+    ///     (for request logs and metrics). Also called once for every connection
+    ///     closed at accept time (`503`, no method or path): over `maxConnections`
+    ///     (after a best-effort `503` on plain HTTP; a TLS listener sends nothing and
+    ///     reports `answered == false`) or that could not be set up (nothing sent).
+    ///     It runs on the accepting loop under overload too, so it must be cheap and
+    ///     must not block. Default nil.
     ///   - responder: called on the connection's loop thread for every complete
     ///     request; must eventually call `respond` on the writer exactly once. It
     ///     may answer later (after timers or other I/O); the connection waits.

@@ -122,8 +122,8 @@ import TestSupport
 
     /// Requests the HTTP layer refuses on its own — unparseable (400), a body over the
     /// limit (413), a request line over the limit (414) — get one log line each (with
-    /// method and path when the head was read whole) and count as `outcome="error"`
-    /// (SPEC §8).
+    /// method and path when the head was read whole, and the reason as `detail`) and
+    /// count as `outcome="error"` (SPEC §8).
     @Test func serve_LogsAndCountsRequestsTheHTTPLayerRefuses() throws {
         let dir = try makeTempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -154,10 +154,54 @@ import TestSupport
         let tooLarge = try #require(lines.first { $0["status"] as? Int == 413 })
         #expect(tooLarge["method"] as? String == "POST" && tooLarge["path"] as? String == "/r")
         #expect(tooLarge["request_id"] is String && tooLarge["route"] == nil)
+        #expect(tooLarge["detail"] as? String == "request body too large")
         let noHost = try #require(lines.first)  // a whole head, refused: its request line is known
         #expect(noHost["method"] as? String == "GET" && noHost["path"] as? String == "/")
         let tooLong = try #require(lines.last)  // the request line itself was the problem
         #expect(tooLong["method"] == nil && tooLong["path"] == nil)
+    }
+
+    /// A connection over `max_connections` gets its 503 and one request log line (no
+    /// method or path, status 503, outcome `error`, a detail naming the cause) and counts
+    /// as `outcome="error"`, status 503, like the requests the HTTP layer refuses (SPEC §8).
+    @Test func serve_LogsAndCountsConnectionsOverMaxConnections() throws {
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try routeJSON(["name": "r", "method": "GET", "path": "/r", "response": ["status": 200, "body": ["ok": true]]])
+            .write(toFile: "\(dir)/r.json", atomically: true, encoding: .utf8)
+        let config = try makeTempDir() + "/config.json"  // not among the route files
+        defer { try? FileManager.default.removeItem(atPath: (config as NSString).deletingLastPathComponent) }
+        try "{\"limits\": {\"max_connections\": 2}}".write(toFile: config, atomically: true, encoding: .utf8)
+        let server = try Server(routesDir: dir, env: [:], extra: ["--config", config])
+        var held: [RawConnection] = []
+        for _ in 0..<2 {
+            let c = try RawConnection(port: server.port)
+            #expect(c.request("GET", "/r")?.status == 200)
+            held.append(c)
+        }
+        for _ in 0..<2 {
+            let c = try RawConnection(port: server.port)
+            #expect(c.write("GET /r HTTP/1.1\r\nHost: a\r\n\r\n"))
+            #expect(c.readResponse()?.status == 503)
+        }
+        // On a held connection: a new one would be refused (and counted) too.
+        let metrics = try #require(held[0].request("GET", "/metrics"))
+        let e = try Exposition(metrics.text)
+        #expect(e.value("switchboard_requests_total", ["route": "", "outcome": "error", "status": "503"]) == 2)
+        held.removeAll()
+        kill(server.process.processIdentifier, SIGTERM)
+        server.process.waitUntilExit()
+        let lines = server.log.split(separator: "\n")
+            .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            .filter { $0["msg"] as? String == "request" && $0["status"] as? Int == 503 }
+        #expect(lines.count == 2, "\(server.log.suffix(4000))")
+        for line in lines {
+            #expect(line["outcome"] as? String == "error")
+            #expect(line["method"] == nil && line["path"] == nil && line["route"] == nil)
+            #expect(line["detail"] as? String == "too many open connections")
+            #expect(line["request_id"] is String)
+            #expect((line["bytes"] as? Int ?? 0) > 0)
+        }
     }
 
     /// SIGTERM lets an in-flight request finish, refuses new connections, and exits 0.

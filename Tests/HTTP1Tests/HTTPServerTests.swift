@@ -219,6 +219,37 @@ import Testing
         }
     }
 
+    /// A connection refused over `maxConnections` is reported to `onRefusal` once, on
+    /// the accepting loop: `tooManyConnections` (503), no method or path, its 503 sent
+    /// (`answered`, the problem body's bytes).
+    @Test func server_ReportsRefusedConnection_WhenMaxConnectionsReached() throws {
+        let refusals = Recorder<[HTTPRefusal]>([])
+        let onLoop = Recorder<Bool>(false)
+        try withServer(limits: HTTPLimits(maxConnections: 1), onRefusal: { r in
+            onLoop.set(r.loop.inEventLoop)
+            refusals.update { $0.append(r) }
+        }) { s in
+            let a = try s.client()
+            #expect(a.get("/a")?.status == 200)
+            let b = try s.client()
+            b.send("GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+            let (data, closed) = b.readUntilClosed()
+            #expect(closed)
+            let text = String(decoding: data, as: UTF8.self)
+            #expect(text.hasPrefix("HTTP/1.1 503 "))
+            #expect(eventually { refusals.get.count == 1 })
+            let r = try #require(refusals.get.first)
+            #expect(r.error == .tooManyConnections && r.error.status == 503)
+            #expect(r.method == nil && r.path == nil)
+            #expect(r.answered && r.detail == "too many open connections")
+            let body = text.components(separatedBy: "\r\n\r\n").last ?? ""
+            #expect(r.bytes == body.utf8.count && r.bytes > 0)
+            #expect(onLoop.get)
+            #expect(a.get("/a2")?.status == 200)
+            #expect(refusals.get.count == 1)
+        }
+    }
+
     /// A responder that answers after a 50 ms loop timer is waited for.
     @Test func server_WaitsForResponse_WhenResponderAnswersLater() throws {
         try withServer { s in

@@ -72,12 +72,12 @@ final class CertificateDirectory {
 
 /// Runs `body` with a certificate directory holding the pair `server` (CN=localhost)
 /// and a TLS server using it; stops the server and removes the files afterwards.
-func withTLSServer(limits: HTTPLimits = HTTPLimits(),
+func withTLSServer(limits: HTTPLimits = HTTPLimits(), onRefusal: ((HTTPRefusal) -> Void)? = nil,
                    _ body: (TestServer, CertificateDirectory, TLSConfiguration) throws -> Void) throws {
     let dir = try CertificateDirectory()
     defer { dir.remove() }
     let tls = try dir.make("server", commonName: "localhost")
-    try withServer(limits: limits, tls: tls) { s in try body(s, dir, tls) }
+    try withServer(limits: limits, tls: tls, onRefusal: onRefusal) { s in try body(s, dir, tls) }
 }
 
 /// A Python `ssl` client: connects without verifying, offering `alpn` (comma
@@ -237,6 +237,29 @@ let halfClientHello: [UInt8] = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 
             #expect(closed)
             #expect(!String(decoding: data, as: UTF8.self).contains("HTTP/"))
             #expect(eventually { s.server.openConnections == 0 })
+        }
+    }
+
+    /// Beyond `maxConnections` a TLS listener closes a new connection without any
+    /// bytes (no plain-text 503) and still reports it to `onRefusal`, as not answered.
+    @Test func tlsServer_ClosesSilentlyAndReportsRefusal_WhenMaxConnectionsReached() throws {
+        let refusals = Recorder<[HTTPRefusal]>([])
+        try withTLSServer(limits: HTTPLimits(maxConnections: 1), onRefusal: { r in refusals.update { $0.append(r) } }) { s, _, _ in
+            let held = try s.client()  // counted from its accept, handshake or not
+            #expect(eventually { s.server.openConnections == 1 })
+            let extra = try s.client()
+            extra.send("GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+            let (data, closed) = extra.readUntilClosed()
+            #expect(closed)
+            #expect(data.isEmpty)
+            #expect(eventually { refusals.get.count == 1 })
+            let r = try #require(refusals.get.first)
+            #expect(r.error == .tooManyConnections && r.error.status == 503)
+            #expect(!r.answered && r.bytes == 0)
+            #expect(r.method == nil && r.path == nil)
+            #expect(r.detail == "too many open connections (closed without a response)")
+            #expect(s.server.openConnections == 1)
+            _ = held
         }
     }
 

@@ -140,11 +140,13 @@ final class TestServer {
 
     init(loops: Int = 1, limits: HTTPLimits = HTTPLimits(), tls: TLSConfiguration? = nil,
          continueCheck: ((HTTPRequest, HTTPResponseWriter) -> Bool)? = nil,
+         onRefusal: ((HTTPRefusal) -> Void)? = nil,
          responder: @escaping (HTTPRequest, HTTPResponseWriter) -> Void = TestServer.echo) throws {
         Socket.ignoreSIGPIPE()
         group = try EventLoopGroup(count: loops)
         server = HTTPServer(group: group, address: SocketAddress(host: "127.0.0.1", port: 0),
-                            limits: limits, tls: tls, continueCheck: continueCheck, responder: responder)
+                            limits: limits, tls: tls, continueCheck: continueCheck, onRefusal: onRefusal,
+                            responder: responder)
         do {
             try server.start()
         } catch {
@@ -166,9 +168,11 @@ final class TestServer {
 /// Runs `body` with a fresh server and always stops it.
 func withServer(loops: Int = 1, limits: HTTPLimits = HTTPLimits(), tls: TLSConfiguration? = nil,
                 continueCheck: ((HTTPRequest, HTTPResponseWriter) -> Bool)? = nil,
+                onRefusal: ((HTTPRefusal) -> Void)? = nil,
                 responder: @escaping (HTTPRequest, HTTPResponseWriter) -> Void = TestServer.echo,
                 _ body: (TestServer) throws -> Void) throws {
-    let s = try TestServer(loops: loops, limits: limits, tls: tls, continueCheck: continueCheck, responder: responder)
+    let s = try TestServer(loops: loops, limits: limits, tls: tls, continueCheck: continueCheck,
+                           onRefusal: onRefusal, responder: responder)
     defer { s.stop() }
     try body(s)
 }

@@ -170,10 +170,13 @@ final class ProbeClient: @unchecked Sendable {
         withExtendedLifetime(greedy) {}
     }
 
-    /// Beyond max_connections a new connection gets 503 (or is closed at once); once others close a normal client works again, and sockets return to baseline.
+    /// Beyond max_connections a new connection gets 503 (or is closed at once) and is
+    /// counted as a refused request (`outcome="error"`, status 503); once others close a
+    /// normal client works again, and sockets return to baseline.
     @Test func maxConnections_NewConnectionRefused_ThenRecovers() throws {
         let gw = try makeGateway { $0.maxConnections = 8 }
         let baseline = gw.serverSideSockets
+        let refused = "switchboard_requests_total{route=\"\",outcome=\"error\",status=\"503\"}"
         var held: [RawConnection] = []
         for _ in 0..<8 {
             let c = try gw.connect(timeout: .seconds(5))
@@ -189,7 +192,11 @@ final class ProbeClient: @unchecked Sendable {
             #expect(closed, "an extra connection is closed at once")
             #expect(st.isEmpty || st == [503], "an extra connection gets 503 or nothing, got \(st)")
         }
+        // Read on a held connection: a new one would be refused (and counted) too.
+        let metrics = try #require(held[0].request("GET", "/metrics")?.text)
+        #expect(metrics.contains("\n\(refused) 3\n"), "three refused connections counted")
         held.removeAll()
+        #expect(eventually(timeout: .seconds(10)) { gw.serverSideSockets == baseline })
         #expect(eventually(timeout: .seconds(5)) { gw.healthz(timeout: .seconds(2))?.status == 200 }, "works again after others close")
         #expect(eventually(timeout: .seconds(10)) { gw.serverSideSockets == baseline })
     }
