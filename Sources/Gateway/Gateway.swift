@@ -53,6 +53,13 @@ final class LoopState: @unchecked Sendable {
         self.routes = routes
         self.log = LogBuffer(loop: loop, level: logLevel)
     }
+
+    /// Counts a new request on this loop and returns its id (`requestIDPrefix`
+    /// plus the counter).
+    func nextRequestID() -> String {
+        requestCounter &+= 1
+        return requestIDPrefix + String(requestCounter)
+    }
 }
 
 /// The Switchboard gateway: the HTTP server, route dispatch, runs, the wait
@@ -171,19 +178,24 @@ public final class Gateway: @unchecked Sendable {
     /// Whether `/readyz` answers 200 (routes loaded, not draining).
     public var isReady: Bool { !draining.load(ordering: .relaxed) }
 
-    /// Binds the listener (one per loop, `SO_REUSEPORT`) and starts serving.
-    /// - Throws: `SystemError` when the address cannot be bound.
+    /// Binds the listener (one per loop, `SO_REUSEPORT`) and starts serving, and the
+    /// admin listener when `admin_listen` is set; both report what their HTTP layer
+    /// refuses on its own to `recordRefusal`. The `listening` log line gives the bound
+    /// addresses (`address`, `admin_address`), a port 0 resolved.
+    /// - Throws: `SystemError` when an address cannot be bound.
     public func start() throws {
+        let onRefusal: (HTTPRefusal) -> Void = { [unowned self] r in self.recordRefusal(r) }
         server = HTTPServer(group: group, address: config.listen, limits: config.limits, tls: config.tls,
                             continueCheck: { [unowned self] head, w in self.refuseBeforeBody(head, w) },
-                            onRefusal: { [unowned self] r in self.recordRefusal(r) }) { [unowned self] req, w in
+                            onRefusal: onRefusal) { [unowned self] req, w in
             self.handle(req, w)
         }
         try recover()
         try server.start()
         if let admin = config.adminListen {
             adminServer = HTTPServer(group: group, address: admin, limits: config.limits,
-                                     continueCheck: { [unowned self] head, w in self.refuseAdminBeforeBody(head, w) }) { [unowned self] req, w in
+                                     continueCheck: { [unowned self] head, w in self.refuseAdminBeforeBody(head, w) },
+                                     onRefusal: onRefusal) { [unowned self] req, w in
                 self.handleAdmin(req, w)
             }
             try adminServer!.start()
@@ -192,8 +204,12 @@ public final class Gateway: @unchecked Sendable {
         if config.apiKeys.isEmpty {
             controlLog.log("warn", "no api_keys configured: the gateway is OPEN to any caller on \(config.listen.host):\(port)")
         }
-        controlLog.log("info", "listening", [("address", .string("\(config.listen.host):\(port)")), ("event_loops", .int(Int64(group.loops.count))),
-                                            ("scheme", .string(config.tls == nil ? "http" : "https"))])
+        var fields: [(String, JSON)] = [("address", .string("\(config.listen.host):\(port)"))]
+        if let admin = config.adminListen, let adminPort {
+            fields.append(("admin_address", .string("\(admin.host):\(adminPort)")))
+        }
+        fields += [("event_loops", .int(Int64(group.loops.count))), ("scheme", .string(config.tls == nil ? "http" : "https"))]
+        controlLog.log("info", "listening", fields)
     }
 
     /// Re-reads the TLS certificate and key for new connections (SIGHUP); open
@@ -348,8 +364,7 @@ public final class Gateway: @unchecked Sendable {
 
     private func handle(_ req: HTTPRequest, _ w: HTTPResponseWriter) {
         let state = states[w.loop.index]
-        state.requestCounter &+= 1
-        let requestID = state.requestIDPrefix + String(state.requestCounter)
+        let requestID = state.nextRequestID()
         let start = w.loop.now
         if draining.load(ordering: .relaxed) { w.closeAfterResponse = true }
 
@@ -395,10 +410,15 @@ public final class Gateway: @unchecked Sendable {
         } else {
             return false
         }
-        state.requestCounter &+= 1
-        finishRequest(state, w, head, refusal, route: nil, outcome: "error",
-                      requestID: state.requestIDPrefix + String(state.requestCounter), start: w.loop.now)
+        answerRefused(head, refusal, w)
         return true
+    }
+
+    /// Answers a request refused from its head alone (a `401`, `404` or `405`), logged
+    /// and counted with outcome `error` as a request of its own. Loop thread.
+    private func answerRefused(_ head: HTTPRequest, _ refusal: HTTPResponse, _ w: HTTPResponseWriter) {
+        let state = states[w.loop.index]
+        finishRequest(state, w, head, refusal, route: nil, outcome: "error", requestID: state.nextRequestID(), start: w.loop.now)
     }
 
     /// Per-request context threaded through the route pipeline: one object per
@@ -1021,13 +1041,15 @@ public final class Gateway: @unchecked Sendable {
     }
 
     /// The admin listener: `GET|HEAD` of `/metrics`, `/healthz`, `/readyz` only, no API key.
+    /// As on the main listener, those three are neither logged nor counted, and a
+    /// `404`/`405` is logged and counted with outcome `error`.
     private func handleAdmin(_ req: HTTPRequest, _ w: HTTPResponseWriter) {
         let state = states[w.loop.index]
         switch Gateway.adminTarget(req) {
         case .metrics: serveMetrics(req, w, state: state, requestID: "", start: w.loop.now)
         case .health: w.respond(healthResponse)
         case .readiness: w.respond(readinessResponse)
-        case .refused(let r, _): w.respond(r)
+        case .refused(let r, _): answerRefused(req, r, w)
         default: break  // adminTarget answers nothing else
         }
     }
@@ -1041,10 +1063,11 @@ public final class Gateway: @unchecked Sendable {
 
     /// The admin listener's `Expect: 100-continue` check: a head it refuses whatever
     /// the body (every one but `GET`/`HEAD` of its three paths) gets the refusal
-    /// instead of `100 Continue` (RFC 9110 §10.1.1). Loop thread.
+    /// instead of `100 Continue` (RFC 9110 §10.1.1), logged and counted like any
+    /// refusal. Loop thread.
     private func refuseAdminBeforeBody(_ head: HTTPRequest, _ w: HTTPResponseWriter) -> Bool {
         guard case .refused(let r, _) = Gateway.adminTarget(head) else { return false }
-        w.respond(r)
+        answerRefused(head, r, w)
         return true
     }
 
@@ -1121,12 +1144,11 @@ public final class Gateway: @unchecked Sendable {
     /// method or path): over `max_connections` or not set up, status `503` — also on
     /// a TLS listener, which sends no `503`; its `detail` then ends in "(closed
     /// without a response)" and `bytes` is 0. On the refusing connection's loop.
+    /// Both listeners report here; the line and the counter do not say which one.
     private func recordRefusal(_ r: HTTPRefusal) {
         let state = states[r.loop.index]
-        state.requestCounter &+= 1
         record(state, method: r.method, path: r.path, status: r.error.status, bytes: r.bytes, route: nil,
-               outcome: "error", requestID: state.requestIDPrefix + String(state.requestCounter), start: r.start,
-               detail: r.detail)
+               outcome: "error", requestID: state.nextRequestID(), start: r.start, detail: r.detail)
     }
 }
 

@@ -59,6 +59,8 @@ import TestSupport
         let process = Process()
         let logPath: String
         let port: UInt16
+        /// The admin listener's port, when started with `--admin-listen`.
+        let adminPort: UInt16?
 
         init(routesDir: String, env: [String: String], extra: [String] = []) throws {
             logPath = routesDir + "/out.log"
@@ -73,18 +75,25 @@ import TestSupport
             process.standardOutput = output
             process.standardError = output
             try process.run()
-            // The port the kernel chose is in the "listening" log line.
+            // The ports the kernel chose are in the "listening" log line.
             var found: UInt16?
+            var foundAdmin: UInt16?
             let path = logPath
             _ = eventually(timeout: .seconds(30)) {
                 let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+                func port(after key: String, in line: Substring) -> UInt16? {
+                    guard let r = line.range(of: "\"\(key)\":\"127.0.0.1:") else { return nil }
+                    return UInt16(line[r.upperBound...].prefix { $0.isNumber })
+                }
                 for line in text.split(separator: "\n") where line.contains("\"msg\":\"listening\"") {
-                    if let r = line.range(of: "127.0.0.1:"), let p = UInt16(line[r.upperBound...].prefix { $0.isNumber }) { found = p }
+                    found = port(after: "address", in: line)
+                    foundAdmin = port(after: "admin_address", in: line)
                 }
                 return found != nil
             }
             guard let port = found else { process.terminate(); throw HarnessError.noResponse }
             self.port = port
+            adminPort = foundAdmin
         }
 
         var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
@@ -202,6 +211,54 @@ import TestSupport
             #expect(line["request_id"] is String)
             #expect((line["bytes"] as? Int ?? 0) > 0)
         }
+    }
+
+    /// The admin listener logs and counts what it refuses as the main listener does:
+    /// what the HTTP layer refuses on its own (a bad request target: 400; a request
+    /// line over the limit: 414) and its own `404`/`405` get one request log line each
+    /// with outcome `error` and count in `switchboard_requests_total{outcome="error"}`
+    /// (read from the admin listener's `/metrics`); `/healthz` and `/metrics` are not
+    /// counted (SPEC §8).
+    @Test func serve_LogsAndCountsRequestsTheAdminListenerRefuses() throws {
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try routeJSON(["name": "r", "method": "GET", "path": "/r", "response": ["status": 200, "body": ["ok": true]]])
+            .write(toFile: "\(dir)/r.json", atomically: true, encoding: .utf8)
+        let server = try Server(routesDir: dir, env: [:], extra: ["--admin-listen", "127.0.0.1:0"])
+        let admin = try #require(server.adminPort, "\(server.log.suffix(2000))")
+        func send(_ raw: String) -> Int? {
+            guard let c = try? RawConnection(port: admin), c.write(raw) else { return nil }
+            return c.readResponse()?.status
+        }
+        #expect(send("GET metrics HTTP/1.1\r\nHost: a\r\n\r\n") == 400)  // not origin-form
+        #expect(send("GET /" + String(repeating: "a", count: 20_000) + " HTTP/1.1\r\nHost: a\r\n\r\n") == 414)
+        #expect(send("GET /nope HTTP/1.1\r\nHost: a\r\n\r\n") == 404)
+        #expect(send("POST /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n") == 405)
+        #expect(send("GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n") == 200)
+        let metrics = try #require(RawConnection(port: admin).request("GET", "/metrics"))
+        #expect(metrics.status == 200)
+        let e = try Exposition(metrics.text)
+        for status in ["400", "414", "404", "405"] {
+            #expect(e.value("switchboard_requests_total", ["route": "", "outcome": "error", "status": status]) == 1, "\(status)")
+        }
+        #expect(e.value("switchboard_requests_total", ["route": "", "outcome": "error", "status": "200"]) == nil)
+        kill(server.process.processIdentifier, SIGTERM)
+        server.process.waitUntilExit()
+        let lines = server.log.split(separator: "\n")
+            .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            .filter { $0["msg"] as? String == "request" }
+        #expect(lines.map { $0["status"] as? Int } == [400, 414, 404, 405], "\(server.log.suffix(4000))")
+        for line in lines {
+            #expect(line["outcome"] as? String == "error")
+            #expect(line["request_id"] is String && line["route"] == nil)
+        }
+        let badTarget = try #require(lines.first)
+        #expect(badTarget["detail"] is String)
+        #expect(lines.first { $0["status"] as? Int == 414 }?["path"] == nil)  // the request line itself was the problem
+        let notFound = try #require(lines.first { $0["status"] as? Int == 404 })
+        #expect(notFound["method"] as? String == "GET" && notFound["path"] as? String == "/nope")
+        let notAllowed = try #require(lines.first { $0["status"] as? Int == 405 })
+        #expect(notAllowed["method"] as? String == "POST" && notAllowed["path"] as? String == "/healthz")
     }
 
     /// SIGTERM lets an in-flight request finish, refuses new connections, and exits 0.
