@@ -39,7 +39,7 @@ final class DeliveryHarness: @unchecked Sendable {
     let events = Locked<[String]>([])
     private var deliverer: CallbackDeliverer!
 
-    init(schedule: [Duration] = [.zero], attemptTimeout: Duration = .seconds(5), allow: [String] = ["127.0.0.0/8"],
+    init(schedule: [Duration] = [.zero], attemptTimeout: Duration = .seconds(15), allow: [String] = ["127.0.0.0/8"],
          resolver: HostResolver = .system) throws {
         group = try EventLoopGroup(count: 1)
         policy = try AddressPolicy(allowing: allow)
@@ -92,9 +92,10 @@ final class DeliveryHarness: @unchecked Sendable {
         onLoop { $0.enqueue(jobID: jobID, owner: owner, target: target, body: body) }
     }
 
-    /// The record once it reaches `status` (nil after 10 s).
+    /// The record once it reaches `status` (nil after 30 s: a bound for a loaded machine
+    /// running the whole suite in parallel, not a timing expectation).
     func wait(_ jobID: String, _ status: DeliveryStatus) -> DeliveryRecord? {
-        _ = eventually { store.record(jobID: jobID)?.status == status }
+        _ = eventually(timeout: .seconds(30)) { store.record(jobID: jobID)?.status == status }
         guard let r = store.record(jobID: jobID), r.status == status else { return nil }
         return r
     }
