@@ -777,9 +777,13 @@ public final class UpstreamTransfer {
             _ = CCurl_easy_setopt_long(h, CURLOPT_CONNECTTIMEOUT_MS, Int(connectMs))
             p.connectMsSet = connectMs
         }
-        if p.maxFileSize != request.maxBodyBytes {
-            _ = CCurl_easy_setopt_off(h, CURLOPT_MAXFILESIZE_LARGE, curl_off_t(request.maxBodyBytes))
-            p.maxFileSize = request.maxBodyBytes
+        // The answer to HEAD has no body: its Content-Length is the size a GET would
+        // have sent (RFC 9110 §9.3.2), which curl would compare with the limit and
+        // refuse as too large (0: no limit; `received(body:)` still enforces it).
+        let maxFileSize = request.method == "HEAD" ? 0 : request.maxBodyBytes
+        if p.maxFileSize != maxFileSize {
+            _ = CCurl_easy_setopt_off(h, CURLOPT_MAXFILESIZE_LARGE, curl_off_t(maxFileSize))
+            p.maxFileSize = maxFileSize
         }
         p.transfer = Unmanaged.passUnretained(self)
         p.errorBuffer[0] = 0  // curl writes to it only when the transfer fails

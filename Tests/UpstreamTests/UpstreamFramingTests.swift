@@ -69,6 +69,8 @@ let validFraming: [FramingCase] = [
                 body: "hello"),
     FramingCase(name: "differing Content-Length in the answer to HEAD", method: "HEAD",
                 response: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n"),
+    FramingCase(name: "the answer to HEAD with a Content-Length over the body limit", method: "HEAD",
+                response: "HTTP/1.1 200 OK\r\nContent-Length: 20000000\r\n\r\n"),
     FramingCase(name: "differing Content-Length in a 204",
                 response: "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n", status: 204),
     FramingCase(name: "Content-Length with Transfer-Encoding in a 304",
