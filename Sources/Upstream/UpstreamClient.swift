@@ -101,6 +101,9 @@ public final class UpstreamClient: @unchecked Sendable {
     ///   (0 = unlimited, the default).
     public init(loop: EventLoop, maxConnectionsPerHost: Int = 0) {
         _ = curlGlobalInit
+        // CURLOPT_NOSIGNAL leaves SIGPIPE to the application: OpenSSL writes to a TLS
+        // connection whose peer is gone with write(2), not send(MSG_NOSIGNAL).
+        Socket.ignoreSIGPIPE()
         self.loop = loop
         handleCounters = UpstreamHandleCounters(loop: loop)
         multi = curl_multi_init()
@@ -320,13 +323,30 @@ public final class UpstreamClient: @unchecked Sendable {
         }
     }
 
-    /// A parked socket became ready (e.g. the peer closed the idle connection):
-    /// stop watching it; curl finds out when it next tries to reuse it.
+    /// A parked socket became ready while no transfer used its connection: the peer
+    /// closed it, or sent bytes no request asked for (a body after a `204` or after the
+    /// answer to `HEAD`, a response to nothing). libcurl 7.88 calls a pooled connection
+    /// with pending input alive and would read those bytes as the next request's
+    /// response — another caller's, perhaps; RFC 9112 §9.3 says a client must not.
+    /// So the descriptor is made to read end-of-stream before curl looks at it again:
+    /// an AF_UNIX socket whose peer is already closed is duplicated onto it (which
+    /// closes the TCP connection, unread bytes and all). curl's liveness check then
+    /// finds the connection closed and drops it; the next transfer connects anew.
+    /// Loop thread only.
     fileprivate func parkedSocketReady(_ fd: Int32) {
-        if let s = socket(fd), s.parked {
-            sockets[Int(fd)] = nil
-            loop.unregister(fd: fd)
+        guard let s = socket(fd), s.parked else { return }
+        sockets[Int(fd)] = nil
+        loop.unregister(fd: fd)
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            // Without a descriptor to spare: close the connection's input at least (a peer
+            // that closed is found dead anyway).
+            shutdown(fd, Int32(SHUT_RDWR))
+            return
         }
+        close(pair[1])
+        dup2(pair[0], fd)
+        close(pair[0])
     }
 
     // curl's timer moves with every transfer (its earliest deadline changes as

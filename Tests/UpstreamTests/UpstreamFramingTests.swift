@@ -128,6 +128,35 @@ private func framingUpstream(_ response: String) throws -> ScriptedServer {
         #expect(up.connections == 1, "\(c.name): a new connection for the next request")
     }
 
+    /// Bytes an upstream sends on an idle kept-alive connection (here a whole response
+    /// after a `204`, unasked) are never taken as the next request's response (RFC 9112
+    /// §9.3): that connection is dropped and the next request gets its own answer on a
+    /// new one.
+    @Test func unsolicitedBytesOnAnIdleConnection_AreNotTheNextResponse() throws {
+        let up = try ScriptedServer { conn, server in
+            while let req = conn.readRequest() {
+                server.record(req)
+                if req.target == "/late" {
+                    guard conn.write("HTTP/1.1 204 No Content\r\n\r\n") else { return }
+                    usleep(200_000)
+                    guard conn.write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTALE") else { return }
+                } else if !conn.write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh") {
+                    return
+                }
+            }
+        }
+        let h = try ClientHarness()
+        let first = try h.send { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/late", deadline: $0 + .seconds(5)) }.get()
+        #expect(first.status == 204)
+        // The unasked response arrives while the connection is idle in the pool.
+        usleep(600_000)
+        let next = try h.send { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/next", deadline: $0 + .seconds(5)) }.get()
+        #expect(String(decoding: next.body, as: UTF8.self) == "fresh")
+        #expect(up.requests.map(\.target) == ["/late", "/next"])
+        #expect(up.connections == 2, "the connection with unread bytes was reused")
+        #expect(h.activeTransfers == 0)
+    }
+
     /// A URL whose host is not ASCII (as written, or percent-encoded) fails as `protocol`
     /// saying why, not just "URL using bad/illegal format", and without a connection;
     /// a host curl refuses outright (`^`) names curl's reason.
