@@ -76,24 +76,15 @@ import TestSupport
             process.standardError = output
             try process.run()
             // The ports the kernel chose are in the "listening" log line.
-            var found: UInt16?
-            var foundAdmin: UInt16?
+            var found: (address: UInt16, admin: UInt16?)?
             let path = logPath
             _ = eventually(timeout: .seconds(30)) {
-                let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
-                func port(after key: String, in line: Substring) -> UInt16? {
-                    guard let r = line.range(of: "\"\(key)\":\"127.0.0.1:") else { return nil }
-                    return UInt16(line[r.upperBound...].prefix { $0.isNumber })
-                }
-                for line in text.split(separator: "\n") where line.contains("\"msg\":\"listening\"") {
-                    found = port(after: "address", in: line)
-                    foundAdmin = port(after: "admin_address", in: line)
-                }
+                found = listeningPorts(inLogAt: path)
                 return found != nil
             }
-            guard let port = found else { process.terminate(); throw HarnessError.noResponse }
-            self.port = port
-            adminPort = foundAdmin
+            guard let found else { process.terminate(); throw HarnessError.noResponse }
+            self.port = found.address
+            adminPort = found.admin
         }
 
         var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }

@@ -15,19 +15,6 @@ private func switchboardExecutable() -> String? {
     return nil
 }
 
-/// A port that was free a moment ago.
-private func freePort() -> UInt16 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var sa = sockaddr_in()
-    sa.sin_family = sa_family_t(AF_INET)
-    sa.sin_addr.s_addr = inet_addr("127.0.0.1")
-    _ = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-    var out = sockaddr_in()
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &out) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-    return UInt16(bigEndian: out.sin_port)
-}
 
 /// CPU time (user + system) used so far by process `pid`, in seconds.
 private func cpuSeconds(_ pid: Int32) -> Double {
@@ -50,14 +37,28 @@ private func cpuSeconds(_ pid: Int32) -> Double {
         try FileManager.default.createDirectory(atPath: "\(dir)/routes", withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try fixedRoute(name: "echo", method: "POST", path: "/echo").write(toFile: "\(dir)/routes/echo.json", atomically: true, encoding: .utf8)
-        let port = freePort()
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = ["-c", "ulimit -n 64 && exec \"$0\" serve --routes \"$1/routes\" --data \"$1/data\" --listen 127.0.0.1:\(port) --event-loops 1", bin, dir]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
+        p.arguments = ["-c", "ulimit -n 64 && exec \"$0\" serve --routes \"$1/routes\" --data \"$1/data\" --listen 127.0.0.1:0 --event-loops 1", bin, dir]
+        // The child's output goes to a file, shown with any failure below.
+        let logPath = "\(dir)/gateway.log"
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        p.standardOutput = log
+        p.standardError = log
         try p.run()
+        let childLog = { () -> String in
+            let text = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+            return "gateway output (last 4000 bytes):\n" + String(text.suffix(4000))
+        }
         defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) }; p.waitUntilExit() }
+        // The port the kernel chose is in the child's "listening" line.
+        var listening: (address: UInt16, admin: UInt16?)?
+        _ = eventually(timeout: .seconds(15)) { listening = listeningPorts(inLogAt: logPath); return listening != nil }
+        guard let port = listening?.address else {
+            Issue.record("the gateway did not start; \(childLog())")
+            return
+        }
         let healthz = { () -> Int? in
             guard let c = try? RawConnection(port: port, timeout: .seconds(2)) else { return nil }
             return c.request("GET", "/healthz")?.status
@@ -71,12 +72,12 @@ private func cpuSeconds(_ pid: Int32) -> Double {
         let before = cpuSeconds(p.processIdentifier)
         sleep(2)
         let used = cpuSeconds(p.processIdentifier) - before
-        #expect(before >= 0, "CPU time readable from /proc")
+        #expect(before >= 0, "CPU time readable from /proc; \(childLog())")
         #expect(used < 1.0, "the loop spun on EMFILE: \(used)s of CPU in 2s")
-        #expect(p.isRunning, "the gateway survived descriptor exhaustion")
+        #expect(p.isRunning, "the gateway survived descriptor exhaustion; \(childLog())")
 
         for fd in held { close(fd) }
-        #expect(eventually(timeout: .seconds(10)) { healthz() == 200 }, "serves again once descriptors are free")
+        #expect(eventually(timeout: .seconds(10)) { healthz() == 200 }, "serves again once descriptors are free; \(childLog())")
         kill(p.processIdentifier, SIGTERM)
     }
 }

@@ -252,6 +252,23 @@ public final class ScriptedServer: @unchecked Sendable {
 
 /// Polls `condition` every 10 ms until it holds or `timeout` passes.
 /// - Returns: whether it held.
+/// The loopback ports a `switchboard serve` child reported in its `listening` log line
+/// (`"address":"127.0.0.1:PORT"`, and `"admin_address"` when it has an admin listener),
+/// read from the file its output goes to; nil until that line is there. Lets a test
+/// start the child on `127.0.0.1:0` instead of guessing a free port, which another
+/// test running in parallel can take first.
+public func listeningPorts(inLogAt path: String) -> (address: UInt16, admin: UInt16?)? {
+    let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+    func port(after key: String, in line: Substring) -> UInt16? {
+        guard let r = line.range(of: "\"\(key)\":\"127.0.0.1:") else { return nil }
+        return UInt16(line[r.upperBound...].prefix { $0.isNumber })
+    }
+    for line in text.split(separator: "\n") where line.contains("\"msg\":\"listening\"") {
+        if let address = port(after: "address", in: line) { return (address, port(after: "admin_address", in: line)) }
+    }
+    return nil
+}
+
 public func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool) -> Bool {
     let end = ContinuousClock.now + timeout
     while ContinuousClock.now < end {
