@@ -181,6 +181,7 @@ public final class ScriptedServer: @unchecked Sendable {
     private let lock = NSLock()
     private var _requests: [RawMessage] = []
     private var _connections = 0
+    private var _answered = 0
     private var stopped = false
 
     /// Starts listening; `handler` gets each connection and the server (to record requests).
@@ -213,15 +214,21 @@ public final class ScriptedServer: @unchecked Sendable {
     }
 
     /// An upstream answering every request with `status` and `body` (keep-alive),
-    /// after `delay`, recording each request.
-    public static func answering(status: Int = 200, body: String = "{\"ok\":true}", headers: [(String, String)] = [("Content-Type", "application/json")], delay: Duration = .zero) throws -> ScriptedServer {
+    /// after `delay`, recording each request. With `heldBy`, each answer also waits
+    /// until the gate opens (at most 30 s); with `meeting`, until every party of the
+    /// rendezvous has a request in hand (at most 10 s). Counts its answers in `answered`.
+    public static func answering(status: Int = 200, body: String = "{\"ok\":true}", headers: [(String, String)] = [("Content-Type", "application/json")], delay: Duration = .zero,
+                                 heldBy gate: Gate? = nil, meeting rendezvous: Rendezvous? = nil) throws -> ScriptedServer {
         try ScriptedServer { conn, server in
             while let req = conn.readRequest() {
                 server.record(req)
                 if delay > .zero { Thread.sleep(forTimeInterval: Double(delay.milliseconds) / 1000) }
+                _ = gate?.wait(timeout: .seconds(30))
+                rendezvous?.arrive(timeout: .seconds(10))
                 var s = "HTTP/1.1 \(status) X\r\nContent-Length: \(body.utf8.count)\r\n"
                 for (n, v) in headers { s += "\(n): \(v)\r\n" }
                 s += "\r\n\(body)"
+                server.lock.withLock { server._answered += 1 }
                 if !conn.write(s) { return }
             }
         }
@@ -235,6 +242,8 @@ public final class ScriptedServer: @unchecked Sendable {
     public var requests: [RawMessage] { lock.withLock { _requests } }
     /// Connections accepted so far.
     public var connections: Int { lock.withLock { _connections } }
+    /// Answers an `answering` server has started to write so far.
+    public var answered: Int { lock.withLock { _answered } }
 
     /// Stops accepting (already-running handlers go on until their peer closes).
     public func stop() {
@@ -250,8 +259,62 @@ public final class ScriptedServer: @unchecked Sendable {
     deinit { stop() }
 }
 
-/// Polls `condition` every 10 ms until it holds or `timeout` passes.
-/// - Returns: whether it held.
+/// A latch a test opens to release the upstream answers it holds, so that "the
+/// caller was answered before the upstream" is shown by order, not by a clock.
+public final class Gate: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var isOpen = false
+
+    public init() {}
+
+    /// Opens the gate for every waiter, now and later.
+    public func open() {
+        condition.withLock { isOpen = true; condition.broadcast() }
+    }
+
+    /// Blocks until the gate is open or `timeout` passes.
+    /// - Returns: whether it opened.
+    public func wait(timeout: Duration) -> Bool {
+        let end = Date(timeIntervalSinceNow: Double(timeout.milliseconds) / 1000)
+        return condition.withLock {
+            while !isOpen { if !condition.wait(until: end) { return isOpen } }
+            return true
+        }
+    }
+}
+
+/// A meeting point for `parties` threads (upstream handlers holding one request
+/// each): shows that requests were in flight at the same time without measuring time.
+public final class Rendezvous: @unchecked Sendable {
+    private let condition = NSCondition()
+    private let parties: Int
+    private var arrived = 0
+    private var brokenByTimeout = false
+    private var met = false
+
+    /// - Parameter parties: how many arrivals make the meeting.
+    public init(parties: Int) { self.parties = parties }
+
+    /// Arrives and waits until all parties have, or `timeout` passes (which breaks the meeting).
+    public func arrive(timeout: Duration) {
+        let end = Date(timeIntervalSinceNow: Double(timeout.milliseconds) / 1000)
+        condition.withLock {
+            arrived += 1
+            if arrived == parties {
+                met = !brokenByTimeout
+                condition.broadcast()
+                return
+            }
+            while arrived < parties {
+                if !condition.wait(until: end) { brokenByTimeout = true; return }
+            }
+        }
+    }
+
+    /// Whether all parties arrived before any of them gave up waiting.
+    public var everyPartyMet: Bool { condition.withLock { met } }
+}
+
 /// The loopback ports a `switchboard serve` child reported in its `listening` log line
 /// (`"address":"127.0.0.1:PORT"`, and `"admin_address"` when it has an admin listener),
 /// read from the file its output goes to; nil until that line is there. Lets a test
@@ -269,6 +332,8 @@ public func listeningPorts(inLogAt path: String) -> (address: UInt16, admin: UIn
     return nil
 }
 
+/// Polls `condition` every 10 ms until it holds or `timeout` passes.
+/// - Returns: whether it held.
 public func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool) -> Bool {
     let end = ContinuousClock.now + timeout
     while ContinuousClock.now < end {

@@ -214,21 +214,28 @@ final class ClientHarness: @unchecked Sendable {
         #expect(h.activeTransfers == 0)
     }
 
-    /// Three concurrent 300 ms transfers on one loop finish together, not one after another.
+    /// Three transfers on one loop are in flight at once, not one after another: the
+    /// upstream answers none of them until it holds all three requests.
     @Test func concurrentTransfers_RunInParallel() throws {
-        let up = try ScriptedServer.answering(delay: .milliseconds(300))
+        let meeting = Rendezvous(parties: 3)
+        let up = try ScriptedServer.answering(meeting: meeting)
         let h = try ClientHarness()
         let loop = h.group.loops[0]
         let client = h.client
         let done = DispatchSemaphore(value: 0)
-        let start = ContinuousClock.now
+        let lock = NSLock()
+        nonisolated(unsafe) var succeeded = 0
         loop.execute {
             for _ in 0..<3 {
-                client.send(UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: loop.now + .seconds(5))) { _ in done.signal() }
+                client.send(UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: loop.now + .seconds(20))) { r in
+                    if case .success(let response) = r, response.status == 200 { lock.withLock { succeeded += 1 } }
+                    done.signal()
+                }
             }
         }
-        for _ in 0..<3 { _ = done.wait(timeout: .now() + 10) }
-        #expect(ContinuousClock.now - start < .milliseconds(850))
+        for _ in 0..<3 { _ = done.wait(timeout: .now() + 30) }
+        #expect(meeting.everyPartyMet)
         #expect(up.requests.count == 3)
+        #expect(lock.withLock { succeeded } == 3)
     }
 }
