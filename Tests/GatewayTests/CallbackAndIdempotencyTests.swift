@@ -113,7 +113,9 @@ import TestSupport
 
     /// A delivery failing every attempt is dead-lettered and listed; redelivery then succeeds with the same webhook id.
     @Test func deadLetter_ThenRedeliver() throws {
-        let up = try ScriptedServer.answering(delay: .milliseconds(200))
+        let gate = Gate()  // the run outlasts its budget: the upstream answers after the 202
+        defer { gate.open() }
+        let up = try ScriptedServer.answering(heldBy: gate)
         let flip = Counter()
         let rx = try ScriptedServer { conn, server in
             while let req = conn.readRequest() {
@@ -126,6 +128,7 @@ import TestSupport
         let ep = try h.request("POST", "/callbacks", body: "{\"url\": \"http://127.0.0.1:\(rx.port)/dl\"}")
         let epID = try #require(ep.object["id"] as? String)
         let r = try h.request("POST", "/slow", headers: [("Callback", epID)], body: "{\"n\":4}")
+        gate.open()
         let jobID = try #require(r.object["job_id"] as? String)
         var listed: [String: Any]?
         #expect(eventually {
@@ -145,12 +148,15 @@ import TestSupport
 
     /// A `410 Gone` answer disables the endpoint.
     @Test func gone_DisablesEndpoint() throws {
-        let up = try ScriptedServer.answering(delay: .milliseconds(200))
+        let gate = Gate()  // the run outlasts its budget: the upstream answers after the 202
+        defer { gate.open() }
+        let up = try ScriptedServer.answering(heldBy: gate)
         let rx = try Self.receiver([410])
         let h = try Self.harness(up)
         let ep = try h.request("POST", "/callbacks", body: "{\"url\": \"http://127.0.0.1:\(rx.port)/gone\"}")
         let epID = try #require(ep.object["id"] as? String)
         #expect(try h.request("POST", "/slow", headers: [("Callback", epID)], body: "{\"n\":5}").status == 202)
+        gate.open()
         #expect(eventually { (try? h.request("GET", "/callbacks/\(epID)"))?.object["disabled"] as? Bool == true })
         #expect(rx.requests.count == 1)
     }
