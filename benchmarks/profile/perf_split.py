@@ -65,7 +65,36 @@ def classify(frames):
     return f"other: {dso0}"
 
 
+# Inside libcurl, by transfer phase: only when libcurl has symbols (a build of
+# Debian's source, see libcurl_with_symbols), as the stripped system library shows
+# only its exported functions. Every sample under a libcurl frame counts, kernel
+# time included (the send of the request, the recv of the response, the polls).
+CURL_PHASES = [  # the innermost marker on the call chain decides
+    ({"curl_easy_init", "curl_easy_cleanup", "curl_easy_setopt", "curl_easy_reset"},
+     "handle renewal and per-transfer options (init, cleanup, setopt)"),
+    ({"Curl_connect", "create_conn"}, "choosing a connection (URL into a connection, pool lookup, liveness poll)"),
+    ({"Curl_http_bodysend"}, "sending the request (kernel send included)"),
+    ({"Curl_http", "multi_do"}, "building the request (headers, printf engine)"),
+    ({"Curl_readwrite"}, "reading the response (recv, status line and fields, our callbacks)"),
+    ({"Curl_pretransfer", "multi_done", "Curl_posttransfer", "Curl_preconnect"},
+     "starting and finishing a transfer (pretransfer, multi_done)"),
+]
+
+
+def curl_phase(frames):
+    """The transfer phase a sample under libcurl belongs to, or None outside libcurl."""
+    if not any("libcurl" in dso for _, dso in frames):
+        return None
+    for sym, _ in frames:  # innermost first
+        for markers, label in CURL_PHASES:
+            if sym in markers:
+                return label
+    return "multi bookkeeping (socket_action, timers, socket callbacks)"
+
+
 parts = collections.Counter()
+curl_parts = collections.Counter()
+curl_symbols = False
 frames = []
 total = 0
 for line in script.splitlines() + [""]:
@@ -73,6 +102,10 @@ for line in script.splitlines() + [""]:
     if not line:
         if frames:
             parts[classify(frames)] += 1
+            phase = curl_phase(frames)
+            if phase:
+                curl_parts[phase] += 1
+                curl_symbols = curl_symbols or any(sym == "multi_runsingle" for sym, _ in frames)
             total += 1
         frames = []
         continue
@@ -84,3 +117,10 @@ for line in script.splitlines() + [""]:
 print(f"{total} samples; CPU per request {us_per_req:.1f} µs (measured without perf)")
 for part, n in sorted(parts.items(), key=lambda kv: -kv[1]):
     print(f"{100 * n / total:6.1f}%  {us_per_req * n / total:6.1f} µs  {part}")
+
+if curl_symbols:
+    n_curl = sum(curl_parts.values())
+    print(f"\nInside libcurl, by transfer phase (kernel time under libcurl included): "
+          f"{100 * n_curl / total:.1f}% of samples, {us_per_req * n_curl / total:.1f} µs")
+    for part, n in sorted(curl_parts.items(), key=lambda kv: -kv[1]):
+        print(f"{100 * n / total:6.1f}%  {us_per_req * n / total:6.1f} µs  {part}")
