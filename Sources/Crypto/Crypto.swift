@@ -79,6 +79,28 @@ public enum Crypto {
     /// Standard base64 (RFC 4648 §4, with padding).
     public static func base64(_ bytes: [UInt8]) -> String { Data(bytes).base64EncodedString() }
 
+    /// Appends the standard base64 of `bytes` (the same text as `base64`, as ASCII bytes)
+    /// to `out`, with `EVP_EncodeBlock`: no intermediate string or `Data`.
+    public static func appendBase64(_ bytes: [UInt8], to out: inout [UInt8]) {
+        // EVP_EncodeBlock takes an Int32 length: encode in chunks of a multiple of 3
+        // bytes, whose encodings concatenate to that of the whole.
+        let chunk = 3 << 28
+        bytes.withUnsafeBufferPointer { src in
+            var at = 0
+            while at < src.count {
+                let n = min(chunk, src.count - at)
+                let encoded = 4 * ((n + 2) / 3)
+                let start = out.count
+                out.append(contentsOf: repeatElement(0, count: encoded + 1))  // + EVP_EncodeBlock's NUL
+                out.withUnsafeMutableBufferPointer { dst in
+                    _ = EVP_EncodeBlock(dst.baseAddress! + start, src.baseAddress! + at, Int32(n))
+                }
+                out.removeLast()
+                at += n
+            }
+        }
+    }
+
     /// Bytes from standard base64; nil when malformed.
     public static func fromBase64(_ text: String) -> [UInt8]? { Data(base64Encoded: text).map { [UInt8]($0) } }
 }

@@ -88,7 +88,9 @@ public struct StepOutcome: Sendable {
         set { storedHeaders = newValue; headerBlock = nil }
     }
     var storedHeaders: [(String, String)] = []
-    var headerBlock: UpstreamHeaderBlock?
+    /// The upstream response's header block as received, when `headers` come from one
+    /// (nil when they were set as pairs). Reading it does not parse the block.
+    public private(set) var headerBlock: UpstreamHeaderBlock?
 
     /// Sets `headers` from an upstream response without parsing its header block.
     mutating func setUpstreamHeaders(_ r: UpstreamResponse) {
@@ -130,8 +132,9 @@ public struct StepOutcome: Sendable {
     }
 
     /// The body as compact JSON bytes when the upstream sent it in exactly the form
-    /// serializing `body` gives (so it can be passed through as is); nil otherwise.
-    var serializedBodyIfCanonical: [UInt8]? {
+    /// serializing `body` gives (so it can be passed through, or journaled, as is,
+    /// without parsing it); nil otherwise. Does not parse the body.
+    public var serializedBodyIfCanonical: [UInt8]? {
         guard let l = lazyBody, l.canonical else { return nil }
         return l.raw
     }

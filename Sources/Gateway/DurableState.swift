@@ -4,6 +4,7 @@ import JSON
 import Jobs
 import Journal
 import EventLoop
+import Upstream
 import Synchronization
 
 /// Record kinds in the journal (the `kind` tag of `JournalRecord`).
@@ -119,9 +120,11 @@ final class DurableState: Sendable {
         w.field("state", outcome.state.rawValue)
         if let s = outcome.status { w.field("status", Int64(s)) }
         w.key("headers")
-        w.pairs(outcome.headers)
+        // An upstream header block or body is written from its bytes when that gives
+        // the same text as the parsed pairs or value would, without parsing it.
+        if let block = outcome.headerBlock { w.pairs(block) } else { w.pairs(outcome.headers) }
         w.key("body")
-        w.value(outcome.body)
+        if let json = outcome.serializedBodyIfCanonical { w.serialized(json) } else { w.value(outcome.body) }
         w.field("attempts", Int64(outcome.attempts))
         if let k = outcome.errorKind { w.field("error", k.rawValue) }
         if let m = outcome.message { w.field("message", m) }
@@ -139,7 +142,7 @@ final class DurableState: Sendable {
         w.field("status", Int64(response.status))
         w.key("headers")
         w.pairs(response.headers)
-        w.field("body", Crypto.base64(response.body))
+        w.base64Field("body", response.body)
         w.close()
         return .append(jobKey(job), kind: RecordKind.jobFinished.rawValue, payload: w.bytes)
     }
@@ -443,9 +446,25 @@ struct PayloadWriter {
         atStart = false
     }
 
+    /// `"name":"<standard base64 of bytes>"` (base64 needs no JSON escape).
+    mutating func base64Field(_ name: StaticString, _ value: [UInt8]) {
+        key(name)
+        bytes.append(0x22)
+        Crypto.appendBase64(value, to: &bytes)
+        bytes.append(0x22)
+        atStart = false
+    }
+
     mutating func value(_ v: JSON) {
         separate()
         v.serialize(into: &bytes)
+        atStart = false
+    }
+
+    /// A value already serialized as compact JSON.
+    mutating func serialized(_ json: [UInt8]) {
+        separate()
+        bytes.append(contentsOf: json)
         atStart = false
     }
 
@@ -459,6 +478,31 @@ struct PayloadWriter {
     mutating func pairs(_ p: [(String, String)], skipping: StaticString? = nil) {
         separate()
         bytes.append(0x5B)
+        pairElements(p, skipping: skipping)
+        bytes.append(0x5D)
+        atStart = false
+    }
+
+    /// `[["name","value"],…]` of `block.pairs`, written from the block's bytes when it
+    /// is plain (see `UpstreamHeaderBlock.forEachPlainField`): the same text, unparsed.
+    mutating func pairs(_ block: UpstreamHeaderBlock) {
+        separate()
+        bytes.append(0x5B)
+        let start = bytes.count
+        let plain = block.forEachPlainField { name, value in
+            if bytes.count > start { bytes.append(0x2C) }
+            bytes.append(0x5B)
+            JSON.appendQuoted(utf8: name, to: &bytes)
+            bytes.append(0x2C)
+            JSON.appendQuoted(utf8: value, to: &bytes)
+            bytes.append(0x5D)
+        }
+        if !plain { pairElements(block.pairs) }
+        bytes.append(0x5D)
+        atStart = false
+    }
+
+    private mutating func pairElements(_ p: [(String, String)], skipping: StaticString? = nil) {
         var first = true
         for (k, v) in p {
             if let skipping, PayloadWriter.asciiCaseInsensitiveEquals(k, skipping) { continue }
@@ -470,8 +514,6 @@ struct PayloadWriter {
             JSON.appendQuoted(v, to: &bytes)
             bytes.append(0x5D)
         }
-        bytes.append(0x5D)
-        atStart = false
     }
 
     /// `{"endpoint": id}` or `{"url": url}`.

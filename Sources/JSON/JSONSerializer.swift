@@ -96,6 +96,15 @@ extension JSON {
         out.append(0x22)
     }
 
+    /// Appends the string whose UTF-8 bytes are `utf8` quoted and escaped per RFC 8259:
+    /// the same bytes as ``appendQuoted(_:to:)-(String,_)`` given that string (the bytes
+    /// must be valid UTF-8).
+    public static func appendQuoted(utf8: UnsafeBufferPointer<UInt8>, to out: inout [UInt8]) {
+        out.append(0x22)
+        appendEscaped(utf8, to: &out)
+        out.append(0x22)
+    }
+
     static func appendEscaped(_ bytes: UnsafeBufferPointer<UInt8>, to out: inout [UInt8]) {
         var runStart = 0
         var i = 0

@@ -83,6 +83,8 @@ public final class Journal: Sendable {
     public func append(_ records: [JournalRecord], durable: Bool,
                        completion: @escaping @Sendable (Result<Void, JournalError>) -> Void) {
         var bytes: [UInt8] = []
+        // Room for every frame at once: one allocation per append, not one per record.
+        bytes.reserveCapacity(records.reduce(0) { $0 + Format.recordOverhead + $1.key.utf8.count + $1.payload.count })
         var pending: [PendingRecord] = []
         pending.reserveCapacity(records.count)
         var rejection: JournalError? = nil

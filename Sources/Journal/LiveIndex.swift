@@ -16,11 +16,18 @@ struct LiveIndex {
             if let old = keys.updateValue([location], forKey: key) { forget(old) }
             remember(location)
         case .append:
-            keys[key, default: []].append(location)
+            Self.append(location, to: &keys[key, default: []])
             remember(location)
         case .delete:
             if let old = keys.removeValue(forKey: key) { forget(old) }
         }
+    }
+
+    /// Appends to `list`, growing a full list of one to four at once (not to two, then
+    /// four): a key appended to takes a few records (a job: its steps, then its result).
+    private static func append(_ location: Location, to list: inout [Location]) {
+        if list.count == 1 && list.capacity == 1 { list.reserveCapacity(4) }
+        list.append(location)
     }
 
     private mutating func remember(_ location: Location) {

@@ -101,38 +101,73 @@ public final class UpstreamHeaderBlock: @unchecked Sendable {
         }
     }
 
+    /// Calls `field` with the UTF-8 bytes of each field's name and value, in order —
+    /// exactly the bytes of the strings in `pairs` — and returns true, when the block is
+    /// plain: ASCII without NUL, CR only before LF, and no obs-fold line. Otherwise
+    /// returns false without calling `field` (use `pairs`). Does not parse or cache
+    /// `pairs`; the buffers are valid only during the call. Any thread.
+    public func forEachPlainField(_ field: (UnsafeBufferPointer<UInt8>, UnsafeBufferPointer<UInt8>) -> Void) -> Bool {
+        raw.withUnsafeBufferPointer { b in
+            // Plain bytes are their own text (no CR or NUL to replace, and ASCII decodes
+            // as itself), and with no obs-fold no value is joined from several lines.
+            var lineStart = true
+            for i in 0..<b.count {
+                let c = b[i]
+                if c >= 0x80 || c == 0 || (c == 0x0D && (i + 1 == b.count || b[i + 1] != 0x0A))
+                    || (lineStart && (c == 0x20 || c == 0x09)) { return false }
+                lineStart = c == 0x0A
+            }
+            UpstreamHeaderBlock.scan(b) { name, value in
+                field(UnsafeBufferPointer(rebasing: b[name]), UnsafeBufferPointer(rebasing: b[value]))
+            } fold: { _ in
+                preconditionFailure("a plain header block has no obs-fold line")
+            }
+            return true
+        }
+    }
+
     static func parse(_ raw: [UInt8]) -> [(String, String)] {
         var out: [(String, String)] = []
         raw.withUnsafeBufferPointer { b in
-            var start = 0
-            while start < b.count {
-                var lf = start
-                while lf < b.count && b[lf] != 0x0A { lf += 1 }
-                var end = lf
-                while end > start && (b[end - 1] == 0x0A || b[end - 1] == 0x0D) { end -= 1 }
-                defer { start = lf + 1 }
-                guard end > start else { continue }
-                func isBlank(_ c: UInt8) -> Bool { c == 0x20 || c == 0x09 || c == 0x0D || c == 0 }
-                while end > start && isBlank(b[end - 1]) { end -= 1 }
-                if b[start] == 0x20 || b[start] == 0x09 {
-                    // obs-fold: the previous field's value goes on.
-                    var cs = start
-                    while cs < end && isBlank(b[cs]) { cs += 1 }
-                    if cs < end, !out.isEmpty {
-                        out[out.count - 1].1 += out[out.count - 1].1.isEmpty ? text(b, cs..<end) : " " + text(b, cs..<end)
-                    }
-                    continue
+            scan(b) { name, value in
+                out.append((text(b, name), text(b, value)))
+            } fold: { more in
+                // obs-fold: the previous field's value goes on.
+                if !out.isEmpty {
+                    out[out.count - 1].1 += out[out.count - 1].1.isEmpty ? text(b, more) : " " + text(b, more)
                 }
-                var colon = start
-                while colon < end && b[colon] != UInt8(ascii: ":") { colon += 1 }
-                guard colon < end else { continue }
-                let name = text(b, start..<colon)
-                var vs = colon + 1
-                while vs < end && isBlank(b[vs]) { vs += 1 }
-                out.append((name, text(b, vs..<end)))
             }
         }
         return out
+    }
+
+    /// Splits `b` into lines and reports, in order, each field line's name and
+    /// (trimmed) value and each obs-fold line's (trimmed, non-empty) text.
+    private static func scan(_ b: UnsafeBufferPointer<UInt8>, field: (Range<Int>, Range<Int>) -> Void,
+                             fold: (Range<Int>) -> Void) {
+        var start = 0
+        while start < b.count {
+            var lf = start
+            while lf < b.count && b[lf] != 0x0A { lf += 1 }
+            var end = lf
+            while end > start && (b[end - 1] == 0x0A || b[end - 1] == 0x0D) { end -= 1 }
+            defer { start = lf + 1 }
+            guard end > start else { continue }
+            func isBlank(_ c: UInt8) -> Bool { c == 0x20 || c == 0x09 || c == 0x0D || c == 0 }
+            while end > start && isBlank(b[end - 1]) { end -= 1 }
+            if b[start] == 0x20 || b[start] == 0x09 {
+                var cs = start
+                while cs < end && isBlank(b[cs]) { cs += 1 }
+                if cs < end { fold(cs..<end) }
+                continue
+            }
+            var colon = start
+            while colon < end && b[colon] != UInt8(ascii: ":") { colon += 1 }
+            guard colon < end else { continue }
+            var vs = colon + 1
+            while vs < end && isBlank(b[vs]) { vs += 1 }
+            field(start..<colon, vs..<end)
+        }
     }
 
     /// `b[range]` as text, each CR and NUL replaced by a space.

@@ -40,4 +40,19 @@ import Testing
         let sig = WebhookSignature.sign(secret: key, id: "msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp: 1614265330, body: body)
         #expect(sig == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
     }
+
+    /// `appendBase64` (OpenSSL) writes the same text as `base64` (Foundation) for every
+    /// padding case, after what the buffer already holds.
+    @Test func appendBase64_MatchesBase64() {
+        for n in 0...70 {
+            let bytes = (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 250) }
+            var out = Array("x".utf8)
+            Crypto.appendBase64(bytes, to: &out)
+            #expect(out == Array(("x" + Crypto.base64(bytes)).utf8))
+        }
+        let random = Crypto.randomBytes(4099)
+        var out: [UInt8] = []
+        Crypto.appendBase64(random, to: &out)
+        #expect(String(decoding: out, as: UTF8.self) == Crypto.base64(random))
+    }
 }

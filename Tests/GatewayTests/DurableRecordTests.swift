@@ -1,11 +1,12 @@
 import Foundation
 import Crypto
-import Flows
+@testable import Flows
 import JSON
 import Jobs
 import Journal
 import Testing
 import TestSupport
+import Upstream
 @testable import Gateway
 
 /// The job records are written straight into bytes; they must be exactly what
@@ -98,6 +99,46 @@ struct DurableRecordTests {
         let ref = JSON.object(["finished_at": .int(1_764_400_000_123), "status": .int(502), "headers": Self.pairs(resp.headers),
                                "body": .string(Crypto.base64(resp.body))]).serialized
         #expect(rec.payload == ref)
+    }
+}
+
+/// A step record of an upstream response is written from the response's bytes when
+/// they are canonical JSON and a plain header block: the same record as from the
+/// parsed body and header pairs, and the same as before for any other response.
+struct UpstreamStepRecordTests {
+    static let headerBlocks = [
+        "Server: nginx\r\nContent-Type: application/json\r\nContent-Length: 223\r\nX-Q: \"a\\b\"\t \r\n",  // plain
+        "",  // plain, no fields
+        "X-Name: caf\u{E9}\r\nA: 1\r\n folded\r\nB: a\rb\u{0}\r\n",  // not plain: parsed
+    ]
+    static let bodies = [
+        #"{"id":"ord_7f3a9c21","items":[{"sku":"SKU-1001","qty":3}],"s":"q\"\\/\n"}"#,  // canonical
+        #"[1,-2,"x",null,true,false,{}]"#,  // canonical
+        #"{"a": 1, "b": [1.50, 2e3]}"#,  // JSON, not canonical: parsed and re-serialized
+        "not json \"é\u{1}",  // a string
+        "",  // no body
+    ]
+
+    @Test func upstreamStepRecordMatchesTreeEncoding() {
+        for header in Self.headerBlocks {
+            for body in Self.bodies {
+                let response = UpstreamResponse(status: 201, headerBlock: UpstreamHeaderBlock(raw: Array(header.utf8)), body: Array(body.utf8))
+                var outcome = StepOutcome()
+                outcome.setUpstreamResponse(response, succeededAt: nil)
+                outcome.state = .succeeded
+                outcome.attempts = 2
+                // The record first: written before anything parses the block or the body.
+                let rec = DurableState.stepFinished(job: "j", index: 1, outcome: outcome)
+                let ref = DurableRecordTests.referenceStep(index: 1, outcome: outcome)
+                #expect(String(decoding: rec.payload, as: UTF8.self) == String(decoding: ref, as: UTF8.self))
+            }
+        }
+        // The cases above do take the unparsed paths.
+        var outcome = StepOutcome()
+        outcome.setUpstreamResponse(UpstreamResponse(status: 200, headerBlock: UpstreamHeaderBlock(raw: Array(Self.headerBlocks[0].utf8)),
+                                                     body: Array(Self.bodies[0].utf8)), succeededAt: nil)
+        #expect(outcome.serializedBodyIfCanonical == Array(Self.bodies[0].utf8))
+        #expect(outcome.headerBlock?.forEachPlainField { _, _ in } == true)
     }
 }
 

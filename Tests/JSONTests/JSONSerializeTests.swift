@@ -16,6 +16,16 @@ import Testing
         #expect(json.text == #""q\"b\\n\nr\rt\tb\bf\fz\u0000u\u001fé😀/""#)
     }
 
+    /// Quoting UTF-8 bytes writes what quoting the string they encode does.
+    @Test func appendQuotedUTF8_MatchesAppendQuotedString() {
+        for text in ["", "plain", "q\"b\\n\nr\rt\tb\u{8}f\u{C}z\u{0}u\u{1F}é😀/\u{7F}"] {
+            var fromString: [UInt8] = [0x2C], fromBytes: [UInt8] = [0x2C]
+            JSON.appendQuoted(text, to: &fromString)
+            Array(text.utf8).withUnsafeBufferPointer { JSON.appendQuoted(utf8: $0, to: &fromBytes) }
+            #expect(fromBytes == fromString)
+        }
+    }
+
     /// Doubles use the shortest text that reads back to the same value.
     @Test(arguments: [
         (0.1, "0.1"), (5.0, "5.0"), (-2.5, "-2.5"), (1e-5, "1e-05"), (1.5e20, "1.5e+20"),
