@@ -239,7 +239,7 @@ import TestSupport
         let bad = try ScriptedServer { conn, _ in
             _ = conn.readRequest()
             conn.write("NOT HTTP AT ALL\r\n\r\n")
-            close(conn.fd)
+            shutdown(conn.fd, Int32(SHUT_RDWR))  // the descriptor itself is closed once, by RawConnection
         }
         let good = try ScriptedServer.answering()
         let route = routeJSON(["name": "g", "method": "GET", "path": "/g",

@@ -32,15 +32,18 @@ final class TestClient {
         var off = 0
         while off < bytes.count {
             let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + off, $0.count - off, Int32(MSG_NOSIGNAL)) }
+            if n < 0 && errno == EINTR { continue }
             if n <= 0 { return }
             off += n
         }
     }
 
-    /// Receives more bytes into the buffer; false on EOF, error or timeout.
+    /// Receives more bytes into the buffer; false on EOF, error or timeout. Again after
+    /// a signal: with `SO_RCVTIMEO` set, `recv` fails with `EINTR` on any handled signal.
     private func fill() -> Bool {
         var chunk = [UInt8](repeating: 0, count: 65536)
-        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+        var n: Int
+        repeat { n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) } } while n < 0 && errno == EINTR
         guard n > 0 else { return false }
         buffer.append(contentsOf: chunk[0..<n])
         return true

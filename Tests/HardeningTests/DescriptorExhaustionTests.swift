@@ -42,7 +42,7 @@ private func cpuSeconds(_ pid: Int32) -> Double {
         p.arguments = ["-c", "ulimit -n 64 && exec \"$0\" serve --routes \"$1/routes\" --data \"$1/data\" --listen 127.0.0.1:0 --event-loops 1", bin, dir]
         // The child's output goes to a file, shown with any failure below.
         let logPath = "\(dir)/gateway.log"
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         p.standardOutput = log
         p.standardError = log

@@ -44,7 +44,21 @@ public final class RawConnection: @unchecked Sendable {
         self.init(fd: fd, timeout: timeout)
     }
 
+    /// Closes the descriptor. Tests must not `close(fd)` themselves: this would close it
+    /// again, and in a test process other threads reuse descriptor numbers at once (a
+    /// second close can cut another test's connection). `shutdown(fd, …)` is fine.
     deinit { close(fd) }
+
+    /// `recv(2)` into `buffer`, again after a signal: with `SO_RCVTIMEO` set a socket
+    /// call fails with `EINTR` on any handled signal, `SA_RESTART` or not (signal(7)),
+    /// and the test process gets them (children started by other tests exit).
+    static func receive(_ fd: Int32, into buffer: inout [UInt8]) -> Int {
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 && errno == EINTR { continue }
+            return n
+        }
+    }
 
     /// Sets the receive timeout (`SO_RCVTIMEO`).
     public func setTimeout(_ d: Duration) {
@@ -58,6 +72,7 @@ public final class RawConnection: @unchecked Sendable {
         var off = 0
         while off < bytes.count {
             let n = bytes[off...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n < 0 && errno == EINTR { continue }
             if n <= 0 { return false }
             off += n
         }
@@ -71,7 +86,7 @@ public final class RawConnection: @unchecked Sendable {
     /// Reads more bytes into the buffer; false on EOF, error or timeout.
     private func fill() -> Bool {
         var chunk = [UInt8](repeating: 0, count: 65536)
-        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        let n = RawConnection.receive(fd, into: &chunk)
         if n <= 0 { return false }
         buffer.append(contentsOf: chunk[0..<n])
         return true
@@ -154,7 +169,7 @@ public final class RawConnection: @unchecked Sendable {
     public func isClosedByPeer() -> Bool {
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            let n = RawConnection.receive(fd, into: &chunk)
             if n == 0 { return true }
             if n < 0 { return errno == ECONNRESET }
         }

@@ -173,7 +173,7 @@ final class ClientHarness: @unchecked Sendable {
         let up = try ScriptedServer { conn, _ in
             _ = conn.readRequest()
             conn.write("this is not http\r\n\r\n")
-            close(conn.fd)
+            shutdown(conn.fd, Int32(SHUT_RDWR))  // the descriptor itself is closed once, by RawConnection
         }
         let h = try ClientHarness()
         let r = h.send { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: $0 + .seconds(5)) }
@@ -204,7 +204,7 @@ final class ClientHarness: @unchecked Sendable {
                 conn.write("HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n\(body)")
             } else {
                 conn.write("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n\(body)")
-                close(conn.fd)
+                shutdown(conn.fd, Int32(SHUT_RDWR))  // the descriptor itself is closed once, by RawConnection
             }
         }
         let h = try ClientHarness()
