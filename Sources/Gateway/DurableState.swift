@@ -136,7 +136,10 @@ final class DurableState: Sendable {
     /// (`finished_at` in milliseconds since the Unix epoch: a restart keeps the job for
     /// what is left of its retention, not a whole new one).
     static func jobFinished(job: String, response: FlowResponse, finishedAt: Int64) -> JournalRecord {
-        var w = PayloadWriter(capacity: 128 + response.body.count * 4 / 3)
+        // Room for the fields, each header pair (quotes, brackets, commas: 8 bytes), the
+        // body's base64 and the NUL `EVP_EncodeBlock` writes past it: one allocation.
+        let headerBytes = response.headers.reduce(0) { $0 + $1.0.utf8.count + $1.1.utf8.count + 8 }
+        var w = PayloadWriter(capacity: 96 + headerBytes + 4 * ((response.body.count + 2) / 3) + 1)
         w.open()
         w.field("finished_at", finishedAt)
         w.field("status", Int64(response.status))
