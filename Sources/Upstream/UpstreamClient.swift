@@ -92,6 +92,15 @@ public final class UpstreamClient: @unchecked Sendable {
     /// Easy-handle accounting, read through `handleStats` (UpstreamClient+Stats.swift).
     let handleCounters: UpstreamHandleCounters
     private var processing = false
+    /// URLs parsed by curl, by their text, shared by every handle given the same one
+    /// (see `parsedURL(_:)`).
+    private var parsedURLs: [String: ParsedURL] = [:]
+    /// Most URLs a client keeps parsed; when that many are kept, the next new one
+    /// empties the cache first (handles keep the URL their transfer uses).
+    public static let parsedURLCapacity = 64
+    /// Number of URLs the client keeps parsed for later transfers (at most
+    /// `parsedURLCapacity`). For tests and metrics. Loop thread only.
+    public var parsedURLCount: Int { parsedURLs.count }
     /// The proxy settings new easy handles get (read from the environment when the
     /// client is created; tests may replace them before the first transfer).
     var proxies = ProxyEnvironment.fromProcess()
@@ -268,6 +277,26 @@ public final class UpstreamClient: @unchecked Sendable {
         pooled.forgetLongURL()
         freeHandles.append(pooled)
         activeTransfers -= 1
+    }
+
+    /// `text` parsed as curl parses `CURLOPT_URL` (a missing scheme is guessed, any
+    /// scheme is parsed: `CURLOPT_PROTOCOLS_STR` refuses what is not allowed), for
+    /// `CURLOPT_CURLU`: the same object for the same text while `parsedURLs` keeps it,
+    /// so steps that call the same few URLs (a fan-out's legs) do not have curl parse
+    /// them again for every transfer. URLs longer than `ParsedURL.keptBytes` are
+    /// parsed for their transfer only. Loop thread only.
+    /// - Returns: the parsed URL, or curl's reason it cannot parse `text`.
+    fileprivate func parsedURL(_ text: String) -> Result<ParsedURL, ParsedURL.Failure> {
+        if let u = parsedURLs[text] { return .success(u) }
+        guard let handle = curl_url() else { return .failure(.init(code: CURLUE_OUT_OF_MEMORY)) }
+        let u = ParsedURL(text: text, handle: handle)
+        let code = curl_url_set(handle, CURLUPART_URL, text, UInt32(CURLU_GUESS_SCHEME | CURLU_NON_SUPPORT_SCHEME))
+        guard code == CURLUE_OK else { return .failure(.init(code: code)) }
+        if text.utf8.count <= ParsedURL.keptBytes {
+            if parsedURLs.count >= UpstreamClient.parsedURLCapacity { parsedURLs.removeAll(keepingCapacity: true) }
+            parsedURLs[text] = u
+        }
+        return .success(u)
     }
 
     // MARK: curl → loop
@@ -463,6 +492,29 @@ private final class CurlSocket: IOHandler {
     }
 }
 
+/// A URL as curl parsed it (a `CURLU` handle), for `CURLOPT_CURLU`. curl only reads
+/// it (each transfer copies what it needs), so every easy handle given the same URL
+/// shares one; it lives as long as the client's cache or a handle holds it.
+private final class ParsedURL {
+    /// Why curl could not parse a URL.
+    struct Failure: Error { let code: CURLUcode }
+
+    /// URLs longer than this many bytes are parsed for their transfer only: neither
+    /// the client's cache nor an idle handle keeps them (a URL templated from a
+    /// request body can be megabytes long).
+    static let keptBytes = 2048
+
+    let text: String
+    let handle: OpaquePointer
+
+    init(text: String, handle: OpaquePointer) {
+        self.text = text
+        self.handle = handle
+    }
+
+    deinit { curl_url_cleanup(handle) }
+}
+
 /// A pooled easy handle and which per-transfer options its last use left set.
 private final class PooledEasy {
     private(set) var easy: UnsafeMutableRawPointer
@@ -482,11 +534,9 @@ private final class PooledEasy {
     var maxFileSize = -1
     /// For which scheme the proxy options are set, when the client's proxies differ by scheme.
     var proxyIsHTTPS: Bool?
-    /// The URL the handle was last given (as `CURLOPT_CURLU`, `parsed`).
-    var url: String?
-    /// `parsedText` parsed by `curl_url_set`, kept across transfers and handle renewals.
-    private var parsed: OpaquePointer?
-    private var parsedText: String?
+    /// The URL the handle's `CURLOPT_CURLU` is set to (nil: none). Held here: curl
+    /// reads it during each transfer of the handle.
+    var url: ParsedURL?
     /// The handle's `CURLOPT_ERRORBUFFER` (`CURL_ERROR_SIZE` bytes): curl's detail of why
     /// a transfer failed, emptied before each transfer.
     let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE))
@@ -529,44 +579,22 @@ private final class PooledEasy {
     }
 
     deinit {
-        // After the easy handle that may point at it is cleaned up (the client does
+        // After the easy handle that may point at `url` is cleaned up (the client does
         // that before letting go of its pooled handles).
-        curl_url_cleanup(parsed)
         errorBuffer.deallocate()
         headerNodes?.deallocate()
         headerText?.deallocate()
         bodyBuffer?.deallocate()
     }
 
-    /// URLs longer than this many bytes are parsed for their transfer only: an idle
-    /// handle does not keep them (a URL templated from a request body can be
-    /// megabytes long, and the pool holds as many handles as were ever in flight).
-    static let keptURLBytes = 2048
-
-    /// Drops the parsed URL and its text when the URL is longer than `keptURLBytes`
-    /// (the handle is given its next URL anew). Between transfers only.
+    /// Lets go of a URL longer than `ParsedURL.keptBytes` (it was parsed for its
+    /// transfer only). Between transfers only.
     func forgetLongURL() {
-        guard let text = parsedText, text.utf8.count > PooledEasy.keptURLBytes else { return }
-        if url != nil { _ = CCurl_easy_setopt_pointer(easy, CURLOPT_CURLU, nil) }
+        guard let u = url, u.text.utf8.count > ParsedURL.keptBytes else { return }
+        // Both: a reused handle also keeps curl's copy of the text as `CURLOPT_URL`.
+        _ = CCurl_easy_setopt_pointer(easy, CURLOPT_CURLU, nil)
+        _ = CCurl_easy_setopt_string(easy, CURLOPT_URL, nil)
         url = nil
-        curl_url_cleanup(parsed)
-        parsed = nil
-        parsedText = nil
-    }
-
-    /// `text` parsed as curl parses `CURLOPT_URL` (a missing scheme is guessed, any
-    /// scheme is parsed: `CURLOPT_PROTOCOLS_STR` refuses what is not allowed), for
-    /// `CURLOPT_CURLU`; the same object while `text` stays the same. Nil, with curl's
-    /// reason, when curl cannot parse it. Only between transfers: curl reads it while one runs.
-    func parsedURL(_ text: String) -> (OpaquePointer?, CURLUcode) {
-        if let parsed, parsedText == text { return (parsed, CURLUE_OK) }
-        if parsed == nil { parsed = curl_url() }
-        parsedText = nil
-        guard let parsed else { return (nil, CURLUE_OUT_OF_MEMORY) }
-        let code = curl_url_set(parsed, CURLUPART_URL, text, UInt32(CURLU_GUESS_SCHEME | CURLU_NON_SUPPORT_SCHEME))
-        guard code == CURLUE_OK else { return (nil, code) }
-        parsedText = text
-        return (parsed, code)
     }
 
     /// Whether the host of the URL the handle was last given (as curl parsed it, with
@@ -575,9 +603,9 @@ private final class PooledEasy {
     /// the gateway's, it fails the transfer as `CURLE_URL_MALFORMAT` without saying why.
     /// For that failure's message only (it allocates).
     func urlHostIsNonASCII() -> Bool {
-        guard let parsed, url != nil else { return false }
+        guard let url else { return false }
         var host: UnsafeMutablePointer<CChar>? = nil
-        guard curl_url_get(parsed, CURLUPART_HOST, &host, 0) == CURLUE_OK, let host else { return false }
+        guard curl_url_get(url.handle, CURLUPART_HOST, &host, 0) == CURLUE_OK, let host else { return false }
         defer { curl_free(host) }
         var p = host
         while p.pointee != 0 {
@@ -756,17 +784,17 @@ public final class UpstreamTransfer {
         let p = pooled
         // The handle keeps the URL between transfers: set it only when it changes. It
         // is given parsed (`CURLOPT_CURLU`), so curl does not parse the same text again
-        // for every transfer; clearing `CURLOPT_URL` drops curl's copy of the old text.
-        if p.url != request.url {
-            p.url = nil
-            let (parsed, code) = p.parsedURL(request.url)
-            guard let parsed else {
+        // for every transfer.
+        if p.url?.text != request.url {
+            let parsed: ParsedURL
+            switch client.parsedURL(request.url) {
+            case .success(let u): parsed = u
+            case .failure(let code):
                 // e.g. "malformed URL: Bad hostname" (no URL in the message: it may hold a secret)
-                return UpstreamFailure(kind: .protocol, message: "malformed URL: \(String(cString: curl_url_strerror(code)))")
+                return UpstreamFailure(kind: .protocol, message: "malformed URL: \(String(cString: curl_url_strerror(code.code)))")
             }
-            _ = CCurl_easy_setopt_string(h, CURLOPT_URL, nil)
-            _ = CCurl_easy_setopt_pointer(h, CURLOPT_CURLU, UnsafeMutableRawPointer(parsed))
-            p.url = request.url
+            _ = CCurl_easy_setopt_pointer(h, CURLOPT_CURLU, UnsafeMutableRawPointer(parsed.handle))
+            p.url = parsed
             if proxies.http != proxies.https {
                 // The proxy depends on the scheme (set once per handle when it does not).
                 let https = UpstreamTransfer.isHTTPS(request.url)

@@ -249,6 +249,19 @@ public final class ScriptedServer: @unchecked Sendable {
         }
     }
 
+    /// An upstream answering every request (keep-alive) with `200` and a body of its
+    /// own port and the request target ("PORT TARGET"), recording each request: tells
+    /// which server and URL a response came from when many are in flight.
+    public static func echoingTarget() throws -> ScriptedServer {
+        try ScriptedServer { conn, server in
+            while let req = conn.readRequest() {
+                server.record(req)
+                let body = "\(server.port) \(req.target)"
+                if !conn.write("HTTP/1.1 200 OK\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)") { return }
+            }
+        }
+    }
+
     private var isStopped: Bool { lock.withLock { stopped } }
 
     /// Records a request the handler received.

@@ -34,6 +34,40 @@ final class ClientHarness: @unchecked Sendable {
         return result!
     }
 
+    /// Sends every request of `build(now)` on the loop in one go (all in flight at
+    /// once) and waits for their results, in the order of the requests.
+    func sendAll(_ build: @escaping @Sendable (Instant) -> [UpstreamRequest]) -> [UpstreamResult?] {
+        let done = DispatchSemaphore(value: 0)
+        let lock = NSLock()
+        nonisolated(unsafe) var results: [UpstreamResult?] = []
+        nonisolated(unsafe) var count = 0
+        let client = self.client
+        group.loops[0].execute {
+            let requests = build(client.loop.now)
+            lock.withLock { results = Array(repeating: nil, count: requests.count); count = requests.count }
+            for (i, r) in requests.enumerated() {
+                client.send(r) { result in
+                    lock.withLock { results[i] = result }
+                    done.signal()
+                }
+            }
+            done.signal()
+        }
+        _ = done.wait(timeout: .now() + 20)
+        for _ in 0..<lock.withLock({ count }) { _ = done.wait(timeout: .now() + 20) }
+        return lock.withLock { results }
+    }
+
+    /// `client.parsedURLCount`, read on the loop.
+    var parsedURLCount: Int {
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var n = 0
+        let client = self.client
+        group.loops[0].execute { n = client.parsedURLCount; done.signal() }
+        done.wait()
+        return n
+    }
+
     /// Number of transfers in flight, read on the loop.
     var activeTransfers: Int {
         let done = DispatchSemaphore(value: 0)
@@ -129,6 +163,62 @@ final class ClientHarness: @unchecked Sendable {
         #expect(b.requests.map(\.target) == ["/two", "/two"])
     }
 
+    /// Transfers in flight together to a few URLs (a fan-out's legs, again and again)
+    /// share one parsed URL per text: each reaches its own upstream and target, and
+    /// the client keeps exactly those URLs parsed.
+    @Test func fanOutLegs_ShareParsedURLs_EachReachesItsTarget() throws {
+        let servers = try (0..<3).map { _ in try ScriptedServer.echoingTarget() }
+        let h = try ClientHarness()
+        let urls = servers.enumerated().map { i, s in "http://127.0.0.1:\(s.port)/leg\(i)?n=\(i)" }
+        for _ in 0..<4 {
+            let results = h.sendAll { now in urls.map { UpstreamRequest(method: "GET", url: $0, deadline: now + .seconds(10)) } }
+            for (i, r) in results.enumerated() {
+                let body = try #require(try r?.get().body, "leg \(i)")
+                #expect(String(decoding: body, as: UTF8.self) == "\(servers[i].port) /leg\(i)?n=\(i)")
+            }
+        }
+        #expect(h.parsedURLCount == 3)
+        for (i, s) in servers.enumerated() { #expect(s.requests.map(\.target) == Array(repeating: "/leg\(i)?n=\(i)", count: 4)) }
+        #expect(h.activeTransfers == 0)
+    }
+
+    /// More distinct URLs than the client keeps parsed, many in flight at once: when
+    /// the cache starts over, transfers still holding a URL it let go of reach their
+    /// own targets, and the cache never keeps more than `parsedURLCapacity`.
+    @Test func moreURLsThanKept_EachStillReachesItsTarget() throws {
+        let up = try ScriptedServer.echoingTarget()
+        let h = try ClientHarness()
+        let n = UpstreamClient.parsedURLCapacity + 40
+        for round in 0..<2 {
+            let results = h.sendAll { now in
+                (0..<n).map { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/item/\($0)", deadline: now + .seconds(10)) }
+            }
+            #expect(results.count == n)
+            for (i, r) in results.enumerated() {
+                let body = try #require(try r?.get().body, "round \(round), URL \(i)")
+                #expect(String(decoding: body, as: UTF8.self) == "\(up.port) /item/\(i)")
+            }
+            #expect(h.parsedURLCount <= UpstreamClient.parsedURLCapacity)
+            #expect(h.parsedURLCount > 0)
+        }
+        #expect(up.requests.count == 2 * n)
+    }
+
+    /// A URL longer than the client keeps parsed (2048 bytes) is parsed for its
+    /// transfer only, every time it is used, and still reaches its target.
+    @Test func longURL_ReachesItsTarget_AndIsNotKept() throws {
+        let up = try ScriptedServer.echoingTarget()
+        let h = try ClientHarness()
+        let path = "/long/" + String(repeating: "x", count: 3000)
+        for _ in 0..<2 {
+            let r = try h.send { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)\(path)", deadline: $0 + .seconds(10)) }.get()
+            #expect(String(decoding: r.body, as: UTF8.self) == "\(up.port) \(path)")
+        }
+        #expect(h.parsedURLCount == 0)
+        _ = try h.send { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/short", deadline: $0 + .seconds(10)) }.get()
+        #expect(h.parsedURLCount == 1)
+    }
+
     /// A URL curl cannot parse fails the attempt as `protocol` without a connection,
     /// and the handle serves the next, valid, URL.
     @Test func malformedURL_IsProtocolFailure_AndTheHandleServesTheNext() throws {
@@ -143,6 +233,7 @@ final class ClientHarness: @unchecked Sendable {
         _ = try h.send { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/ok", deadline: $0 + .seconds(5)) }.get()
         #expect(up.requests.map(\.target) == ["/ok"])
         #expect(h.activeTransfers == 0)
+        #expect(h.parsedURLCount == 1)  // only the valid one is kept
     }
 
     /// An upstream slower than the deadline yields a `timeout` failure at the deadline.
