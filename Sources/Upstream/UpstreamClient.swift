@@ -92,14 +92,14 @@ public final class UpstreamClient: @unchecked Sendable {
     /// Easy-handle accounting, read through `handleStats` (UpstreamClient+Stats.swift).
     let handleCounters: UpstreamHandleCounters
     private var processing = false
-    /// URLs parsed by curl, by their text, shared by every handle given the same one
+    /// URLs parsed by curl, by their bytes, shared by every handle given the same one
     /// (see `parsedURL(_:)`).
-    private var parsedURLs: [String: ParsedURL] = [:]
+    private var parsedURLs: [URLBytes: ParsedURL] = [:]
     /// Most URLs a client keeps parsed; when that many are kept, the next new one
     /// empties the cache first (handles keep the URL their transfer uses).
     public static let parsedURLCapacity = 64
     /// Number of URLs the client keeps parsed for later transfers (at most
-    /// `parsedURLCapacity`). For tests and metrics. Loop thread only.
+    /// `parsedURLCapacity`). For tests. Loop thread only.
     public var parsedURLCount: Int { parsedURLs.count }
     /// The proxy settings new easy handles get (read from the environment when the
     /// client is created; tests may replace them before the first transfer).
@@ -287,14 +287,14 @@ public final class UpstreamClient: @unchecked Sendable {
     /// parsed for their transfer only. Loop thread only.
     /// - Returns: the parsed URL, or curl's reason it cannot parse `text`.
     fileprivate func parsedURL(_ text: String) -> Result<ParsedURL, ParsedURL.Failure> {
-        if let u = parsedURLs[text] { return .success(u) }
+        if let u = parsedURLs[URLBytes(text)] { return .success(u) }
         guard let handle = curl_url() else { return .failure(.init(code: CURLUE_OUT_OF_MEMORY)) }
         let u = ParsedURL(text: text, handle: handle)
         let code = curl_url_set(handle, CURLUPART_URL, text, UInt32(CURLU_GUESS_SCHEME | CURLU_NON_SUPPORT_SCHEME))
         guard code == CURLUE_OK else { return .failure(.init(code: code)) }
         if text.utf8.count <= ParsedURL.keptBytes {
             if parsedURLs.count >= UpstreamClient.parsedURLCapacity { parsedURLs.removeAll(keepingCapacity: true) }
-            parsedURLs[text] = u
+            parsedURLs[URLBytes(text)] = u
         }
         return .success(u)
     }
@@ -492,9 +492,33 @@ private final class CurlSocket: IOHandler {
     }
 }
 
-/// A URL as curl parsed it (a `CURLU` handle), for `CURLOPT_CURLU`. curl only reads
-/// it (each transfer copies what it needs), so every easy handle given the same URL
-/// shares one; it lives as long as the client's cache or a handle holds it.
+/// A URL's text, equal to another only when their UTF-8 bytes are — what curl sends.
+/// (`String`'s own `==` and hashing follow Unicode canonical equivalence: "café" with
+/// a precomposed é equals "cafe" with a combining accent, two different URLs.)
+private struct URLBytes: Hashable {
+    let text: String
+
+    init(_ text: String) { self.text = text }
+
+    static func == (a: URLBytes, b: URLBytes) -> Bool { a.text.hasSameBytes(as: b.text) }
+
+    func hash(into hasher: inout Hasher) {
+        var text = text
+        text.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+    }
+}
+
+extension String {
+    /// Whether both strings have the same UTF-8 bytes (not merely canonically equivalent text).
+    fileprivate func hasSameBytes(as other: String) -> Bool {
+        utf8.count == other.utf8.count && utf8.elementsEqual(other.utf8)
+    }
+}
+
+/// A URL as curl parsed it (a `CURLU` handle), for `CURLOPT_CURLU`. Every transfer
+/// copies what it needs from it when it starts (`curl_url_dup`), so every easy handle
+/// given the same URL shares one, on the client's loop thread; it lives as long as the
+/// client's cache or a handle holds it.
 private final class ParsedURL {
     /// Why curl could not parse a URL.
     struct Failure: Error { let code: CURLUcode }
@@ -782,10 +806,12 @@ public final class UpstreamTransfer {
         guard let h = easy else { return UpstreamFailure(kind: .protocol, message: "no handle") }
         // Undo what the handle's previous transfer set (the shared options stay).
         let p = pooled
-        // The handle keeps the URL between transfers: set it only when it changes. It
-        // is given parsed (`CURLOPT_CURLU`), so curl does not parse the same text again
-        // for every transfer.
-        if p.url?.text != request.url {
+        // The handle keeps the URL between transfers: set it only when it changes (by
+        // its bytes). It is given parsed (`CURLOPT_CURLU`), so curl does not parse the
+        // same text again for every transfer; clearing `CURLOPT_URL` drops the copy of
+        // the old text a reused handle keeps (curl 7.88 reads the parsed URL's text
+        // anew only when that is unset).
+        if !(p.url?.text.hasSameBytes(as: request.url) ?? false) {
             let parsed: ParsedURL
             switch client.parsedURL(request.url) {
             case .success(let u): parsed = u
@@ -793,6 +819,7 @@ public final class UpstreamTransfer {
                 // e.g. "malformed URL: Bad hostname" (no URL in the message: it may hold a secret)
                 return UpstreamFailure(kind: .protocol, message: "malformed URL: \(String(cString: curl_url_strerror(code.code)))")
             }
+            _ = CCurl_easy_setopt_string(h, CURLOPT_URL, nil)
             _ = CCurl_easy_setopt_pointer(h, CURLOPT_CURLU, UnsafeMutableRawPointer(parsed.handle))
             p.url = parsed
             if proxies.http != proxies.https {

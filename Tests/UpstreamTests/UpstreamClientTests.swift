@@ -219,6 +219,25 @@ final class ClientHarness: @unchecked Sendable {
         #expect(h.parsedURLCount == 1)
     }
 
+    /// "/café" with a precomposed é (C3 A9) and with a combining accent (65 CC 81) are
+    /// equal Swift strings but different URLs on the wire: in flight together (two
+    /// handles) or one after the other (one handle), each reaches its own bytes.
+    @Test func canonicallyEquivalentURLs_EachReachesItsOwnBytes() throws {
+        let up = try ScriptedServer.echoingTarget()
+        let h = try ClientHarness()
+        let nfc = "http://127.0.0.1:\(up.port)/caf\u{E9}", nfd = "http://127.0.0.1:\(up.port)/cafe\u{301}"
+        #expect(nfc == nfd && Array(nfc.utf8) != Array(nfd.utf8))
+        // curl percent-encodes the bytes it sends.
+        let together = h.sendAll { now in [nfc, nfd].map { UpstreamRequest(method: "GET", url: $0, deadline: now + .seconds(10)) } }
+        #expect(try together.map { String(decoding: try #require($0).get().body, as: UTF8.self) }
+                == ["\(up.port) /caf%c3%a9", "\(up.port) /cafe%cc%81"])
+        for url in [nfc, nfd, nfc] {
+            _ = try h.send { UpstreamRequest(method: "GET", url: url, deadline: $0 + .seconds(10)) }.get()
+        }
+        #expect(up.requests.suffix(3).map(\.target) == ["/caf%c3%a9", "/cafe%cc%81", "/caf%c3%a9"])
+        #expect(h.parsedURLCount == 2)
+    }
+
     /// A URL curl cannot parse fails the attempt as `protocol` without a connection,
     /// and the handle serves the next, valid, URL.
     @Test func malformedURL_IsProtocolFailure_AndTheHandleServesTheNext() throws {
