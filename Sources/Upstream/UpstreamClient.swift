@@ -281,7 +281,7 @@ public final class UpstreamClient: @unchecked Sendable {
 
     /// `text` parsed as curl parses `CURLOPT_URL` (a missing scheme is guessed, any
     /// scheme is parsed: `CURLOPT_PROTOCOLS_STR` refuses what is not allowed), for
-    /// `CURLOPT_CURLU`: the same object for the same text while `parsedURLs` keeps it,
+    /// `CURLOPT_CURLU`: the same object for the same bytes while `parsedURLs` keeps it,
     /// so steps that call the same few URLs (a fan-out's legs) do not have curl parse
     /// them again for every transfer. URLs longer than `ParsedURL.keptBytes` are
     /// parsed for their transfer only. Loop thread only.

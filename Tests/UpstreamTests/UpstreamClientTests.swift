@@ -59,21 +59,17 @@ final class ClientHarness: @unchecked Sendable {
     }
 
     /// `client.parsedURLCount`, read on the loop.
-    var parsedURLCount: Int {
-        let done = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) var n = 0
-        let client = self.client
-        group.loops[0].execute { n = client.parsedURLCount; done.signal() }
-        done.wait()
-        return n
-    }
+    var parsedURLCount: Int { onLoop { $0.parsedURLCount } }
 
     /// Number of transfers in flight, read on the loop.
-    var activeTransfers: Int {
+    var activeTransfers: Int { onLoop { $0.activeTransfers } }
+
+    /// `read(client)`, run on the client's loop thread.
+    private func onLoop(_ read: @escaping @Sendable (UpstreamClient) -> Int) -> Int {
         let done = DispatchSemaphore(value: 0)
         nonisolated(unsafe) var n = 0
         let client = self.client
-        group.loops[0].execute { n = client.activeTransfers; done.signal() }
+        group.loops[0].execute { n = read(client); done.signal() }
         done.wait()
         return n
     }
