@@ -331,37 +331,76 @@ import TestSupport
 
 /// `serve --tls-cert/--tls-key`: the main listener speaks TLS only.
 @Suite struct TLSListenerTests {
-    /// A real TLS client (curl) gets answers; a plain-text request on the TLS port gets none.
-    @Test func serveWithTLS_AnswersHTTPS_AndClosesPlainText() throws {
-        let dir = try makeTempDir()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+    /// Writes a fresh RSA key (`k.pem`) and a self-signed certificate (`c.pem`) for
+    /// localhost and 127.0.0.1 into `dir`, with the `openssl` command line tool.
+    static func makeCertificate(in dir: String) throws {
         let gen = Process()
         gen.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         gen.arguments = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                         "-keyout", "\(dir)/k.pem", "-out", "\(dir)/c.pem"]
+                         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", "\(dir)/k.pem", "-out", "\(dir)/c.pem"]
         gen.standardOutput = FileHandle.nullDevice
         gen.standardError = FileHandle.nullDevice
         try gen.run()
         gen.waitUntilExit()
         #expect(gen.terminationStatus == 0)
-        try routeJSON(["name": "a", "method": "GET", "path": "/a", "steps": [["id": "s", "request": ["method": "GET", "url": "http://127.0.0.1:9/"], "timeout": "1s"]]])
-            .write(toFile: "\(dir)/a.json", atomically: true, encoding: .utf8)
-        let server = try CLITests.Server(routesDir: dir, env: [:], extra: ["--tls-cert", "\(dir)/c.pem", "--tls-key", "\(dir)/k.pem"])
-        defer { kill(server.process.processIdentifier, SIGTERM); server.process.waitUntilExit() }
-        #expect(server.log.contains("\"scheme\":\"https\""))
+    }
 
+    /// The status code curl gets for `GET url` with `options` (HTTP/1.1), as curl prints it.
+    static func curlStatus(_ url: String, _ options: [String]) throws -> String {
         let curl = Process()
         curl.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        curl.arguments = ["curl", "-sk", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}", "https://127.0.0.1:\(server.port)/healthz"]
+        curl.arguments = ["curl", "-s", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}"] + options + [url]
         let out = Pipe()
         curl.standardOutput = out
         try curl.run()
         let code = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         curl.waitUntilExit()
-        #expect(code == "200")
+        return code
+    }
+
+    /// Starts a gateway whose main listener speaks TLS with the certificate of `makeCertificate(in: dir)`.
+    static func tlsServer(in dir: String) throws -> CLITests.Server {
+        try makeCertificate(in: dir)
+        try routeJSON(["name": "a", "method": "GET", "path": "/a", "steps": [["id": "s", "request": ["method": "GET", "url": "http://127.0.0.1:9/"], "timeout": "1s"]]])
+            .write(toFile: "\(dir)/a.json", atomically: true, encoding: .utf8)
+        return try CLITests.Server(routesDir: dir, env: [:], extra: ["--tls-cert", "\(dir)/c.pem", "--tls-key", "\(dir)/k.pem"])
+    }
+
+    /// A real TLS client (curl) gets answers; a plain-text request on the TLS port gets none.
+    @Test func serveWithTLS_AnswersHTTPS_AndClosesPlainText() throws {
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let server = try TLSListenerTests.tlsServer(in: dir)
+        defer { kill(server.process.processIdentifier, SIGTERM); server.process.waitUntilExit() }
+        #expect(server.log.contains("\"scheme\":\"https\""))
+        #expect(try TLSListenerTests.curlStatus("https://127.0.0.1:\(server.port)/healthz", ["-k"]) == "200")
 
         let plain = try RawConnection(port: server.port, timeout: .seconds(5))
         #expect(plain.request("GET", "/healthz") == nil)
+    }
+
+    /// Upstream TLS is verified by default (SPEC §7): a step to an HTTPS upstream whose
+    /// certificate no trusted authority signed fails as a `connect` error (`502`),
+    /// though the same upstream answers a client that trusts its certificate.
+    @Test func upstreamTLS_IsVerified_SelfSignedUpstreamRefused() throws {
+        let upDir = try makeTempDir(), dir = try makeTempDir()
+        defer { for d in [upDir, dir] { try? FileManager.default.removeItem(atPath: d) } }
+        let upstream = try TLSListenerTests.tlsServer(in: upDir)
+        defer { kill(upstream.process.processIdentifier, SIGTERM); upstream.process.waitUntilExit() }
+        let url = "https://127.0.0.1:\(upstream.port)/healthz"
+        #expect(try TLSListenerTests.curlStatus(url, ["--cacert", "\(upDir)/c.pem"]) == "200")
+        #expect(try TLSListenerTests.curlStatus(url, []) == "000")  // curl's own verification refuses it too
+
+        try routeJSON(["name": "tls", "method": "GET", "path": "/tls",
+                       "steps": [["id": "s", "request": ["method": "GET", "url": url], "timeout": "5s"]]])
+            .write(toFile: "\(dir)/tls.json", atomically: true, encoding: .utf8)
+        let gateway = try CLITests.Server(routesDir: dir, env: [:])
+        defer { kill(gateway.process.processIdentifier, SIGTERM); gateway.process.waitUntilExit() }
+        let r = try #require(try RawConnection(port: gateway.port).request("GET", "/tls"))
+        #expect(r.status == 502)
+        let body = String(decoding: r.body, as: UTF8.self)
+        #expect(body.contains("\"connect\""), "\(body)")
+        #expect(body.contains("certificate"), "\(body)")
     }
 }
 
