@@ -45,10 +45,10 @@ final class LoopState: @unchecked Sendable {
     /// Trace and span ids for runs on this loop.
     var spanIDs = SpanIDGenerator()
 
-    init(loop: EventLoop, routes: RouteTable, logLevel: String, deliverer: CallbackDeliverer) {
+    init(loop: EventLoop, routes: RouteTable, logLevel: String, deliverer: CallbackDeliverer, caFile: String?) {
         self.loop = loop
         self.redactor = Redactor(secrets: routes.secrets)
-        self.client = UpstreamClient(loop: loop)
+        self.client = UpstreamClient(loop: loop, caFile: caFile)
         self.deliverer = deliverer
         self.routes = routes
         self.log = LogBuffer(loop: loop, level: logLevel)
@@ -154,9 +154,10 @@ public final class Gateway: @unchecked Sendable {
             let made = Locked<LoopState?>(nil)
             let done = Atomic<Bool>(false)
             loop.execute {
-                let deliverer = CallbackDeliverer(client: UpstreamClient(loop: loop), store: deliveries, endpoints: endpoints,
+                let deliverer = CallbackDeliverer(client: UpstreamClient(loop: loop, caFile: config.upstreamCAFile), store: deliveries, endpoints: endpoints,
                                                   policy: policy, secret: secret, options: options)
-                let state = LoopState(loop: loop, routes: routes, logLevel: config.logLevel, deliverer: deliverer)
+                let state = LoopState(loop: loop, routes: routes, logLevel: config.logLevel, deliverer: deliverer,
+                                      caFile: config.upstreamCAFile)
                 state.requestIDPrefix = "\(processPrefix)\(loop.index)-"
                 state.journal = durable.loopJournals[loop.index]
                 state.writeAheadLead = { durable.writeAheadLead }

@@ -54,6 +54,11 @@ public struct GatewayConfig: Sendable {
     /// The main listener speaks TLS only (1.2+, ALPN http/1.1) when set. The
     /// handshake must finish within `limits.headerTimeout`. Default: nil (plain).
     public var tls: TLSConfiguration?
+    /// A PEM file of the certificate authorities trusted for HTTPS upstreams and
+    /// callback receivers, in place of the system's bundle (libcurl's default, on
+    /// Debian `/etc/ssl/certs/ca-certificates.crt`); for private CAs. Verification
+    /// itself is never off. Default: nil (the system's bundle).
+    public var upstreamCAFile: String?
 
     public init() {}
 
@@ -172,6 +177,12 @@ public struct GatewayConfig: Sendable {
                 guard case .string(let cert)? = t["cert"] else { throw fail("tls.cert", "is required (a PEM file)") }
                 guard case .string(let keyFile)? = t["key"] else { throw fail("tls.key", "is required (a PEM file)") }
                 c.tls = TLSConfiguration(certificatePath: cert, keyPath: keyFile)
+            case "upstream_tls":
+                guard case .object(let t) = v else { throw fail(key, "must be an object {\"ca_file\": FILE}") }
+                for k in t.keys where k != "ca_file" { throw fail("upstream_tls.\(k)", "unknown field") }
+                guard case .string(let ca)? = t["ca_file"] else { throw fail("upstream_tls.ca_file", "is required (a PEM file)") }
+                guard FileManager.default.isReadableFile(atPath: ca) else { throw fail("upstream_tls.ca_file", "cannot read \(ca)") }
+                c.upstreamCAFile = ca
             default:
                 throw fail(key, "unknown field")
             }

@@ -92,6 +92,8 @@ public final class UpstreamClient: @unchecked Sendable {
     /// Easy-handle accounting, read through `handleStats` (UpstreamClient+Stats.swift).
     let handleCounters: UpstreamHandleCounters
     private var processing = false
+    /// `CURLOPT_CAINFO` for every handle (see `init`).
+    private let caFile: String?
     /// URLs parsed by curl, by their bytes, shared by every handle given the same one
     /// (see `parsedURL(_:)`).
     private var parsedURLs: [URLBytes: ParsedURL] = [:]
@@ -108,7 +110,11 @@ public final class UpstreamClient: @unchecked Sendable {
     /// Creates the client and its multi handle on `loop`.
     /// - Parameter maxConnectionsPerHost: cap on parallel connections to one host
     ///   (0 = unlimited, the default).
-    public init(loop: EventLoop, maxConnectionsPerHost: Int = 0) {
+    /// - Parameter caFile: a PEM file of the certificate authorities trusted for
+    ///   HTTPS (`CURLOPT_CAINFO`), in place of the system's bundle; nil (the default)
+    ///   keeps libcurl's. Peers are verified either way.
+    public init(loop: EventLoop, maxConnectionsPerHost: Int = 0, caFile: String? = nil) {
+        self.caFile = caFile
         _ = curlGlobalInit
         // CURLOPT_NOSIGNAL leaves SIGPIPE to the application: OpenSSL writes to a TLS
         // connection whose peer is gone with write(2), not send(MSG_NOSIGNAL).
@@ -184,6 +190,7 @@ public final class UpstreamClient: @unchecked Sendable {
         _ = CCurl_easy_setopt_string(h, CURLOPT_PROTOCOLS_STR, "http,https")
         _ = CCurl_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
         _ = CCurl_easy_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)
+        if let caFile { _ = CCurl_easy_setopt_string(h, CURLOPT_CAINFO, caFile) }
         // Proxies as configured by the environment, without curl reading it per transfer
         // (set per transfer, in `configure`, only when they differ by scheme).
         if proxies.http == proxies.https { proxies.apply(to: h, https: false) }

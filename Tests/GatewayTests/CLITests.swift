@@ -1,4 +1,5 @@
 import Foundation
+import Gateway
 import Glibc
 import Testing
 import TestSupport
@@ -332,12 +333,12 @@ import TestSupport
 /// `serve --tls-cert/--tls-key`: the main listener speaks TLS only.
 @Suite struct TLSListenerTests {
     /// Writes a fresh RSA key (`k.pem`) and a self-signed certificate (`c.pem`) for
-    /// localhost and 127.0.0.1 into `dir`, with the `openssl` command line tool.
-    static func makeCertificate(in dir: String) throws {
+    /// `names` (a subjectAltName value) into `dir`, with the `openssl` command line tool.
+    static func makeCertificate(in dir: String, names: String) throws {
         let gen = Process()
         gen.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         gen.arguments = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", "\(dir)/k.pem", "-out", "\(dir)/c.pem"]
+                         "-addext", "subjectAltName=\(names)", "-keyout", "\(dir)/k.pem", "-out", "\(dir)/c.pem"]
         gen.standardOutput = FileHandle.nullDevice
         gen.standardError = FileHandle.nullDevice
         try gen.run()
@@ -358,9 +359,10 @@ import TestSupport
         return code
     }
 
-    /// Starts a gateway whose main listener speaks TLS with the certificate of `makeCertificate(in: dir)`.
-    static func tlsServer(in dir: String) throws -> CLITests.Server {
-        try makeCertificate(in: dir)
+    /// Starts a gateway whose main listener speaks TLS with a fresh certificate for
+    /// `names` (by default localhost and 127.0.0.1), written into `dir`.
+    static func tlsServer(in dir: String, names: String = "DNS:localhost,IP:127.0.0.1") throws -> CLITests.Server {
+        try makeCertificate(in: dir, names: names)
         try routeJSON(["name": "a", "method": "GET", "path": "/a", "steps": [["id": "s", "request": ["method": "GET", "url": "http://127.0.0.1:9/"], "timeout": "1s"]]])
             .write(toFile: "\(dir)/a.json", atomically: true, encoding: .utf8)
         return try CLITests.Server(routesDir: dir, env: [:], extra: ["--tls-cert", "\(dir)/c.pem", "--tls-key", "\(dir)/k.pem"])
@@ -401,6 +403,69 @@ import TestSupport
         let body = String(decoding: r.body, as: UTF8.self)
         #expect(body.contains("\"connect\""), "\(body)")
         #expect(body.contains("certificate"), "\(body)")
+    }
+
+    /// With `upstream_tls.ca_file` naming the authority that signed it (here the
+    /// self-signed certificate itself), the same HTTPS upstream is reached: a `200`
+    /// with its answer. Verification stays on: the name must still match (a
+    /// certificate for localhost only is refused at 127.0.0.1).
+    @Test func upstreamTLS_WithConfiguredCAFile_IsReached() throws {
+        let upDir = try makeTempDir(), dir = try makeTempDir()
+        defer { for d in [upDir, dir] { try? FileManager.default.removeItem(atPath: d) } }
+        let upstream = try TLSListenerTests.tlsServer(in: upDir)
+        defer { kill(upstream.process.processIdentifier, SIGTERM); upstream.process.waitUntilExit() }
+        for (name, host) in [("ip", "127.0.0.1"), ("name", "localhost")] {
+            try routeJSON(["name": name, "method": "GET", "path": "/\(name)",
+                           "steps": [["id": "s", "request": ["method": "GET", "url": "https://\(host):\(upstream.port)/healthz"], "timeout": "5s"]]])
+                .write(toFile: "\(dir)/\(name).json", atomically: true, encoding: .utf8)
+        }
+        let config = "\(upDir)/gateway.json"
+        try "{\"upstream_tls\": {\"ca_file\": \"\(upDir)/c.pem\"}}".write(toFile: config, atomically: true, encoding: .utf8)
+        let gateway = try CLITests.Server(routesDir: dir, env: [:], extra: ["--config", config])
+        defer { kill(gateway.process.processIdentifier, SIGTERM); gateway.process.waitUntilExit() }
+        for path in ["/ip", "/name"] {
+            let r = try #require(try RawConnection(port: gateway.port).request("GET", path))
+            let body = String(decoding: r.body, as: UTF8.self)
+            #expect(r.status == 200, "\(path): \(body)")
+            #expect(body.contains("\"status\":200"), "\(path): \(body)")
+        }
+
+        // A certificate for localhost alone does not cover 127.0.0.1, trusted or not.
+        let otherDir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: otherDir) }
+        let localhostOnly = try TLSListenerTests.tlsServer(in: otherDir, names: "DNS:localhost")
+        defer { kill(localhostOnly.process.processIdentifier, SIGTERM); localhostOnly.process.waitUntilExit() }
+        try "{\"upstream_tls\": {\"ca_file\": \"\(otherDir)/c.pem\"}}".write(toFile: config, atomically: true, encoding: .utf8)
+        try routeJSON(["name": "ip", "method": "GET", "path": "/ip",
+                       "steps": [["id": "s", "request": ["method": "GET", "url": "https://127.0.0.1:\(localhostOnly.port)/healthz"], "timeout": "5s"]]])
+            .write(toFile: "\(dir)/ip.json", atomically: true, encoding: .utf8)
+        try FileManager.default.removeItem(atPath: "\(dir)/name.json")
+        let strict = try CLITests.Server(routesDir: dir, env: [:], extra: ["--config", config, "--data", "\(otherDir)/data2"])
+        defer { kill(strict.process.processIdentifier, SIGTERM); strict.process.waitUntilExit() }
+        let refused = try #require(try RawConnection(port: strict.port).request("GET", "/ip"))
+        #expect(refused.status == 502, "\(String(decoding: refused.body, as: UTF8.self))")
+        #expect(String(decoding: refused.body, as: UTF8.self).contains("\"connect\""))
+    }
+
+    /// `upstream_tls` in the config file: a missing or unreadable `ca_file`, an unknown
+    /// field or the wrong shape is refused at start with `file: key: message`.
+    @Test func upstreamTLSConfig_Checked() throws {
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let config = "\(dir)/config.json"
+        try "-----BEGIN CERTIFICATE-----\n".write(toFile: "\(dir)/ca.pem", atomically: true, encoding: .utf8)
+        for (text, message) in [
+            ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/missing.pem\"}}", "upstream_tls.ca_file: cannot read \(dir)/missing.pem"),
+            ("{\"upstream_tls\": {}}", "upstream_tls.ca_file: is required (a PEM file)"),
+            ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/ca.pem\", \"verify\": false}}", "upstream_tls.verify: unknown field"),
+            ("{\"upstream_tls\": \"\(dir)/ca.pem\"}", "upstream_tls: must be an object {\"ca_file\": FILE}"),
+        ] {
+            try text.write(toFile: config, atomically: true, encoding: .utf8)
+            #expect(throws: GatewayConfig.Error.self) { try GatewayConfig.load(file: config) }
+            do { _ = try GatewayConfig.load(file: config) } catch { #expect("\(error)" == "\(config): \(message)") }
+        }
+        try "{\"upstream_tls\": {\"ca_file\": \"\(dir)/ca.pem\"}}".write(toFile: config, atomically: true, encoding: .utf8)
+        #expect(try GatewayConfig.load(file: config).upstreamCAFile == "\(dir)/ca.pem")
     }
 }
 
