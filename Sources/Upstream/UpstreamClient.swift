@@ -94,6 +94,12 @@ public final class UpstreamClient: @unchecked Sendable {
     private var processing = false
     /// `CURLOPT_CAINFO` for every handle (see `init`).
     private let caFile: String?
+    /// The TLS session cache all handles of this client share (a `CURLSH` sharing TLS
+    /// sessions only). A handle's own cache would go with it when it is renewed after
+    /// its transfer (see `handlesReusable`), so no new connection to an HTTPS upstream
+    /// or callback receiver could resume a session. Used on the loop thread only, so
+    /// it needs no lock callbacks. Nil if curl could not make one.
+    private let tlsSessions: UnsafeMutableRawPointer?
     /// URLs parsed by curl, by their bytes, shared by every handle given the same one
     /// (see `parsedURL(_:)`).
     private var parsedURLs: [URLBytes: ParsedURL] = [:]
@@ -116,6 +122,10 @@ public final class UpstreamClient: @unchecked Sendable {
     public init(loop: EventLoop, maxConnectionsPerHost: Int = 0, caFile: String? = nil) {
         self.caFile = caFile
         _ = curlGlobalInit
+        tlsSessions = curl_share_init()
+        if let tlsSessions {
+            _ = CCurl_share_setopt_long(tlsSessions, CURLSHOPT_SHARE, Int(CURL_LOCK_DATA_SSL_SESSION.rawValue))
+        }
         // CURLOPT_NOSIGNAL leaves SIGPIPE to the application: OpenSSL writes to a TLS
         // connection whose peer is gone with write(2), not send(MSG_NOSIGNAL).
         Socket.ignoreSIGPIPE()
@@ -150,6 +160,7 @@ public final class UpstreamClient: @unchecked Sendable {
         for h in freeHandles { curl_easy_cleanup(h.easy) }
         handleCounters.handlesCleanedUp(freeHandles.count)
         curl_multi_cleanup(multi)
+        if let tlsSessions { curl_share_cleanup(tlsSessions) }  // no handle uses it any more
     }
 
     /// Whether an easy handle may serve another transfer once one has finished. Not
@@ -191,6 +202,7 @@ public final class UpstreamClient: @unchecked Sendable {
         _ = CCurl_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
         _ = CCurl_easy_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)
         if let caFile { _ = CCurl_easy_setopt_string(h, CURLOPT_CAINFO, caFile) }
+        if let tlsSessions { _ = CCurl_easy_setopt_pointer(h, CURLOPT_SHARE, tlsSessions) }
         // Proxies as configured by the environment, without curl reading it per transfer
         // (set per transfer, in `configure`, only when they differ by scheme).
         if proxies.http == proxies.https { proxies.apply(to: h, https: false) }

@@ -447,6 +447,51 @@ import TestSupport
         #expect(String(decoding: refused.body, as: UTF8.self).contains("\"connect\""))
     }
 
+    /// New connections to an HTTPS upstream resume the TLS session an earlier one got
+    /// (each event loop's client keeps one session cache for all its easy handles,
+    /// which are renewed after every transfer). `openssl s_server -www` closes each
+    /// connection after its answer and says in it whether the session was new or reused.
+    @Test func upstreamTLS_NewConnectionsResumeTheSession() throws {
+        let upDir = try makeTempDir(), dir = try makeTempDir()
+        defer { for d in [upDir, dir] { try? FileManager.default.removeItem(atPath: d) } }
+        try TLSListenerTests.makeCertificate(in: upDir, names: "DNS:localhost,IP:127.0.0.1")
+        let serverOut = "\(upDir)/s_server.out"
+        _ = FileManager.default.createFile(atPath: serverOut, contents: nil)
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        server.arguments = ["openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", "\(upDir)/c.pem", "-key", "\(upDir)/k.pem", "-www"]
+        server.standardInput = FileHandle.nullDevice
+        server.standardOutput = FileHandle(forWritingAtPath: serverOut)
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        // SIGKILL: s_server keeps the test runner's ignored SIGTERM.
+        defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
+        var port = ""
+        #expect(eventually {
+            let out = (try? String(contentsOfFile: serverOut, encoding: .utf8)) ?? ""
+            guard let line = out.split(separator: "\n").first(where: { $0.hasPrefix("ACCEPT 127.0.0.1:") }) else { return false }
+            port = String(line.dropFirst("ACCEPT 127.0.0.1:".count))
+            return true
+        })
+
+        try routeJSON(["name": "tls", "method": "GET", "path": "/tls",
+                       "steps": [["id": "s", "request": ["method": "GET", "url": "https://127.0.0.1:\(port)/"], "timeout": "5s"]]])
+            .write(toFile: "\(dir)/tls.json", atomically: true, encoding: .utf8)
+        let config = "\(upDir)/gateway.json"
+        try "{\"upstream_tls\": {\"ca_file\": \"\(upDir)/c.pem\"}}".write(toFile: config, atomically: true, encoding: .utf8)
+        let gateway = try CLITests.Server(routesDir: dir, env: [:], extra: ["--config", config])
+        defer { kill(gateway.process.processIdentifier, SIGTERM); gateway.process.waitUntilExit() }
+        var sessions: [String] = []
+        for _ in 0..<5 {
+            let r = try #require(try RawConnection(port: gateway.port).request("GET", "/tls"))
+            let body = String(decoding: r.body, as: UTF8.self)
+            #expect(r.status == 200, "\(body)")
+            sessions.append(body.contains("Reused, TLS") ? "reused" : body.contains("New, TLS") ? "new" : "?")
+        }
+        #expect(sessions.first == "new", "\(sessions)")
+        #expect(sessions.suffix(3) == ["reused", "reused", "reused"], "\(sessions)")
+    }
+
     /// `upstream_tls` in the config file: a missing or unreadable `ca_file`, an unknown
     /// field or the wrong shape is refused at start with `file: key: message`.
     @Test func upstreamTLSConfig_Checked() throws {
