@@ -103,6 +103,27 @@ public enum Crypto {
 
     /// Bytes from standard base64; nil when malformed.
     public static func fromBase64(_ text: String) -> [UInt8]? { Data(base64Encoded: text).map { [UInt8]($0) } }
+
+    /// How many X.509 certificates the PEM file at `path` holds, read with OpenSSL's
+    /// PEM reader up to the first block that is not a certificate; nil when the file
+    /// cannot be opened. A directory, an empty file, text that is not PEM or a
+    /// truncated certificate hold none (0). Any thread.
+    public static func pemCertificateCount(path: String) -> Int? {
+        guard let bio = BIO_new_file(path, "r") else {
+            ERR_clear_error()
+            return nil
+        }
+        defer {
+            BIO_free(bio)
+            ERR_clear_error()  // the read that ends the loop leaves an error on this thread's queue
+        }
+        var count = 0
+        while let certificate = PEM_read_bio_X509(bio, nil, nil, nil) {
+            X509_free(certificate)
+            count += 1
+        }
+        return count
+    }
 }
 
 /// Standard Webhooks signing (https://www.standardwebhooks.com): secrets are

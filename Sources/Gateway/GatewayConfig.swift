@@ -55,9 +55,10 @@ public struct GatewayConfig: Sendable {
     /// handshake must finish within `limits.headerTimeout`. Default: nil (plain).
     public var tls: TLSConfiguration?
     /// A PEM file of the certificate authorities trusted for HTTPS upstreams and
-    /// callback receivers, in place of the system's bundle (libcurl's default, on
-    /// Debian `/etc/ssl/certs/ca-certificates.crt`); for private CAs. Verification
-    /// itself is never off. Default: nil (the system's bundle).
+    /// callback receivers, in place of the system's (libcurl's defaults, on Debian
+    /// `/etc/ssl/certs`); for private CAs. Checked at start: it must hold at least one
+    /// certificate. Verification itself is never off. Default: nil (the system's
+    /// authorities).
     public var upstreamCAFile: String?
 
     public init() {}
@@ -181,7 +182,8 @@ public struct GatewayConfig: Sendable {
                 guard case .object(let t) = v else { throw fail(key, "must be an object {\"ca_file\": FILE}") }
                 for k in t.keys where k != "ca_file" { throw fail("upstream_tls.\(k)", "unknown field") }
                 guard case .string(let ca)? = t["ca_file"] else { throw fail("upstream_tls.ca_file", "is required (a PEM file)") }
-                guard FileManager.default.isReadableFile(atPath: ca) else { throw fail("upstream_tls.ca_file", "cannot read \(ca)") }
+                guard let count = Crypto.pemCertificateCount(path: ca) else { throw fail("upstream_tls.ca_file", "cannot read \(ca)") }
+                guard count > 0 else { throw fail("upstream_tls.ca_file", "\(ca) holds no PEM certificate") }
                 c.upstreamCAFile = ca
             default:
                 throw fail(key, "unknown field")

@@ -95,10 +95,11 @@ public final class UpstreamClient: @unchecked Sendable {
     /// `CURLOPT_CAINFO` for every handle (see `init`).
     private let caFile: String?
     /// The TLS session cache all handles of this client share (a `CURLSH` sharing TLS
-    /// sessions only). A handle's own cache would go with it when it is renewed after
-    /// its transfer (see `handlesReusable`), so no new connection to an HTTPS upstream
-    /// or callback receiver could resume a session. Used on the loop thread only, so
-    /// it needs no lock callbacks. Nil if curl could not make one.
+    /// sessions only; curl keeps the 8 most recently used). A handle's own cache would
+    /// go with it when it is renewed after its transfer (see `handlesReusable`), so no
+    /// new connection to an HTTPS upstream or callback receiver could resume a
+    /// session. Used on the loop thread only (or after the loop has stopped), so it
+    /// needs no lock callbacks. Nil if curl could not make one.
     private let tlsSessions: UnsafeMutableRawPointer?
     /// URLs parsed by curl, by their bytes, shared by every handle given the same one
     /// (see `parsedURL(_:)`).
@@ -117,14 +118,16 @@ public final class UpstreamClient: @unchecked Sendable {
     /// - Parameter maxConnectionsPerHost: cap on parallel connections to one host
     ///   (0 = unlimited, the default).
     /// - Parameter caFile: a PEM file of the certificate authorities trusted for
-    ///   HTTPS (`CURLOPT_CAINFO`), in place of the system's bundle; nil (the default)
-    ///   keeps libcurl's. Peers are verified either way.
+    ///   HTTPS (`CURLOPT_CAINFO`), in place of the system's (libcurl's bundle and
+    ///   directory, `CURLOPT_CAPATH`, are not used then); nil (the default) keeps
+    ///   libcurl's. Peers are verified either way. An HTTPS proxy's certificate is
+    ///   checked against the system's authorities regardless.
     public init(loop: EventLoop, maxConnectionsPerHost: Int = 0, caFile: String? = nil) {
         self.caFile = caFile
         _ = curlGlobalInit
         tlsSessions = curl_share_init()
         if let tlsSessions {
-            _ = CCurl_share_setopt_long(tlsSessions, CURLSHOPT_SHARE, Int(CURL_LOCK_DATA_SSL_SESSION.rawValue))
+            _ = CCurl_share_setopt_lock_data(tlsSessions, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION)
         }
         // CURLOPT_NOSIGNAL leaves SIGPIPE to the application: OpenSSL writes to a TLS
         // connection whose peer is gone with write(2), not send(MSG_NOSIGNAL).
@@ -201,7 +204,11 @@ public final class UpstreamClient: @unchecked Sendable {
         _ = CCurl_easy_setopt_string(h, CURLOPT_PROTOCOLS_STR, "http,https")
         _ = CCurl_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
         _ = CCurl_easy_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)
-        if let caFile { _ = CCurl_easy_setopt_string(h, CURLOPT_CAINFO, caFile) }
+        if let caFile {
+            // Instead of libcurl's bundle and directory (Debian builds it with both).
+            _ = CCurl_easy_setopt_string(h, CURLOPT_CAINFO, caFile)
+            _ = CCurl_easy_setopt_string(h, CURLOPT_CAPATH, nil)
+        }
         if let tlsSessions { _ = CCurl_easy_setopt_pointer(h, CURLOPT_SHARE, tlsSessions) }
         // Proxies as configured by the environment, without curl reading it per transfer
         // (set per transfer, in `configure`, only when they differ by scheme).

@@ -368,6 +368,21 @@ import TestSupport
         return try CLITests.Server(routesDir: dir, env: [:], extra: ["--tls-cert", "\(dir)/c.pem", "--tls-key", "\(dir)/k.pem"])
     }
 
+    /// Writes `dir/NAME.json`: a route `GET /NAME` with one step calling `url`.
+    static func writeStepRoute(_ name: String, url: String, in dir: String) throws {
+        try routeJSON(["name": name, "method": "GET", "path": "/\(name)",
+                       "steps": [["id": "s", "request": ["method": "GET", "url": url], "timeout": "5s"]]])
+            .write(toFile: "\(dir)/\(name).json", atomically: true, encoding: .utf8)
+    }
+
+    /// Starts a gateway on the routes in `dir` whose config file (written into
+    /// `configDir`) trusts the authorities in `caFile` for upstream TLS.
+    static func gatewayTrusting(_ caFile: String, routes dir: String, configDir: String, extra: [String] = []) throws -> CLITests.Server {
+        let config = "\(configDir)/gateway.json"
+        try "{\"upstream_tls\": {\"ca_file\": \"\(caFile)\"}}".write(toFile: config, atomically: true, encoding: .utf8)
+        return try CLITests.Server(routesDir: dir, env: [:], extra: ["--config", config] + extra)
+    }
+
     /// A real TLS client (curl) gets answers; a plain-text request on the TLS port gets none.
     @Test func serveWithTLS_AnswersHTTPS_AndClosesPlainText() throws {
         let dir = try makeTempDir()
@@ -393,9 +408,7 @@ import TestSupport
         #expect(try TLSListenerTests.curlStatus(url, ["--cacert", "\(upDir)/c.pem"]) == "200")
         #expect(try TLSListenerTests.curlStatus(url, []) == "000")  // curl's own verification refuses it too
 
-        try routeJSON(["name": "tls", "method": "GET", "path": "/tls",
-                       "steps": [["id": "s", "request": ["method": "GET", "url": url], "timeout": "5s"]]])
-            .write(toFile: "\(dir)/tls.json", atomically: true, encoding: .utf8)
+        try TLSListenerTests.writeStepRoute("tls", url: url, in: dir)
         let gateway = try CLITests.Server(routesDir: dir, env: [:])
         defer { kill(gateway.process.processIdentifier, SIGTERM); gateway.process.waitUntilExit() }
         let r = try #require(try RawConnection(port: gateway.port).request("GET", "/tls"))
@@ -415,13 +428,9 @@ import TestSupport
         let upstream = try TLSListenerTests.tlsServer(in: upDir)
         defer { kill(upstream.process.processIdentifier, SIGTERM); upstream.process.waitUntilExit() }
         for (name, host) in [("ip", "127.0.0.1"), ("name", "localhost")] {
-            try routeJSON(["name": name, "method": "GET", "path": "/\(name)",
-                           "steps": [["id": "s", "request": ["method": "GET", "url": "https://\(host):\(upstream.port)/healthz"], "timeout": "5s"]]])
-                .write(toFile: "\(dir)/\(name).json", atomically: true, encoding: .utf8)
+            try TLSListenerTests.writeStepRoute(name, url: "https://\(host):\(upstream.port)/healthz", in: dir)
         }
-        let config = "\(upDir)/gateway.json"
-        try "{\"upstream_tls\": {\"ca_file\": \"\(upDir)/c.pem\"}}".write(toFile: config, atomically: true, encoding: .utf8)
-        let gateway = try CLITests.Server(routesDir: dir, env: [:], extra: ["--config", config])
+        let gateway = try TLSListenerTests.gatewayTrusting("\(upDir)/c.pem", routes: dir, configDir: upDir)
         defer { kill(gateway.process.processIdentifier, SIGTERM); gateway.process.waitUntilExit() }
         for path in ["/ip", "/name"] {
             let r = try #require(try RawConnection(port: gateway.port).request("GET", path))
@@ -435,12 +444,10 @@ import TestSupport
         defer { try? FileManager.default.removeItem(atPath: otherDir) }
         let localhostOnly = try TLSListenerTests.tlsServer(in: otherDir, names: "DNS:localhost")
         defer { kill(localhostOnly.process.processIdentifier, SIGTERM); localhostOnly.process.waitUntilExit() }
-        try "{\"upstream_tls\": {\"ca_file\": \"\(otherDir)/c.pem\"}}".write(toFile: config, atomically: true, encoding: .utf8)
-        try routeJSON(["name": "ip", "method": "GET", "path": "/ip",
-                       "steps": [["id": "s", "request": ["method": "GET", "url": "https://127.0.0.1:\(localhostOnly.port)/healthz"], "timeout": "5s"]]])
-            .write(toFile: "\(dir)/ip.json", atomically: true, encoding: .utf8)
+        try TLSListenerTests.writeStepRoute("ip", url: "https://127.0.0.1:\(localhostOnly.port)/healthz", in: dir)
         try FileManager.default.removeItem(atPath: "\(dir)/name.json")
-        let strict = try CLITests.Server(routesDir: dir, env: [:], extra: ["--config", config, "--data", "\(otherDir)/data2"])
+        let strict = try TLSListenerTests.gatewayTrusting("\(otherDir)/c.pem", routes: dir, configDir: otherDir,
+                                                          extra: ["--data", "\(otherDir)/data2"])
         defer { kill(strict.process.processIdentifier, SIGTERM); strict.process.waitUntilExit() }
         let refused = try #require(try RawConnection(port: strict.port).request("GET", "/ip"))
         #expect(refused.status == 502, "\(String(decoding: refused.body, as: UTF8.self))")
@@ -467,19 +474,15 @@ import TestSupport
         // SIGKILL: s_server keeps the test runner's ignored SIGTERM.
         defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
         var port = ""
-        #expect(eventually {
+        try #require(eventually {
             let out = (try? String(contentsOfFile: serverOut, encoding: .utf8)) ?? ""
             guard let line = out.split(separator: "\n").first(where: { $0.hasPrefix("ACCEPT 127.0.0.1:") }) else { return false }
             port = String(line.dropFirst("ACCEPT 127.0.0.1:".count))
             return true
         })
 
-        try routeJSON(["name": "tls", "method": "GET", "path": "/tls",
-                       "steps": [["id": "s", "request": ["method": "GET", "url": "https://127.0.0.1:\(port)/"], "timeout": "5s"]]])
-            .write(toFile: "\(dir)/tls.json", atomically: true, encoding: .utf8)
-        let config = "\(upDir)/gateway.json"
-        try "{\"upstream_tls\": {\"ca_file\": \"\(upDir)/c.pem\"}}".write(toFile: config, atomically: true, encoding: .utf8)
-        let gateway = try CLITests.Server(routesDir: dir, env: [:], extra: ["--config", config])
+        try TLSListenerTests.writeStepRoute("tls", url: "https://127.0.0.1:\(port)/", in: dir)
+        let gateway = try TLSListenerTests.gatewayTrusting("\(upDir)/c.pem", routes: dir, configDir: upDir)
         defer { kill(gateway.process.processIdentifier, SIGTERM); gateway.process.waitUntilExit() }
         var sessions: [String] = []
         for _ in 0..<5 {
@@ -492,25 +495,34 @@ import TestSupport
         #expect(sessions.suffix(3) == ["reused", "reused", "reused"], "\(sessions)")
     }
 
-    /// `upstream_tls` in the config file: a missing or unreadable `ca_file`, an unknown
-    /// field or the wrong shape is refused at start with `file: key: message`.
+    /// `upstream_tls` in the config file: a `ca_file` that cannot be read or holds no
+    /// certificate (a directory, a truncated PEM block), an unknown field or the wrong
+    /// shape is refused at start with `file: key: message`; a bundle is taken.
     @Test func upstreamTLSConfig_Checked() throws {
         let dir = try makeTempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let config = "\(dir)/config.json"
-        try "-----BEGIN CERTIFICATE-----\n".write(toFile: "\(dir)/ca.pem", atomically: true, encoding: .utf8)
+        try "-----BEGIN CERTIFICATE-----\nMIIB\n".write(toFile: "\(dir)/truncated.pem", atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: "\(dir)/certs", withIntermediateDirectories: false)
         for (text, message) in [
             ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/missing.pem\"}}", "upstream_tls.ca_file: cannot read \(dir)/missing.pem"),
+            ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/truncated.pem\"}}", "upstream_tls.ca_file: \(dir)/truncated.pem holds no PEM certificate"),
+            ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/certs\"}}", "upstream_tls.ca_file: \(dir)/certs holds no PEM certificate"),
             ("{\"upstream_tls\": {}}", "upstream_tls.ca_file: is required (a PEM file)"),
-            ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/ca.pem\", \"verify\": false}}", "upstream_tls.verify: unknown field"),
-            ("{\"upstream_tls\": \"\(dir)/ca.pem\"}", "upstream_tls: must be an object {\"ca_file\": FILE}"),
+            ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/c.pem\", \"verify\": false}}", "upstream_tls.verify: unknown field"),
+            ("{\"upstream_tls\": \"\(dir)/c.pem\"}", "upstream_tls: must be an object {\"ca_file\": FILE}"),
         ] {
             try text.write(toFile: config, atomically: true, encoding: .utf8)
             #expect(throws: GatewayConfig.Error.self) { try GatewayConfig.load(file: config) }
             do { _ = try GatewayConfig.load(file: config) } catch { #expect("\(error)" == "\(config): \(message)") }
         }
-        try "{\"upstream_tls\": {\"ca_file\": \"\(dir)/ca.pem\"}}".write(toFile: config, atomically: true, encoding: .utf8)
-        #expect(try GatewayConfig.load(file: config).upstreamCAFile == "\(dir)/ca.pem")
+        // Two certificates in one file (a bundle), as libcurl takes them.
+        try TLSListenerTests.makeCertificate(in: dir, names: "DNS:localhost")
+        let one = try String(contentsOfFile: "\(dir)/c.pem", encoding: .utf8)
+        try TLSListenerTests.makeCertificate(in: dir, names: "DNS:example.test")
+        try (one + String(contentsOfFile: "\(dir)/c.pem", encoding: .utf8)).write(toFile: "\(dir)/bundle.pem", atomically: true, encoding: .utf8)
+        try "{\"upstream_tls\": {\"ca_file\": \"\(dir)/bundle.pem\"}}".write(toFile: config, atomically: true, encoding: .utf8)
+        #expect(try GatewayConfig.load(file: config).upstreamCAFile == "\(dir)/bundle.pem")
     }
 }
 
