@@ -181,7 +181,12 @@ public struct GatewayConfig: Sendable {
             case "upstream_tls":
                 guard case .object(let t) = v else { throw fail(key, "must be an object {\"ca_file\": FILE}") }
                 for k in t.keys where k != "ca_file" { throw fail("upstream_tls.\(k)", "unknown field") }
-                guard case .string(let ca)? = t["ca_file"] else { throw fail("upstream_tls.ca_file", "is required (a PEM file)") }
+                guard let value = t["ca_file"] else { throw fail("upstream_tls.ca_file", "is required (a PEM file)") }
+                let ca = try string("upstream_tls.ca_file", value)
+                guard !ca.isEmpty else { throw fail("upstream_tls.ca_file", "must not be empty (a PEM file)") }
+                guard FileManager.default.fileExists(atPath: ca) else {
+                    throw fail("upstream_tls.ca_file", "\(ca): no such file (a relative path is taken from the current directory)")
+                }
                 guard let count = Crypto.pemCertificateCount(path: ca) else { throw fail("upstream_tls.ca_file", "cannot read \(ca)") }
                 guard count > 0 else { throw fail("upstream_tls.ca_file", "\(ca) holds no PEM certificate") }
                 c.upstreamCAFile = ca

@@ -505,7 +505,10 @@ import TestSupport
         try "-----BEGIN CERTIFICATE-----\nMIIB\n".write(toFile: "\(dir)/truncated.pem", atomically: true, encoding: .utf8)
         try FileManager.default.createDirectory(atPath: "\(dir)/certs", withIntermediateDirectories: false)
         for (text, message) in [
-            ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/missing.pem\"}}", "upstream_tls.ca_file: cannot read \(dir)/missing.pem"),
+            ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/missing.pem\"}}",
+             "upstream_tls.ca_file: \(dir)/missing.pem: no such file (a relative path is taken from the current directory)"),
+            ("{\"upstream_tls\": {\"ca_file\": 5}}", "upstream_tls.ca_file: must be a string"),
+            ("{\"upstream_tls\": {\"ca_file\": \"\"}}", "upstream_tls.ca_file: must not be empty (a PEM file)"),
             ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/truncated.pem\"}}", "upstream_tls.ca_file: \(dir)/truncated.pem holds no PEM certificate"),
             ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/certs\"}}", "upstream_tls.ca_file: \(dir)/certs holds no PEM certificate"),
             ("{\"upstream_tls\": {}}", "upstream_tls.ca_file: is required (a PEM file)"),
