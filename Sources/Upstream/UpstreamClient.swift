@@ -536,8 +536,16 @@ private struct URLBytes: Hashable {
 
 extension String {
     /// Whether both strings have the same UTF-8 bytes (not merely canonically equivalent text).
+    /// Native strings compare with one `memcmp`; `elementsEqual` over `UTF8View` went
+    /// byte by byte (~2,000 instructions per proxied request).
     fileprivate func hasSameBytes(as other: String) -> Bool {
-        utf8.count == other.utf8.count && utf8.elementsEqual(other.utf8)
+        let n = utf8.count
+        guard n == other.utf8.count else { return false }
+        if n == 0 { return true }
+        let same = utf8.withContiguousStorageIfAvailable { a in
+            other.utf8.withContiguousStorageIfAvailable { b in memcmp(a.baseAddress!, b.baseAddress!, n) == 0 }
+        }
+        return (same ?? nil) ?? utf8.elementsEqual(other.utf8)
     }
 }
 
