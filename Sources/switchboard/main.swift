@@ -4,6 +4,8 @@ import EventLoop
 import Foundation
 import Gateway
 import HTTP1
+import JSON
+import Locking
 import Routes
 import Sandbox
 
@@ -60,19 +62,35 @@ func loadRoutes(_ dir: String) -> RouteTable {
     }
 }
 
-/// Blocks until one of `signals` arrives; returns it. Other threads keep running.
-func waitForSignal(_ signals: [Int32], handler: @escaping @Sendable (Int32) -> Bool) {
-    let sem = DispatchSemaphore(value: 0)
-    var sources: [DispatchSourceSignal] = []
-    for s in signals {
-        signal(s, SIG_IGN)
-        let src = DispatchSource.makeSignalSource(signal: s, queue: .global())
-        src.setEventHandler { if handler(s) { sem.signal() } }
-        src.resume()
-        sources.append(src)
+/// Catches `signals` from the moment it is made and calls `handler` on a global queue
+/// for each that arrives; `wait()` blocks until a call returns true. Made before a
+/// process announces itself, so a signal sent as soon as the announcement is out is
+/// caught, not lost (setting `SIG_IGN` later would drop one still pending).
+struct SignalCatcher {
+    private let semaphore = DispatchSemaphore(value: 0)
+    private var sources: [DispatchSourceSignal] = []
+
+    init(_ signals: [Int32], handler: @escaping @Sendable (Int32) -> Bool) {
+        let sem = semaphore
+        for s in signals {
+            signal(s, SIG_IGN)
+            let src = DispatchSource.makeSignalSource(signal: s, queue: .global())
+            src.setEventHandler { if handler(s) { sem.signal() } }
+            src.resume()
+            sources.append(src)
+        }
     }
-    sem.wait()
-    withExtendedLifetime(sources) {}
+
+    /// Blocks the calling thread until `handler` has returned true (perhaps before this call).
+    func wait() {
+        semaphore.wait()
+        withExtendedLifetime(sources) {}
+    }
+}
+
+/// Blocks until one of `signals` arrives and `handler` returns true for it. Other threads keep running.
+func waitForSignal(_ signals: [Int32], handler: @escaping @Sendable (Int32) -> Bool) {
+    SignalCatcher(signals, handler: handler).wait()
 }
 
 func serve(_ o: Options) {
@@ -99,6 +117,7 @@ func serve(_ o: Options) {
     default: die("switchboard: --tls-cert and --tls-key go together")
     }
 
+    let log = ControlLog(level: config.logLevel)
     Socket.ignoreSIGPIPE()
     let routes = loadRoutes(config.routes)
     let gateway: Gateway
@@ -116,14 +135,14 @@ func serve(_ o: Options) {
             do {
                 let table = try RouteLoader.load(directory: routesDir, environment: ProcessInfo.processInfo.environment)
                 gateway.reload(routes: table)
-                logLine("info", "routes reloaded", ["routes": "\(table.routes.count)"])
+                log("info", "routes reloaded", [("routes", .int(Int64(table.routes.count)))])
             } catch let error as RouteLoadError {
-                logLine("error", "route reload failed; keeping the old routes", ["problems": error.problems.joined(separator: "; ")])
+                log("error", "route reload failed; keeping the old routes", [("problems", .string(error.problems.joined(separator: "; ")))])
             } catch {
-                logLine("error", "route reload failed; keeping the old routes", ["problems": "\(error)"])
+                log("error", "route reload failed; keeping the old routes", [("problems", .string("\(error)"))])
             }
             do { try gateway.reloadTLS() } catch {
-                logLine("error", "TLS reload failed; keeping the old certificate", ["error": "\(error)"])
+                log("error", "TLS reload failed; keeping the old certificate", [("error", .string("\(error)"))])
             }
             return false
         }
@@ -131,25 +150,28 @@ func serve(_ o: Options) {
         if n > 1 { exit(1) }  // a second SIGTERM/SIGINT exits at once
         return true
     }
-    logLine("info", "draining", ["timeout_ms": "\(drainTimeout.milliseconds)"])
+    log("info", "draining", [("timeout_ms", .int(drainTimeout.milliseconds))])
     DispatchQueue.global().async {
         // A second signal during the drain exits at once.
         waitForSignal([SIGTERM, SIGINT]) { _ in exit(1) }
     }
     gateway.drain(timeout: drainTimeout)
     gateway.shutdown()
-    logLine("info", "stopped")
+    log("info", "stopped")
     exit(0)
 }
 
-import Locking
+/// The command line's own log lines (route reload, drain, stop; the sandbox's start),
+/// in the shape of every other line: `time` (RFC 3339, milliseconds), `level`, `msg`,
+/// then the fields, values typed (numbers as JSON numbers). Lines below `level`
+/// (`debug`, `info`, `warn`, `error`: the config's `log_level`) are dropped.
+/// Any thread: each line goes through a `LogBuffer` of its own that writes it at once,
+/// whole, under the process-wide log lock.
+struct ControlLog: Sendable {
+    let level: String
 
-/// A control-plane log line (JSON) written straight to standard output.
-func logLine(_ level: String, _ msg: String, _ fields: [String: String] = [:]) {
-    var o: [String: String] = ["time": ISO8601DateFormatter().string(from: Date()), "level": level, "msg": msg]
-    for (k, v) in fields { o[k] = v }
-    if let d = try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]) {
-        FileHandle.standardOutput.write(d + Data("\n".utf8))
+    func callAsFunction(_ level: String, _ message: String, _ fields: [(String, JSON)] = []) {
+        LogBuffer(loop: nil, level: self.level).log(level, message, fields)
     }
 }
 
@@ -166,9 +188,10 @@ func sandbox(_ o: Options) {
     do {
         let group = try EventLoopGroup(count: 1)
         let s = Sandbox(group: group, address: addr, callbackSecrets: o.all("callback-secret"))
+        let stop = SignalCatcher([SIGTERM, SIGINT]) { _ in true }
         try s.start()
-        logLine("info", "sandbox listening", ["address": "\(addr.host):\(s.port)"])
-        waitForSignal([SIGTERM, SIGINT]) { _ in true }
+        ControlLog(level: "info")("info", "sandbox listening", [("address", .string("\(addr.host):\(s.port)"))])
+        stop.wait()
         s.shutdown()
         group.shutdown()
         exit(0)

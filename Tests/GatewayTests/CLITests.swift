@@ -55,6 +55,42 @@ import TestSupport
         #expect(line.contains("timeout"))
     }
 
+    /// `time` with each digit replaced by `0`: the format of a log line's timestamp
+    /// (`0000-00-00T00:00:00.000Z` for RFC 3339 with milliseconds, as `LogBuffer` writes).
+    static func timeFormat(_ line: [String: Any]) -> String? {
+        (line["time"] as? String).map { String($0.map { $0.isNumber ? "0" : $0 }) }
+    }
+
+    /// `sandbox` logs its start in the shape of the gateway's lines: `time` (RFC 3339 with
+    /// milliseconds), `level` and `msg` first, then `address` (a port 0 resolved).
+    @Test func sandbox_LogsListeningLine_InTheShapeOfEveryLine() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try switchboardBinary())
+        p.arguments = ["sandbox", "--listen", "127.0.0.1:0"]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        // A sandbox that never logs or never stops fails the test instead of hanging it.
+        let watchdog = DispatchWorkItem { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        DispatchQueue.global().asyncAfter(deadline: .now() + .seconds(30), execute: watchdog)
+        defer { watchdog.cancel() }
+        var text = ""
+        while !text.contains("\n") {  // the first line, whenever it comes (end of file: the sandbox died)
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            text += String(decoding: chunk, as: UTF8.self)
+        }
+        p.terminate()
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        let raw = try #require(text.split(separator: "\n").first, "\(text)")
+        #expect(raw.hasPrefix("{\"time\":\"") && raw.contains("\",\"level\":\"info\",\"msg\":\"sandbox listening\",\"address\":\"127.0.0.1:"), "\(raw)")
+        let line = try #require(try JSONSerialization.jsonObject(with: Data(raw.utf8)) as? [String: Any])
+        #expect(Self.timeFormat(line) == "0000-00-00T00:00:00.000Z", "\(raw)")
+        let port = (line["address"] as? String)?.split(separator: ":").last.flatMap { UInt16($0) }
+        #expect(port.map { $0 > 0 } == true, "\(raw)")
+    }
+
     /// A server process for one test, its output captured to a file.
     final class Server {
         let process = Process()
@@ -90,6 +126,17 @@ import TestSupport
 
         var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
+        /// The log lines written so far, each parsed as a JSON object (a line that is not
+        /// one, such as a sanitizer report's, is left out).
+        var logLines: [[String: Any]] {
+            log.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        }
+
+        /// The first log line whose `msg` is `message`, parsed; nil when there is none yet.
+        func logLine(_ message: String) -> [String: Any]? {
+            logLines.first { $0["msg"] as? String == message }
+        }
+
         deinit { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
     }
 
@@ -109,9 +156,7 @@ import TestSupport
         #expect(!r.text.contains(secret))
         kill(server.process.processIdentifier, SIGTERM)
         server.process.waitUntilExit()
-        let lines = server.log.split(separator: "\n")
-        let requestLines = lines.compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
-            .filter { $0["msg"] as? String == "request" && $0["route"] as? String == "crm" }
+        let requestLines = server.logLines.filter { $0["msg"] as? String == "request" && $0["route"] as? String == "crm" }
         let line = try #require(requestLines.first)
         #expect(line["status"] as? Int == 502)
         #expect(line["outcome"] as? String == "sync")
@@ -148,9 +193,7 @@ import TestSupport
         }
         kill(server.process.processIdentifier, SIGTERM)
         server.process.waitUntilExit()
-        let lines = server.log.split(separator: "\n")
-            .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
-            .filter { $0["msg"] as? String == "request" && $0["outcome"] as? String == "error" }
+        let lines = server.logLines.filter { $0["msg"] as? String == "request" && $0["outcome"] as? String == "error" }
         #expect(lines.map { $0["status"] as? Int } == [400, 413, 414])
         let tooLarge = try #require(lines.first { $0["status"] as? Int == 413 })
         #expect(tooLarge["method"] as? String == "POST" && tooLarge["path"] as? String == "/r")
@@ -192,9 +235,7 @@ import TestSupport
         held.removeAll()
         kill(server.process.processIdentifier, SIGTERM)
         server.process.waitUntilExit()
-        let lines = server.log.split(separator: "\n")
-            .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
-            .filter { $0["msg"] as? String == "request" && $0["status"] as? Int == 503 }
+        let lines = server.logLines.filter { $0["msg"] as? String == "request" && $0["status"] as? Int == 503 }
         #expect(lines.count == 2, "\(server.log.suffix(4000))")
         for line in lines {
             #expect(line["outcome"] as? String == "error")
@@ -236,9 +277,7 @@ import TestSupport
         #expect(e.value("switchboard_requests_total", ["route": "", "outcome": "error", "status": "200"]) == nil)
         kill(server.process.processIdentifier, SIGTERM)
         server.process.waitUntilExit()
-        let lines = server.log.split(separator: "\n")
-            .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
-            .filter { $0["msg"] as? String == "request" }
+        let lines = server.logLines.filter { $0["msg"] as? String == "request" }
         #expect(lines.map { $0["status"] as? Int } == [400, 414, 404, 405], "\(server.log.suffix(4000))")
         for line in lines {
             #expect(line["outcome"] as? String == "error")
@@ -296,7 +335,10 @@ import TestSupport
 /// `SIGHUP` route reload on the real binary (SPEC §8).
 @Suite struct ReloadTests {
     /// Reload adds a route and removes another while a request on the old route is in
-    /// flight and completes; a broken file afterwards keeps the last good set.
+    /// flight and completes; a broken file afterwards keeps the last good set. The
+    /// command line's own lines ("routes reloaded", "route reload failed", "draining",
+    /// "stopped") have the shape of the request lines: `time` in the same format,
+    /// `level` and `msg` first, numbers as JSON numbers.
     @Test func sighup_SwapsRoutes_AndBadFileKeepsOldSet() throws {
         let up = try ScriptedServer.answering(body: "{\"v\":1}", delay: .milliseconds(600))
         let dir = try makeTempDir()
@@ -327,6 +369,22 @@ import TestSupport
         kill(pid, SIGTERM)
         server.process.waitUntilExit()
         #expect(server.process.terminationStatus == 0, "\(server.log.suffix(6000))")
+
+        let reloaded = try #require(server.logLine("routes reloaded"), "\(server.log.suffix(6000))")
+        #expect(reloaded["routes"] as? Int == 1, "\(reloaded)")  // a number, not the string "1"
+        let raw = try #require(server.log.split(separator: "\n").first { $0.contains("\"msg\":\"routes reloaded\"") })
+        #expect(raw.hasPrefix("{\"time\":\"") && raw.hasSuffix("\",\"level\":\"info\",\"msg\":\"routes reloaded\",\"routes\":1}"), "\(raw)")
+        let failed = try #require(server.logLine("route reload failed; keeping the old routes"))
+        #expect(failed["level"] as? String == "error")
+        #expect((failed["problems"] as? String)?.contains("broken.json") == true)
+        let draining = try #require(server.logLine("draining"), "\(server.log.suffix(6000))")
+        #expect(draining["timeout_ms"] as? Int == 30_000, "\(draining)")  // the default drain_timeout
+        let stopped = try #require(server.logLine("stopped"), "\(server.log.suffix(6000))")
+        let request = try #require(server.logLine("request"))
+        #expect(CLITests.timeFormat(request) == "0000-00-00T00:00:00.000Z")
+        for line in [reloaded, failed, draining, stopped] {
+            #expect(CLITests.timeFormat(line) == CLITests.timeFormat(request), "\(line)")
+        }
     }
 }
 
@@ -558,7 +616,7 @@ import TestSupport
         #expect(r.status == 202)
         let id = try #require(r.object["job_id"] as? String)
         #expect(eventually { server.log.contains("\"msg\":\"callback delivered\"") })
-        let lines = server.log.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        let lines = server.logLines
         let ended = lines.filter { $0["msg"] as? String == "job finished" && $0["job_id"] as? String == id }
         #expect(ended.count == 1)
         #expect(ended.first?["status"] as? String == "succeeded")
