@@ -182,7 +182,9 @@ public final class Gateway: @unchecked Sendable {
     /// Binds the listener (one per loop, `SO_REUSEPORT`) and starts serving, and the
     /// admin listener when `admin_listen` is set; both report what their HTTP layer
     /// refuses on its own to `recordRefusal`. The `listening` log line gives the bound
-    /// addresses (`address`, `admin_address`), a port 0 resolved.
+    /// addresses (`address`, `admin_address`), a port 0 resolved, and the authorities
+    /// trusted for upstream TLS when they are not the system's (`upstream_ca_file`, the
+    /// path as configured).
     /// - Throws: `SystemError` when an address cannot be bound.
     public func start() throws {
         let onRefusal: (HTTPRefusal) -> Void = { [unowned self] r in self.recordRefusal(r) }
@@ -210,6 +212,7 @@ public final class Gateway: @unchecked Sendable {
             fields.append(("admin_address", .string("\(admin.host):\(adminPort)")))
         }
         fields += [("event_loops", .int(Int64(group.loops.count))), ("scheme", .string(config.tls == nil ? "http" : "https"))]
+        if let caFile = config.upstreamCAFile { fields.append(("upstream_ca_file", .string(caFile))) }
         controlLog.log("info", "listening", fields)
     }
 

@@ -469,6 +469,8 @@ import TestSupport
         try TLSListenerTests.writeStepRoute("tls", url: url, in: dir)
         let gateway = try CLITests.Server(routesDir: dir, env: [:])
         defer { kill(gateway.process.processIdentifier, SIGTERM); gateway.process.waitUntilExit() }
+        let listening = try #require(gateway.logLine("listening"))
+        #expect(listening["upstream_ca_file"] == nil, "\(listening)")  // the system's authorities
         let r = try #require(try RawConnection(port: gateway.port).request("GET", "/tls"))
         #expect(r.status == 502)
         let body = String(decoding: r.body, as: UTF8.self)
@@ -477,9 +479,11 @@ import TestSupport
     }
 
     /// With `upstream_tls.ca_file` naming the authority that signed it (here the
-    /// self-signed certificate itself), the same HTTPS upstream is reached: a `200`
-    /// with its answer. Verification stays on: the name must still match (a
-    /// certificate for localhost only is refused at 127.0.0.1).
+    /// self-signed certificate itself, in a file with comments around it, as CA bundles
+    /// carry them), the same HTTPS upstream is reached: a `200` with its answer, and the
+    /// `listening` line names the file (`upstream_ca_file`, as configured). Verification
+    /// stays on: the name must still match (a certificate for localhost only is refused
+    /// at 127.0.0.1).
     @Test func upstreamTLS_WithConfiguredCAFile_IsReached() throws {
         let upDir = try makeTempDir(), dir = try makeTempDir()
         defer { for d in [upDir, dir] { try? FileManager.default.removeItem(atPath: d) } }
@@ -488,8 +492,13 @@ import TestSupport
         for (name, host) in [("ip", "127.0.0.1"), ("name", "localhost")] {
             try TLSListenerTests.writeStepRoute(name, url: "https://\(host):\(upstream.port)/healthz", in: dir)
         }
-        let gateway = try TLSListenerTests.gatewayTrusting("\(upDir)/c.pem", routes: dir, configDir: upDir)
+        let caFile = "\(upDir)/commented.pem"
+        try ("# test authority\nSubject: CN=localhost\n" + String(contentsOfFile: "\(upDir)/c.pem", encoding: .utf8) + "# end\n")
+            .write(toFile: caFile, atomically: true, encoding: .utf8)
+        let gateway = try TLSListenerTests.gatewayTrusting(caFile, routes: dir, configDir: upDir)
         defer { kill(gateway.process.processIdentifier, SIGTERM); gateway.process.waitUntilExit() }
+        let listening = try #require(gateway.logLine("listening"))
+        #expect(listening["upstream_ca_file"] as? String == caFile, "\(listening)")
         for path in ["/ip", "/name"] {
             let r = try #require(try RawConnection(port: gateway.port).request("GET", path))
             let body = String(decoding: r.body, as: UTF8.self)
