@@ -104,26 +104,52 @@ public enum Crypto {
     /// Bytes from standard base64; nil when malformed.
     public static func fromBase64(_ text: String) -> [UInt8]? { Data(base64Encoded: text).map { [UInt8]($0) } }
 
-    /// How many X.509 certificates the PEM file at `path` holds, read with OpenSSL's
-    /// PEM reader up to the first block that is not a certificate; nil when the file
-    /// cannot be opened. A directory, an empty file, text that is not PEM or a
-    /// truncated certificate hold none (0). Any thread.
-    public static func pemCertificateCount(path: String) -> Int? {
+    /// What the PEM file of certificates at `path` holds, read block by block with
+    /// OpenSSL's PEM reader as libcurl reads a CA file: text outside
+    /// `-----BEGIN …-----`/`-----END …-----` blocks (comments in a CA bundle) and blocks
+    /// that are not certificates are skipped. Reading stops at the first block OpenSSL
+    /// cannot read — truncated (no END line), bad base64, or not a certificate inside —
+    /// which libcurl would refuse the whole file for. Nil when the file cannot be
+    /// opened. Leaves this thread's OpenSSL error queue empty. Any thread.
+    public static func pemCertificates(path: String) -> PEMCertificates? {
         guard let bio = BIO_new_file(path, "r") else {
             ERR_clear_error()
             return nil
         }
         defer {
             BIO_free(bio)
-            ERR_clear_error()  // the read that ends the loop leaves an error on this thread's queue
+            ERR_clear_error()
         }
         var count = 0
         while let certificate = PEM_read_bio_X509(bio, nil, nil, nil) {
             X509_free(certificate)
             count += 1
         }
-        return count
+        // The read that ends the loop always leaves an error; "no start line" (no
+        // further block: the end of the file, or of a directory's nothing) is the clean end.
+        let last = ERR_peek_last_error()
+        if last == 0 || (ERR_GET_LIB(last) == ERR_LIB_PEM && ERR_GET_REASON(last) == PEM_R_NO_START_LINE) {
+            return .read(count: count)
+        }
+        // The earliest error is the cause ("wrong tag"); later ones wrap it ("nested asn1 error").
+        let first = ERR_peek_error()
+        let reason = ERR_reason_error_string(first).map { String(cString: $0) } ?? {
+            var text = [CChar](repeating: 0, count: 256)
+            ERR_error_string_n(first, &text, text.count)
+            return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }()
+        return .damaged(index: count + 1, reason: reason)
     }
+}
+
+/// What a PEM file of certificates holds (`Crypto.pemCertificates(path:)`).
+public enum PEMCertificates: Equatable, Sendable {
+    /// Every PEM block was read: `count` certificates among them (0 for an empty file,
+    /// a directory, or text without a certificate block).
+    case read(count: Int)
+    /// The PEM block after the first `index - 1` certificates cannot be read;
+    /// `reason` is OpenSSL's (e.g. "bad end line", "bad base64 decode", "wrong tag").
+    case damaged(index: Int, reason: String)
 }
 
 /// Standard Webhooks signing (https://www.standardwebhooks.com): secrets are

@@ -57,8 +57,8 @@ public struct GatewayConfig: Sendable {
     /// A PEM file of the certificate authorities trusted for HTTPS upstreams and
     /// callback receivers, in place of the system's (libcurl's defaults, on Debian
     /// `/etc/ssl/certs`); for private CAs. Checked at start: it must hold at least one
-    /// certificate. Verification itself is never off. Default: nil (the system's
-    /// authorities).
+    /// certificate and no damaged PEM block (text outside the blocks is allowed).
+    /// Verification itself is never off. Default: nil (the system's authorities).
     public var upstreamCAFile: String?
 
     public init() {}
@@ -187,8 +187,12 @@ public struct GatewayConfig: Sendable {
                 guard FileManager.default.fileExists(atPath: ca) else {
                     throw fail("upstream_tls.ca_file", "\(ca): no such file (a relative path is taken from the current directory)")
                 }
-                guard let count = Crypto.pemCertificateCount(path: ca) else { throw fail("upstream_tls.ca_file", "cannot read \(ca)") }
-                guard count > 0 else { throw fail("upstream_tls.ca_file", "\(ca) holds no PEM certificate") }
+                switch Crypto.pemCertificates(path: ca) {
+                case nil: throw fail("upstream_tls.ca_file", "cannot read \(ca)")
+                case .damaged(let index, let reason)?: throw fail("upstream_tls.ca_file", "\(ca): certificate \(index) is damaged (\(reason))")
+                case .read(count: 0)?: throw fail("upstream_tls.ca_file", "\(ca) holds no PEM certificate")
+                case .read?: break
+                }
                 c.upstreamCAFile = ca
             default:
                 throw fail(key, "unknown field")

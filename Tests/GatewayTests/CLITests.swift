@@ -562,21 +562,38 @@ import TestSupport
         #expect(sessions.suffix(3) == ["reused", "reused", "reused"], "\(sessions)")
     }
 
-    /// `upstream_tls` in the config file: a `ca_file` that cannot be read or holds no
-    /// certificate (a directory, a truncated PEM block), an unknown field or the wrong
-    /// shape is refused at start with `file: key: message`; a bundle is taken.
+    /// `upstream_tls` in the config file: a `ca_file` that cannot be read, holds no
+    /// certificate (a directory) or a damaged PEM block (truncated, bad base64, not a
+    /// certificate inside; first or after a good certificate: libcurl would refuse the
+    /// whole file), an unknown field or the wrong shape is refused at start with
+    /// `file: key: message`; a bundle is taken, with text around its blocks too.
     @Test func upstreamTLSConfig_Checked() throws {
         let dir = try makeTempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let config = "\(dir)/config.json"
+        try TLSListenerTests.makeCertificate(in: dir, names: "DNS:localhost")
+        let one = try String(contentsOfFile: "\(dir)/c.pem", encoding: .utf8)
         try "-----BEGIN CERTIFICATE-----\nMIIB\n".write(toFile: "\(dir)/truncated.pem", atomically: true, encoding: .utf8)
+        try (one + "-----BEGIN CERTIFICATE-----\n" + one.split(separator: "\n")[1] + "\n")
+            .write(toFile: "\(dir)/truncated-second.pem", atomically: true, encoding: .utf8)
+        try (one + "-----BEGIN CERTIFICATE-----\n!!not*base64!!\n-----END CERTIFICATE-----\n")
+            .write(toFile: "\(dir)/garbage-second.pem", atomically: true, encoding: .utf8)
+        try (one + "-----BEGIN CERTIFICATE-----\nAAAAAAAAAAAAAAAA\n-----END CERTIFICATE-----\n")
+            .write(toFile: "\(dir)/not-der-second.pem", atomically: true, encoding: .utf8)
         try FileManager.default.createDirectory(atPath: "\(dir)/certs", withIntermediateDirectories: false)
         for (text, message) in [
             ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/missing.pem\"}}",
              "upstream_tls.ca_file: \(dir)/missing.pem: no such file (a relative path is taken from the current directory)"),
             ("{\"upstream_tls\": {\"ca_file\": 5}}", "upstream_tls.ca_file: must be a string"),
             ("{\"upstream_tls\": {\"ca_file\": \"\"}}", "upstream_tls.ca_file: must not be empty (a PEM file)"),
-            ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/truncated.pem\"}}", "upstream_tls.ca_file: \(dir)/truncated.pem holds no PEM certificate"),
+            ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/truncated.pem\"}}",
+             "upstream_tls.ca_file: \(dir)/truncated.pem: certificate 1 is damaged (bad end line)"),
+            ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/truncated-second.pem\"}}",
+             "upstream_tls.ca_file: \(dir)/truncated-second.pem: certificate 2 is damaged (bad end line)"),
+            ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/garbage-second.pem\"}}",
+             "upstream_tls.ca_file: \(dir)/garbage-second.pem: certificate 2 is damaged (bad base64 decode)"),
+            ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/not-der-second.pem\"}}",
+             "upstream_tls.ca_file: \(dir)/not-der-second.pem: certificate 2 is damaged (wrong tag)"),
             ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/certs\"}}", "upstream_tls.ca_file: \(dir)/certs holds no PEM certificate"),
             ("{\"upstream_tls\": {}}", "upstream_tls.ca_file: is required (a PEM file)"),
             ("{\"upstream_tls\": {\"ca_file\": \"\(dir)/c.pem\", \"verify\": false}}", "upstream_tls.verify: unknown field"),
@@ -586,13 +603,18 @@ import TestSupport
             #expect(throws: GatewayConfig.Error.self) { try GatewayConfig.load(file: config) }
             do { _ = try GatewayConfig.load(file: config) } catch { #expect("\(error)" == "\(config): \(message)") }
         }
-        // Two certificates in one file (a bundle), as libcurl takes them.
-        try TLSListenerTests.makeCertificate(in: dir, names: "DNS:localhost")
-        let one = try String(contentsOfFile: "\(dir)/c.pem", encoding: .utf8)
+        // Two certificates in one file (a bundle), as libcurl takes them, also with text
+        // before, between and after the blocks (the comments of a CA bundle: libcurl and
+        // OpenSSL read only what is inside the blocks).
         try TLSListenerTests.makeCertificate(in: dir, names: "DNS:example.test")
-        try (one + String(contentsOfFile: "\(dir)/c.pem", encoding: .utf8)).write(toFile: "\(dir)/bundle.pem", atomically: true, encoding: .utf8)
-        try "{\"upstream_tls\": {\"ca_file\": \"\(dir)/bundle.pem\"}}".write(toFile: config, atomically: true, encoding: .utf8)
-        #expect(try GatewayConfig.load(file: config).upstreamCAFile == "\(dir)/bundle.pem")
+        let two = try String(contentsOfFile: "\(dir)/c.pem", encoding: .utf8)
+        try (one + two).write(toFile: "\(dir)/bundle.pem", atomically: true, encoding: .utf8)
+        try ("# Private CA bundle\nIssuer: CN=localhost\n\n" + one + "\nSecond authority:\n" + two + "-- end of bundle --\n")
+            .write(toFile: "\(dir)/commented.pem", atomically: true, encoding: .utf8)
+        for name in ["bundle.pem", "commented.pem"] {
+            try "{\"upstream_tls\": {\"ca_file\": \"\(dir)/\(name)\"}}".write(toFile: config, atomically: true, encoding: .utf8)
+            #expect(try GatewayConfig.load(file: config).upstreamCAFile == "\(dir)/\(name)")
+        }
     }
 }
 
