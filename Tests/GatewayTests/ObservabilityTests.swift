@@ -109,6 +109,31 @@ struct Exposition {
         #expect(buckets.last?.value == 3)
     }
 
+    /// The management API's answers count under `route=""` (SPEC §8 labels by route;
+    /// they belong to none): `sync` with their status when answered (`GET /jobs/{id}` of
+    /// a real async job, `POST /callbacks`), `error` when refused; the job's own `202`
+    /// counts under its route, `async`. No duration histogram is kept for `route=""`.
+    @Test func metrics_CountManagementAPIUnderEmptyRoute() throws {
+        let up = try ScriptedServer.answering()
+        let route = routeJSON(["name": "slow", "method": "GET", "path": "/slow", "wait": "0s",
+                               "steps": [["id": "s", "request": ["method": "GET", "url": "http://127.0.0.1:\(up.port)/"], "timeout": "2s"]]])
+        let h = try GatewayHarness(routes: ["s.json": route]) { $0.callbackAllow = ["127.0.0.0/8"] }
+        let accepted = try h.request("GET", "/slow")
+        #expect(accepted.status == 202)
+        let id = try #require(accepted.object["job_id"] as? String)
+        #expect(try h.request("GET", "/jobs/\(id)?wait=5").status == 200)
+        #expect(try h.request("POST", "/callbacks", body: "{\"url\": \"http://127.0.0.1:\(up.port)/hook\"}").status == 201)
+        #expect(try h.request("GET", "/jobs/no-such-job").status == 404)
+        #expect(try h.request("POST", "/callbacks", body: "{}").status == 400)
+        let e = try Exposition(try h.request("GET", "/metrics").text)
+        #expect(e.value("switchboard_requests_total", ["route": "slow", "outcome": "async", "status": "202"]) == 1)
+        #expect(e.value("switchboard_requests_total", ["route": "", "outcome": "sync", "status": "200"]) == 1)
+        #expect(e.value("switchboard_requests_total", ["route": "", "outcome": "sync", "status": "201"]) == 1)
+        #expect(e.value("switchboard_requests_total", ["route": "", "outcome": "error", "status": "404"]) == 1)
+        #expect(e.value("switchboard_requests_total", ["route": "", "outcome": "error", "status": "400"]) == 1)
+        #expect(e.value("switchboard_request_duration_seconds_count", ["route": ""]) == nil)  // durations are per route
+    }
+
     /// With `admin_listen` set, `/metrics` is served there and not on the main listener.
     @Test func metrics_ServedOnAdminListener_WhenConfigured() throws {
         let up = try ScriptedServer.answering()
