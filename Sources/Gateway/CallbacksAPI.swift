@@ -5,6 +5,7 @@ import Foundation
 import HTTP1
 import JSON
 import Jobs
+import Locking
 
 /// An operation of the callback endpoints API, decided from the request head.
 enum CallbacksOperation {
@@ -71,9 +72,23 @@ extension Gateway {
                     let (reply, problem) = (reply.value, problem.value)
                     switch result {
                     case .success(let target):
-                        let e = self.endpoints.register(target, owner: caller)
-                        reply(HTTPResponse(status: 201, headers: [("Content-Type", "application/json"), ("Location", "/callbacks/\(e.id)")],
-                                           body: e.json(includingSecret: true).serialized))
+                        // Answered once the endpoint is durable (SPEC §6): a 201 for an
+                        // endpoint the journal could not write would be lost at restart.
+                        let answer: (Bool, CallbackEndpoint) -> Void = { [unowned self] ok, e in
+                            guard ok else {
+                                self.endpoints.unregister(e.id)
+                                return problem(503, "the callback endpoint could not be recorded; try again")
+                            }
+                            reply(HTTPResponse(status: 201, headers: [("Content-Type", "application/json"), ("Location", "/callbacks/\(e.id)")],
+                                               body: e.json(includingSecret: true).serialized))
+                        }
+                        // The write may complete before `register` returns; its hop to this
+                        // loop runs after this closure, when `registered` is set.
+                        let (bound, registered) = (LoopBound(answer), Locked<CallbackEndpoint?>(nil))
+                        let e = self.endpoints.register(target, owner: caller) { ok in
+                            loop.execute { bound.value(ok, registered.withLock { $0! }) }
+                        }
+                        registered.withLock { $0 = e }
                     case .failure(let err):
                         if case .malformed = err { problem(400, "url: \(err.description)") } else { problem(422, "url refused: \(err.description)") }
                     }
@@ -83,9 +98,20 @@ extension Gateway {
             guard let e = endpoints.find(id, owner: caller) else { return problem(404, "no callback endpoint \(id)") }
             reply(HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: e.json(includingSecret: false).serialized))
         case .delete(let id):
-            guard endpoints.find(id, owner: caller) != nil else { return problem(404, "no callback endpoint \(id)") }
-            endpoints.delete(id, owner: caller)
-            reply(HTTPResponse(status: 204))
+            guard let e = endpoints.find(id, owner: caller) else { return problem(404, "no callback endpoint \(id)") }
+            // Answered once the deletion is durable; when it cannot be, the endpoint is
+            // put back (the journal still holds it, so a restart would bring it back).
+            let loop = state.loop
+            let (reply, problem) = (LoopBound(reply), LoopBound(problem))
+            endpoints.delete(id, owner: caller) { [unowned self] ok in
+                loop.execute {
+                    guard ok else {
+                        self.endpoints.restore([e])
+                        return problem.value(503, "the deletion could not be recorded; the endpoint is kept, try again")
+                    }
+                    reply.value(HTTPResponse(status: 204))
+                }
+            }
         case .deliveries(let id):
             guard endpoints.find(id, owner: caller) != nil else { return problem(404, "no callback endpoint \(id)") }
             var status: DeliveryStatus? = nil

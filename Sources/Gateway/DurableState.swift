@@ -5,6 +5,7 @@ import Jobs
 import Journal
 import EventLoop
 import Upstream
+import Locking
 import Synchronization
 
 /// Record kinds in the journal (the `kind` tag of `JournalRecord`).
@@ -31,6 +32,86 @@ final class DurableState: Sendable {
     /// of 2 ms instead, the first burst of waiting runs after a start wrote their
     /// records too late and their `202`s waited on the journal's first fsyncs.
     private let recentSyncNanos = Atomic<Int64>(5_000_000)
+    /// Whether `noteWrite` must look at a success: a failure was seen and its end is
+    /// not reported yet (the fast path of `noteWrite`).
+    private let unsettled = Atomic<Bool>(false)
+    private let health = Locked(Health())
+    /// Called (on the journal's writer thread) when journal writes start failing,
+    /// succeed again, or stop for good; see `noteWrite`. Set once, before serving.
+    let onHealthChange = Locked<(@Sendable (HealthChange) -> Void)?>(nil)
+
+    /// Where journal writes stand, for the log.
+    private struct Health {
+        var stopped = false
+        /// Whether a failure has been reported whose end has not been.
+        var reported = false
+        /// When a failure was last reported, and when one last happened.
+        var lastReport: Instant?
+        var lastFailure: Instant?
+        /// Failed writes not yet counted in a report.
+        var failures = 0
+    }
+
+    /// A change in how journal writes go, reported by `noteWrite`.
+    enum HealthChange: Sendable {
+        /// Writes fail (e.g. the disk is full) but the journal goes on: a later one may
+        /// succeed. `failures`: failed writes since the previous report.
+        case failing(JournalError, failures: Int)
+        /// The journal refuses every write until the process restarts.
+        case stopped(JournalError)
+        /// Writes succeed again: none failed for `DurableState.quietPeriod`.
+        /// `failures`: failed writes since the previous report.
+        case recovered(failures: Int)
+    }
+
+    /// How long writes must go without a failure before they count as recovered, and
+    /// the least time between two failure reports. 10 s: on a nearly full disk small
+    /// records still fit while larger ones fail, which must not flood the log.
+    static let quietPeriod = Duration.seconds(10)
+
+    /// Folds the outcome of one journal write into the journal's health and reports a
+    /// change to `onHealthChange`: a failure (at most one report per `quietPeriod`,
+    /// with the count of failures since the last), the journal stopping for good
+    /// (once), and — at the first success once no write failed for `quietPeriod` —
+    /// the end of a reported failing spell. A record rejected for its size and a
+    /// closed journal say nothing about the disk. Any thread; while writes go well,
+    /// one atomic load.
+    func noteWrite(_ result: Result<Void, JournalError>) {
+        let change: HealthChange?
+        switch result {
+        case .success:
+            guard unsettled.load(ordering: .relaxed) else { return }
+            let now = Instant.now()
+            change = health.withLock { h -> HealthChange? in
+                guard !h.stopped, let last = h.lastFailure, now - last >= DurableState.quietPeriod else { return nil }
+                unsettled.store(false, ordering: .relaxed)
+                guard h.reported else { return nil }
+                h.reported = false
+                defer { h.failures = 0 }
+                return .recovered(failures: h.failures)
+            }
+        case .failure(.closed), .failure(.invalidRecord):
+            return
+        case .failure(let error):
+            let now = Instant.now()
+            change = health.withLock { h -> HealthChange? in
+                h.failures += 1
+                guard !h.stopped else { return nil }
+                h.lastFailure = now
+                unsettled.store(true, ordering: .relaxed)
+                if case .poisoned = error {
+                    h.stopped = true
+                    return .stopped(error)
+                }
+                if let last = h.lastReport, now - last < DurableState.quietPeriod { return nil }
+                h.lastReport = now
+                h.reported = true
+                defer { h.failures = 0 }
+                return .failing(error, failures: h.failures)
+            }
+        }
+        if let change, let hook = onHealthChange.withLock({ $0 }) { hook(change) }
+    }
 
     init(journal: Journal, loops: [EventLoop] = []) {
         self.journal = journal
@@ -60,7 +141,8 @@ final class DurableState: Sendable {
     /// Appends `records`; `completion` runs (on the journal's writer thread) once
     /// they are durable when `durable` is true, or written otherwise.
     func write(_ records: [JournalRecord], durable: Bool, completion: (@Sendable (Bool) -> Void)? = nil) {
-        journal.append(records, durable: durable) { result in
+        journal.append(records, durable: durable) { [self] result in
+            noteWrite(result)
             if case .success = result { completion?(true) } else { completion?(false) }
         }
     }
@@ -398,6 +480,7 @@ final class LoopJournal: @unchecked Sendable {
         let posted = Instant.now()
         let box = LoopBound(done)
         journal.append(batch, durable: true) { result in
+            durable?.noteWrite(result)
             let ok: Bool
             if case .success = result { ok = true } else { ok = false }
             if ok { durable?.noteSyncLatency((Instant.now() - posted).nanosecondsClamped) }

@@ -123,10 +123,10 @@ public final class Gateway: @unchecked Sendable {
         let durable = DurableState(journal: journal, loops: group.loops)
         self.durable = durable
         // Every change to shared state goes to the journal, in the order it happens.
-        endpoints = CallbackEndpoints { change in
+        endpoints = CallbackEndpoints { change, recorded in
             switch change {
-            case .registered(let e), .updated(let e): durable.write([DurableState.endpoint(e)], durable: true)
-            case .deleted(let id): durable.write([.delete("endpoint/\(id)")], durable: true)
+            case .registered(let e), .updated(let e): durable.write([DurableState.endpoint(e)], durable: true, completion: recorded)
+            case .deleted(let id): durable.write([.delete("endpoint/\(id)")], durable: true, completion: recorded)
             }
         }
         deliveries = DeliveryStore { change in
@@ -168,6 +168,33 @@ public final class Gateway: @unchecked Sendable {
             while !done.load(ordering: .acquiring) { usleep(200) }
             return made.withLock { $0! }
         }
+        // Journal write failures are logged (on loop 0) as they start and end: a request
+        // answered 503 for them says only that its job could not be made durable.
+        // Weak: the loop state reaches the journal (through its deliverer's store), so
+        // holding it here would keep both alive after shutdown.
+        let first = states[0]
+        durable.onHealthChange.withLock {
+            $0 = { [weak first] change in
+                guard let first else { return }
+                first.loop.execute { [weak first] in
+                    if let first { Gateway.logJournalHealth(change, to: first.log) }
+                }
+            }
+        }
+    }
+
+    /// One log line for a change in how journal writes go (`DurableState.noteWrite`).
+    static func logJournalHealth(_ change: DurableState.HealthChange, to log: LogBuffer) {
+        switch change {
+        case let .failing(error, failures):
+            log.log("error", "journal write failed; async requests are answered 503 until writes succeed again",
+                    [("error", .string(error.description)), ("failed_writes", .int(Int64(failures)))])
+        case let .stopped(error):
+            log.log("error", "journal stopped accepting writes; async requests are answered 503 and /readyz 503 until the gateway is restarted",
+                    [("error", .string(error.description))])
+        case let .recovered(failures):
+            log.log("info", "journal writes succeed again", [("failed_writes", .int(Int64(failures)))])
+        }
     }
 
     /// The port the main listener is bound to (after `start()`).
@@ -176,8 +203,10 @@ public final class Gateway: @unchecked Sendable {
     /// The port of the admin listener (`admin_listen`), if configured and started.
     public var adminPort: UInt16? { adminServer?.port }
 
-    /// Whether `/readyz` answers 200 (routes loaded, not draining).
-    public var isReady: Bool { !draining.load(ordering: .relaxed) }
+    /// Whether `/readyz` answers 200: routes loaded, not draining, and the journal
+    /// accepting writes (not stopped for good: see `JournalStats.poisoned`; a write
+    /// that failed on a full disk does not count, the next may succeed).
+    public var isReady: Bool { !draining.load(ordering: .relaxed) && durable.journal.stats.poisoned == nil }
 
     /// Binds the listener (one per loop, `SO_REUSEPORT`) and starts serving, and the
     /// admin listener when `admin_listen` is set; both report what their HTTP layer
@@ -1078,10 +1107,14 @@ public final class Gateway: @unchecked Sendable {
     /// `/healthz`: the process is alive.
     private var healthResponse: HTTPResponse { json(200, ["status": "ok"]) }
 
-    /// `/readyz`: `200` while ready, `503` while draining.
+    /// `/readyz`: `200` while ready; `503` while draining, or once the journal has
+    /// stopped accepting writes (`{"status": "journal_failed", "detail": why}`).
     private var readinessResponse: HTTPResponse {
-        let ready = isReady
-        return json(ready ? 200 : 503, ["status": ready ? "ready" : "draining"])
+        if draining.load(ordering: .relaxed) { return json(503, ["status": "draining"]) }
+        if let failure = durable.journal.stats.poisoned {
+            return json(503, ["status": "journal_failed", "detail": failure.description])
+        }
+        return json(200, ["status": "ready"])
     }
 
     // MARK: - Helpers

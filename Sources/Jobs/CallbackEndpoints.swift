@@ -70,13 +70,16 @@ public final class CallbackEndpoints: Sendable {
         var order: [String] = []
     }
     private let state = Locked(State())
-    private let onChange: (@Sendable (CallbackEndpointChange) -> Void)?
+    private let onChange: (@Sendable (CallbackEndpointChange, _ recorded: (@Sendable (Bool) -> Void)?) -> Void)?
 
     /// - Parameter onChange: called once per change, in order, while the
     ///   registry's lock is held (so the order is the order of changes). Keep it
     ///   short (e.g. append to the journal's queue) and never call back into the
-    ///   registry from it. Replays via `restore` do not call it.
-    public init(onChange: (@Sendable (CallbackEndpointChange) -> Void)? = nil) {
+    ///   registry from it. Replays via `restore` do not call it. Its second
+    ///   argument, when not nil, is the `recorded` callback the change's caller
+    ///   passed (`register`, `delete`): call it once, with whether the change was
+    ///   recorded (e.g. is durable in the journal).
+    public init(onChange: (@Sendable (CallbackEndpointChange, _ recorded: (@Sendable (Bool) -> Void)?) -> Void)? = nil) {
         self.onChange = onChange
     }
 
@@ -91,16 +94,22 @@ public final class CallbackEndpoints: Sendable {
     /// Registers a vetted target for `owner` with a fresh id and a fresh
     /// `whsec_` secret. Taking a `CallbackTarget` (not a string) means the URL
     /// has passed the SSRF guard; vet it off the loop first (`AddressPolicy.vet`).
-    /// - Parameter now: wall-clock milliseconds since the Unix epoch (for tests).
+    /// - Parameters:
+    ///   - now: wall-clock milliseconds since the Unix epoch (for tests).
+    ///   - recorded: handed to `onChange` with the change, to learn whether it was
+    ///     recorded (answer the caller only then). Without an `onChange` it is
+    ///     called at once with true.
     /// - Returns: the new endpoint, secret included (show it to the caller once).
-    public func register(_ target: CallbackTarget, owner: String, now: Int64 = wallClockMilliseconds()) -> CallbackEndpoint {
+    public func register(_ target: CallbackTarget, owner: String, now: Int64 = wallClockMilliseconds(),
+                         recorded: (@Sendable (Bool) -> Void)? = nil) -> CallbackEndpoint {
         let e = CallbackEndpoint(id: "cb_" + Crypto.hex(Crypto.randomBytes(16)), owner: owner, url: target.url.text,
                                  secret: WebhookSignature.newSecret(), createdAt: now)
         state.withLock { s in
             s.byID[e.id] = e
             s.order.append(e.id)
-            onChange?(.registered(e))
+            onChange?(.registered(e), recorded)
         }
+        if onChange == nil { recorded?(true) }
         return e
     }
 
@@ -122,15 +131,28 @@ public final class CallbackEndpoints: Sendable {
 
     /// Deletes `owner`'s endpoint `id`. Pending deliveries to it are dead-lettered
     /// at their next attempt.
+    /// - Parameter recorded: handed to `onChange` with the change (see `register`);
+    ///   not called when there is no such endpoint.
     /// - Returns: false when there was no such endpoint of `owner`'s.
     @discardableResult
-    public func delete(_ id: String, owner: String) -> Bool {
-        state.withLock { s in
+    public func delete(_ id: String, owner: String, recorded: (@Sendable (Bool) -> Void)? = nil) -> Bool {
+        let deleted = state.withLock { s -> Bool in
             guard let e = s.byID[id], e.owner == owner else { return false }
             s.byID[id] = nil
             s.order.removeAll { $0 == id }
-            onChange?(.deleted(id: id))
+            onChange?(.deleted(id: id), recorded)
             return true
+        }
+        if deleted && onChange == nil { recorded?(true) }
+        return deleted
+    }
+
+    /// Takes back a `register` whose change could not be recorded: the endpoint is
+    /// removed without calling `onChange` (nothing of it was recorded).
+    public func unregister(_ id: String) {
+        state.withLock { s in
+            guard s.byID.removeValue(forKey: id) != nil else { return }
+            s.order.removeAll { $0 == id }
         }
     }
 
@@ -145,7 +167,7 @@ public final class CallbackEndpoints: Sendable {
             e.disabled = disabled
             e.disabledReason = disabled ? reason : nil
             s.byID[id] = e
-            onChange?(.updated(e))
+            onChange?(.updated(e), nil)
             return e
         }
     }

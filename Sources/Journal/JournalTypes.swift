@@ -119,8 +119,10 @@ public enum JournalError: Error, Sendable, Equatable, CustomStringConvertible {
     case corrupt(path: String, offset: Int, reason: String)
     /// The journal was closed; nothing more can be appended.
     case closed
-    /// An `fdatasync` failed. After that the kernel may have dropped dirty pages, so
-    /// the journal refuses every further write; reopen it to recover what is on disk.
+    /// The journal refuses every further write; reopen it to recover what is on disk.
+    /// Either an `fdatasync` failed (the kernel may have dropped dirty pages), a failed
+    /// write could not be cut back, or the journal's files are no longer where the next
+    /// open would read them (the data directory was deleted, renamed or replaced).
     case poisoned(String)
 
     /// A one-line explanation, suitable for a log line or a CLI error.
@@ -138,7 +140,7 @@ public enum JournalError: Error, Sendable, Equatable, CustomStringConvertible {
         case .closed:
             return "journal is closed"
         case let .poisoned(reason):
-            return "journal stopped accepting writes after a failed sync: \(reason)"
+            return "journal stopped accepting writes until restarted: \(reason)"
         }
     }
 }
@@ -165,6 +167,10 @@ public struct JournalStats: Sendable, Equatable {
     public var compactions: Int
     /// The last compaction's error, if it failed (the journal keeps working without it).
     public var lastCompactionError: JournalError?
+    /// Why the journal refuses every write from now on (`JournalError.poisoned`), nil
+    /// while it accepts them. Only reopening clears it. A failed write that the
+    /// journal could cut back (e.g. the disk was full) does not set it.
+    public var poisoned: JournalError? = nil
 }
 
 /// What `Journal.open` found and repaired, for the caller to log once at start-up.

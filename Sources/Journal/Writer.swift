@@ -84,6 +84,11 @@ final class JournalCore: @unchecked Sendable {
     private let compactionQueue = DispatchQueue(label: "switchboard.journal.compaction")
     private let compactionGroup = DispatchGroup()
     private let lock: DirectoryLock
+    /// The data directory's device and inode when the journal opened it: a path that
+    /// leads elsewhere later (the directory removed, renamed or replaced) is not where
+    /// the next start would find the records.
+    private let directoryDevice: UInt64
+    private let directoryInode: UInt64
 
     // MARK: writer-thread state
     private var files: [OpenFile]
@@ -114,6 +119,10 @@ final class JournalCore: @unchecked Sendable {
         totalBytes = recovered.files.reduce(0) { $0 + $1.size }
         published = Locked(JournalStats(liveBytes: 0, totalBytes: 0, segmentCount: 0, liveKeys: 0, liveRecords: 0,
                                        appendedRecords: 0, syncs: 0, compactions: 0, lastCompactionError: nil))
+        var st = stat()
+        guard stat(directory, &st) == 0 else { throw FileIO.error("stat", directory) }
+        directoryDevice = UInt64(st.st_dev)
+        directoryInode = UInt64(st.st_ino)
         if let last = files.last, last.file.type == .segment, last.size < options.segmentBytes {
             // Keep appending to the last segment.
         } else {
@@ -253,6 +262,11 @@ final class JournalCore: @unchecked Sendable {
             }
         }
         if good.isEmpty { return }
+        // A durable answer must mean the records are where the next start reads them.
+        if good.contains(where: \.durable), let failure = checkInPlace() {
+            for pending in good { pending.completion(.failure(failure)) }
+            return
+        }
         if options.syncEveryRecord {
             for pending in good { writeAlone(pending) }
             return
@@ -260,6 +274,7 @@ final class JournalCore: @unchecked Sendable {
         do throws(JournalError) {
             try rollOverIfFull()
         } catch {
+            publish()
             for pending in good { pending.completion(.failure(error)) }
             return
         }
@@ -270,6 +285,7 @@ final class JournalCore: @unchecked Sendable {
         writeBuffer.removeAll(keepingCapacity: true)
         for pending in good { writeBuffer.append(contentsOf: pending.bytes) }
         if let failure = write(writeBuffer, to: file, at: base) {
+            publish()
             for pending in good { pending.completion(.failure(failure)) }
             return
         }
@@ -347,6 +363,7 @@ final class JournalCore: @unchecked Sendable {
             try FileIO.truncate(file.fd, to: size, path: file.path)
         } catch {
             poisoned = .poisoned("could not cut a failed write: \(error)")
+            publish()
             throw error
         }
     }
@@ -354,6 +371,33 @@ final class JournalCore: @unchecked Sendable {
     private func grow(_ active: Int, by bytes: Int) {
         files[active].size += bytes
         totalBytes += bytes
+    }
+
+    /// Poisons the journal (and returns why) when its files are no longer where the next
+    /// start would read them: the active segment was unlinked (the data directory was
+    /// deleted while open), or the directory's path no longer leads to the directory
+    /// the journal opened (removed, renamed or replaced — then a second process could
+    /// even lock a fresh directory there). Records acknowledged after that would be
+    /// lost at the next start, so from then on every write fails. Two system calls;
+    /// run once per write batch that holds a durable append.
+    private func checkInPlace() -> JournalError? {
+        if let poisoned { return poisoned }
+        let active = files[files.count - 1].file
+        var st = stat()
+        let reason: String
+        if fstat(active.fd, &st) == 0 && st.st_nlink == 0 {
+            reason = "\(active.path) was deleted while in use (was the data directory removed?)"
+        } else if stat(directory, &st) != 0 {
+            reason = "the data directory \(directory) is gone: \(String(cString: strerror(errno)))"
+        } else if UInt64(st.st_dev) != directoryDevice || UInt64(st.st_ino) != directoryInode {
+            reason = "the data directory \(directory) was replaced by another directory"
+        } else {
+            return nil
+        }
+        let failure = JournalError.poisoned(reason + "; records written now would be lost at the next start")
+        poisoned = failure
+        publish()
+        return failure
     }
 
     /// `fdatasync`s the active segment if anything is unsynced (and `fsync` is on).
@@ -372,8 +416,9 @@ final class JournalCore: @unchecked Sendable {
             unsynced = false
             return .success(())
         } catch {
-            let failure = JournalError.poisoned(error.description)
+            let failure = JournalError.poisoned("a sync failed (\(error.description))")
             poisoned = failure
+            publish()
             return .failure(failure)
         }
     }
@@ -533,7 +578,7 @@ final class JournalCore: @unchecked Sendable {
         let snapshot = JournalStats(liveBytes: index.liveBytes, totalBytes: totalBytes, segmentCount: files.count,
                                     liveKeys: index.keys.count, liveRecords: index.liveRecords,
                                     appendedRecords: appendedRecords, syncs: syncs, compactions: compactions,
-                                    lastCompactionError: lastCompactionError)
+                                    lastCompactionError: lastCompactionError, poisoned: poisoned)
         published.withLock { $0 = snapshot }
     }
 }

@@ -119,6 +119,10 @@ func serve(_ o: Options) {
 
     let log = ControlLog(level: config.logLevel)
     Socket.ignoreSIGPIPE()
+    // Past a file-size limit (`ulimit -f`, systemd's `LimitFSIZE=`) a write raises
+    // SIGXFSZ, which would kill the process without a word; ignored, the write fails
+    // with EFBIG and the journal reports it like a full disk.
+    signal(SIGXFSZ, SIG_IGN)
     let routes = loadRoutes(config.routes)
     let gateway: Gateway
     do {

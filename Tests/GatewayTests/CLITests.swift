@@ -99,7 +99,10 @@ import TestSupport
         /// The admin listener's port, when started with `--admin-listen`.
         let adminPort: UInt16?
 
-        init(routesDir: String, env: [String: String], extra: [String] = []) throws {
+        /// - Parameter throughPipe: the process writes its output to a pipe that this
+        ///   test process copies to the log file (for a server whose own file writes
+        ///   are limited, e.g. by `RLIMIT_FSIZE`, while its log must go on).
+        init(routesDir: String, env: [String: String], extra: [String] = [], throughPipe: Bool = false) throws {
             logPath = routesDir + "/out.log"
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
             process.executableURL = URL(fileURLWithPath: try switchboardBinary())
@@ -109,8 +112,18 @@ import TestSupport
             // each write from offset 0, so a sanitizer report on stderr would overwrite the
             // log lines on stdout, and later log lines the report.
             let output = FileHandle(forWritingAtPath: logPath)
-            process.standardOutput = output
-            process.standardError = output
+            if throughPipe, let output {
+                let pipe = Pipe()
+                pipe.fileHandleForReading.readabilityHandler = { h in
+                    let data = h.availableData
+                    if data.isEmpty { h.readabilityHandler = nil } else { output.write(data) }
+                }
+                process.standardOutput = pipe
+                process.standardError = pipe
+            } else {
+                process.standardOutput = output
+                process.standardError = output
+            }
             try process.run()
             // The ports the kernel chose are in the "listening" log line.
             var found: (address: UInt16, admin: UInt16?)?

@@ -266,7 +266,7 @@ private func token(_ r: IdempotencyBegin) -> IdempotencyToken? {
     /// Disabling keeps the reason; re-enabling clears it; both reach the hook.
     @Test func setDisabled_TogglesAndReports() throws {
         let changes = Locked<[String]>([])
-        let r = CallbackEndpoints { c in
+        let r = CallbackEndpoints { c, _ in
             switch c {
             case .registered: changes.withLock { $0.append("registered") }
             case .updated(let e): changes.withLock { $0.append("disabled=\(e.disabled)") }
@@ -279,6 +279,39 @@ private func token(_ r: IdempotencyBegin) -> IdempotencyToken? {
         #expect(r.setDisabled(e.id, false)?.disabledReason == nil)
         r.delete(e.id, owner: "shop")
         #expect(changes.withLock { $0 } == ["registered", "disabled=true", "disabled=false", "deleted"])
+    }
+
+    /// `register` and `delete` hand their `recorded` callback to the hook with the
+    /// change (so a caller is answered only once the change is recorded); without a
+    /// hook it is called at once with true. `unregister` takes a registration back
+    /// without reporting a change (nothing of it was recorded).
+    @Test func registerAndDelete_PassRecordedToTheHook_UnregisterTakesBack() throws {
+        let pending = Locked<[@Sendable (Bool) -> Void]>([])
+        let changes = Locked<[String]>([])
+        let r = CallbackEndpoints { c, recorded in
+            changes.withLock { $0.append("\(c)".prefix { $0 != "(" }.description) }
+            if let recorded { pending.withLock { $0.append(recorded) } }
+        }
+        let outcome = Locked<[Bool]>([])
+        let e = r.register(try target(), owner: "shop") { ok in outcome.withLock { $0.append(ok) } }
+        #expect(outcome.withLock { $0 }.isEmpty)  // not before the hook's write completes
+        pending.withLock { $0.removeFirst() }(false)
+        #expect(outcome.withLock { $0 } == [false])
+        r.unregister(e.id)
+        #expect(r.find(e.id, owner: "shop") == nil)
+
+        let kept = r.register(try target(), owner: "shop")
+        #expect(r.delete(kept.id, owner: "shop") { ok in outcome.withLock { $0.append(ok) } })
+        pending.withLock { $0.removeFirst() }(true)
+        #expect(outcome.withLock { $0 } == [false, true])
+        #expect(!r.delete(kept.id, owner: "shop") { _ in Issue.record("no change, no callback") })
+        #expect(changes.withLock { $0 } == ["registered", "registered", "deleted"])
+
+        let plain = CallbackEndpoints()
+        let called = Locked<[Bool]>([])
+        let p = plain.register(try target(), owner: "shop") { ok in called.withLock { $0.append(ok) } }
+        plain.delete(p.id, owner: "shop") { ok in called.withLock { $0.append(ok) } }
+        #expect(called.withLock { $0 } == [true, true])
     }
 
     /// The JSON shows the secret only when asked to.

@@ -188,4 +188,48 @@ struct JournalBasicsTests {
         #expect(FileManager.default.fileExists(atPath: nested + "/segment-000001.log"))
         journal.close()
     }
+
+    /// A data directory deleted while the journal is open (its files now unlinked, so
+    /// nothing appended would be found by the next open) stops the journal: durable
+    /// appends fail with `.poisoned` naming the deleted segment, every later append
+    /// fails too, and `stats.poisoned` says why.
+    @Test func removedDirectory_StopsTheJournal_InsteadOfWritingIntoTheVoid() throws {
+        let dir = TempDirectory()
+        let journal = try Journal.open(directory: dir.path, options: testOptions())
+        defer { journal.close() }
+        #expect(journal.appendAndWait([.put("before")]).failure == nil)
+        #expect(journal.stats.poisoned == nil)
+        try FileManager.default.removeItem(atPath: dir.path)
+
+        guard case let .poisoned(reason)? = journal.appendAndWait([.put("after")]).failure else {
+            Issue.record("a durable append into a deleted directory must fail")
+            return
+        }
+        #expect(reason.contains("segment-000001.log was deleted"), "\(reason)")
+        #expect(journal.stats.poisoned != nil)
+        // Every later write fails too, durable or not.
+        #expect(journal.appendAndWait([.put("later")], durable: false).failure == journal.stats.poisoned)
+    }
+
+    /// The data directory's path leading to another directory (moved away and a new one
+    /// made in its place: the files still exist, but not where the next open looks)
+    /// stops the journal too.
+    @Test func replacedDirectory_StopsTheJournal() throws {
+        let dir = TempDirectory()
+        let data = dir.path + "/data"
+        let journal = try Journal.open(directory: data, options: testOptions())
+        defer { journal.close() }
+        #expect(journal.appendAndWait([.put("before")]).failure == nil)
+        try FileManager.default.moveItem(atPath: data, toPath: dir.path + "/moved")
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: false)
+
+        guard case let .poisoned(reason)? = journal.appendAndWait([.put("after")]).failure else {
+            Issue.record("a durable append after the directory was replaced must fail")
+            return
+        }
+        #expect(reason.contains("replaced"), "\(reason)")
+        // What was acknowledged before is intact where it went.
+        journal.close()
+        #expect(try Journal.open(directory: dir.path + "/moved", options: testOptions()).replay().keys.sorted() == ["before"])
+    }
 }

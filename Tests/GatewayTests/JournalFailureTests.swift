@@ -1,0 +1,136 @@
+import Foundation
+import Gateway
+import Glibc
+import Testing
+import TestSupport
+
+/// When the journal cannot write (the disk full, a file-size limit, the data directory
+/// removed while running): a caller never gets a `202` or a `201` for what is not on
+/// disk, synchronous routes keep working, the log says why, `/readyz` says so when the
+/// journal cannot recover, and writes resume by themselves when they can.
+@Suite struct JournalFailureTests {
+    /// `slow` always answers `202` (a job); `fast` runs synchronously and writes nothing.
+    static func routes(upstream: UInt16) -> [String: String] {
+        ["slow.json": routeJSON(["name": "slow", "method": "POST", "path": "/slow", "wait": "0s",
+                                 "steps": [["id": "s", "request": ["method": "GET", "url": "http://127.0.0.1:\(upstream)/s"], "timeout": "5s"]]]),
+         "fast.json": routeJSON(["name": "fast", "method": "GET", "path": "/fast", "wait": "5s",
+                                 "steps": [["id": "s", "request": ["method": "GET", "url": "http://127.0.0.1:\(upstream)/f"], "timeout": "5s"]]])]
+    }
+
+    /// The data directory deleted under a running gateway: its journal files are
+    /// unlinked, so anything acknowledged now would be gone at the next start. Async
+    /// requests get a `503` problem (no job id), a synchronous route is still served,
+    /// `/readyz` answers `503` with `journal_failed` and why, and the callbacks API
+    /// answers neither `201` nor `204` for a change it could not record (a failed
+    /// deletion keeps the endpoint).
+    @Test func dataDirectoryRemoved_RefusesJobsAndEndpointChanges_ServesSyncRoutes_NotReady() throws {
+        let up = try ScriptedServer.answering()
+        let h = try GatewayHarness(routes: Self.routes(upstream: up.port)) { $0.callbackAllow = ["127.0.0.0/8"] }
+        let register = "{\"url\": \"http://127.0.0.1:\(up.port)/cb\"}"
+        #expect(try h.request("POST", "/slow").status == 202)
+        let kept = try h.request("POST", "/callbacks", body: register)
+        #expect(kept.status == 201)
+        let keptID = try #require(kept.object["id"] as? String)
+        #expect(try h.request("GET", "/readyz").status == 200)
+
+        try FileManager.default.removeItem(atPath: h.dir + "/data")
+
+        let refused = try h.request("POST", "/slow")
+        #expect(refused.status == 503, "\(refused.text)")
+        #expect(refused.header("content-type") == "application/problem+json")
+        #expect(refused.object["job_id"] == nil)
+        #expect(try h.request("GET", "/fast").status == 200)
+        let ready = try h.request("GET", "/readyz")
+        #expect(ready.status == 503)
+        #expect(ready.object["status"] as? String == "journal_failed")
+        #expect((ready.object["detail"] as? String)?.contains("was deleted") == true, "\(ready.text)")
+
+        let registered = try h.request("POST", "/callbacks", body: register)
+        #expect(registered.status == 503, "\(registered.text)")
+        #expect(registered.object["id"] == nil)
+        let deleted = try h.request("DELETE", "/callbacks/\(keptID)")
+        #expect(deleted.status == 503, "\(deleted.text)")
+        let list = try h.request("GET", "/callbacks")
+        let ids = (list.object["callbacks"] as? [[String: Any]])?.compactMap { $0["id"] as? String }
+        #expect(ids == [keptID])
+    }
+
+    /// Where util-linux's `prlimit(1)` is, when installed: it sets another process's
+    /// file-size limit without privileges (same user).
+    static let prlimitPath = ["/usr/bin/prlimit", "/bin/prlimit"].first { FileManager.default.isExecutableFile(atPath: $0) }
+
+    /// Sets the soft `RLIMIT_FSIZE` (bytes, or "unlimited") of process `pid`.
+    static func setFileSizeLimit(_ pid: pid_t, _ soft: String) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: prlimitPath!)
+        p.arguments = ["--pid", "\(pid)", "--fsize=\(soft):unlimited"]
+        try p.run()
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0, "prlimit --fsize=\(soft) failed")
+    }
+
+    /// A full disk without privileges: the real binary's file-size limit is lowered to
+    /// its journal segment's current size, so every append fails (EFBIG; the SIGXFSZ
+    /// that comes with it must not kill the process). Async requests and endpoint
+    /// registrations get `503`, a synchronous route and `/readyz` stay `200` (the next
+    /// write may succeed), the log says what failed. Once the limit is lifted, jobs
+    /// and endpoints are accepted again without a restart, and after a restart every
+    /// job that got a `202` and every endpoint that got a `201` is still there.
+    @Test(.enabled(if: prlimitPath != nil, "needs prlimit(1) (util-linux) to set the gateway's RLIMIT_FSIZE"))
+    func fileSizeLimitReached_Answers503AndLogsWhy_RecoversWhenLifted_LosesNothingAccepted() throws {
+        let up = try ScriptedServer.answering()
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for (name, text) in Self.routes(upstream: up.port) {
+            try text.write(toFile: "\(dir)/\(name)", atomically: true, encoding: .utf8)
+        }
+        let extra = ["--callback-allow", "127.0.0.0/8"]
+        // Its log goes through a pipe: the limit must not stop it too.
+        var server = try CLITests.Server(routesDir: dir, env: [:], extra: extra, throughPipe: true)
+        let pid = server.process.processIdentifier
+        func request(_ method: String, _ target: String, body: String = "") throws -> RawMessage {
+            try #require(RawConnection(port: server.port).request(method, target, body: Array(body.utf8)))
+        }
+        let register = "{\"url\": \"http://127.0.0.1:\(up.port)/cb\"}"
+
+        let first = try request("POST", "/slow")
+        #expect(first.status == 202)
+        let firstID = try #require(first.object["job_id"] as? String)
+        #expect(try request("GET", "/jobs/\(firstID)?wait=10").object["status"] as? String == "succeeded")
+        let segment = dir + "/data/segment-000001.log"
+        let size = try #require((try FileManager.default.attributesOfItem(atPath: segment)[.size] as? NSNumber)?.intValue)
+        try Self.setFileSizeLimit(pid, "\(size)")
+
+        let refused = try request("POST", "/slow")
+        #expect(refused.status == 503, "\(refused.text)")
+        #expect(refused.header("content-type") == "application/problem+json")
+        #expect(refused.object["job_id"] == nil)
+        #expect(try request("POST", "/callbacks", body: register).status == 503)
+        #expect(try request("GET", "/fast").status == 200)
+        #expect(try request("GET", "/readyz").status == 200)
+        #expect(server.process.isRunning)
+        #expect(eventually { server.log.contains("journal write failed") }, "\(server.log)")
+        #expect(server.log.contains("File too large"))
+
+        try Self.setFileSizeLimit(pid, "unlimited")
+        let second = try request("POST", "/slow")
+        #expect(second.status == 202, "\(second.text)")
+        let secondID = try #require(second.object["job_id"] as? String)
+        let endpoint = try request("POST", "/callbacks", body: register)
+        #expect(endpoint.status == 201)
+        let endpointID = try #require(endpoint.object["id"] as? String)
+        #expect(try request("GET", "/jobs/\(secondID)?wait=10").object["status"] as? String == "succeeded")
+
+        kill(pid, SIGTERM)
+        server.process.waitUntilExit()
+        #expect(server.process.terminationStatus == 0)
+        server = try CLITests.Server(routesDir: dir, env: [:], extra: extra)
+        defer { kill(server.process.processIdentifier, SIGTERM); server.process.waitUntilExit() }
+        for id in [firstID, secondID] {
+            let job = try request("GET", "/jobs/\(id)?wait=10")
+            #expect(job.status == 200, "job \(id) lost: \(job.text)")
+            #expect(job.object["status"] as? String == "succeeded")
+        }
+        #expect(try request("GET", "/callbacks/\(endpointID)").status == 200)
+    }
+}
