@@ -147,6 +147,20 @@ final class DurableState: Sendable {
         }
     }
 
+    /// Job results waiting to be written with their callback's delivery record, by job id.
+    private let heldResults = Locked<[String: JournalRecord]>([:])
+
+    /// Keeps `result` (a `jobFinished` record) until the delivery record of job `id`
+    /// is written: `takeResult` hands it to that write, so both are one append.
+    func holdResult(_ result: JournalRecord, ofJob id: String) {
+        heldResults.withLock { $0[id] = result }
+    }
+
+    /// The result held for job `id` (empty when none), no longer held.
+    func takeResult(ofJob id: String) -> [JournalRecord] {
+        heldResults.withLock { $0.removeValue(forKey: id) }.map { [$0] } ?? []
+    }
+
     static func jobKey(_ id: String) -> String { "job/\(id)" }
 
     /// The record that makes a job durable: everything needed to run it again.

@@ -131,7 +131,18 @@ public final class Gateway: @unchecked Sendable {
         }
         deliveries = DeliveryStore { change in
             switch change {
-            case .enqueued(let r), .updated(let r): durable.write([DurableState.delivery(r)], durable: true)
+            case .enqueued(let r):
+                // With the job's result when it waits for this record (`track`): one
+                // append, so no failed write can keep the result and lose the delivery
+                // (unless the delivery can never be written: too large for the journal).
+                let record = DurableState.delivery(r), result = durable.takeResult(ofJob: r.jobID)
+                if durable.journal.fits(record) {
+                    durable.write([record] + result, durable: true)
+                } else {
+                    durable.write([record], durable: true)
+                    if !result.isEmpty { durable.write(result, durable: true) }
+                }
+            case .updated(let r): durable.write([DurableState.delivery(r)], durable: true)
             case .removed(let job): durable.write([.delete("delivery/\(job)")], durable: false)
             }
         }
@@ -818,16 +829,24 @@ public final class Gateway: @unchecked Sendable {
                 ("status", .string((200...299).contains(r.status) ? "succeeded" : "failed")),
                 ("response_status", .int(Int64(r.status))), ("trace_id", .string(entry.traceID)),
             ])
+            let result = DurableState.jobFinished(job: entry.id, response: r, finishedAt: finishedAtMs)
             if let target = callback {
-                // The callback's delivery record is journaled before the job's result: a
-                // crash between the two leaves a job that resumes from its journaled steps,
-                // its delivery pending (enqueueing again finds it) — never a finished job
-                // with no delivery, whose callback would be lost. The delivery record is
-                // written directly: post the job's step records first.
+                // The callback's delivery record is journaled before the job's result, in
+                // the same append (all or nothing): a crash between the two, or a write
+                // that fails (a full disk has room for a small record after failing a
+                // larger one), leaves a job that resumes from its journaled steps, its
+                // delivery pending (enqueueing again finds it) — never a finished job with
+                // no delivery, whose callback would be lost. The delivery record is written
+                // directly: post the job's step records first.
                 journal.flush()
+                self.durable.holdResult(result, ofJob: entry.id)
                 state.deliverer.enqueue(jobID: entry.id, owner: entry.owner, target: target, body: entry.callbackBody())
+                // Not taken when the job already had a delivery (resumed after a restart).
+                let left = self.durable.takeResult(ofJob: entry.id)
+                if !left.isEmpty { journal.append(left) }
+            } else {
+                journal.append([result])
             }
-            journal.append([DurableState.jobFinished(job: entry.id, response: r, finishedAt: finishedAtMs)])
         }
     }
 

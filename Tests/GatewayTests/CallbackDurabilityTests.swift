@@ -1,7 +1,7 @@
 import Dispatch
 import EventLoop
 import Foundation
-import Journal
+@testable import Journal
 import Routes
 import Testing
 import TestSupport
@@ -50,6 +50,28 @@ import TestSupport
         return out
     }
 
+    /// The records of the journal in `data` as written: one array per append (a group
+    /// of frames chained by the "more" flag), oldest first, live or not.
+    static func appendGroups(_ data: String) throws -> [[(key: String, kind: UInt16)]] {
+        let names = try FileManager.default.contentsOfDirectory(atPath: data).filter { $0.hasPrefix("segment-") && $0.hasSuffix(".log") }.sorted()
+        var groups: [[(key: String, kind: UInt16)]] = []
+        var open: [(key: String, kind: UInt16)] = []
+        for name in names {
+            let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: "\(data)/\(name)")))
+            var offset = Format.fileHeaderBytes
+            while offset < bytes.count {
+                guard case let .frame(f) = bytes.withUnsafeBytes({ Format.parse($0, at: offset, maxRecordBytes: .max) }) else { break }
+                open.append((f.key, f.kind))
+                if !f.more {
+                    groups.append(open)
+                    open = []
+                }
+                offset += f.length
+            }
+        }
+        return groups
+    }
+
     /// The delivery record comes before the result in the journal; a journal holding
     /// everything but the result (a crash between the two) restarts into the job
     /// finishing from its journaled step and its callback delivered.
@@ -86,6 +108,11 @@ import TestSupport
         let delivery = try #require(records.firstIndex { $0.key == "delivery/\(jobID)" })
         let result = try #require(records.firstIndex { $0.key == "job/\(jobID)" && $0.kind == RecordKind.jobFinished.rawValue })
         #expect(delivery < result, "the job's result was journaled before its callback's delivery record")
+        // Both in one append: a write that fails (a full disk still takes a small record
+        // after refusing a larger one) cannot keep the result and lose the delivery.
+        let group = try Self.appendGroups("\(dir)/data").first { $0.contains { $0.key == "delivery/\(jobID)" } }
+        #expect(group?.map(\.key) == ["delivery/\(jobID)", "job/\(jobID)"], "\(String(describing: group))")
+        #expect(group?.last?.kind == RecordKind.jobFinished.rawValue)
 
         // A crash between the two: the same records without the result, in a fresh journal.
         let cut = "\(dir)/cut"
