@@ -207,12 +207,15 @@ final class DurableState: Sendable {
         return .put(jobKey(id), kind: RecordKind.jobAccepted.rawValue, payload: w.bytes)
     }
 
-    /// A step's outcome, appended to its job: `{"index", "state", "status"?, "headers",
-    /// "body", "attempts", "error"?, "message"?}` (written straight into bytes).
-    static func stepFinished(job: String, index: Int, outcome: StepOutcome) -> JournalRecord {
+    /// A step's outcome, appended to its job: `{"index", "step", "state", "status"?,
+    /// "headers", "body", "attempts", "error"?, "message"?}` (written straight into
+    /// bytes). `step` is the step's id: recovery restores the outcome to the step of
+    /// that id, wherever the route file has it now (`index` is its position then).
+    static func stepFinished(job: String, index: Int, step: String, outcome: StepOutcome) -> JournalRecord {
         var w = PayloadWriter(capacity: 512)
         w.open()
         w.field("index", Int64(index))
+        w.field("step", step)
         w.field("state", outcome.state.rawValue)
         if let s = outcome.status { w.field("status", Int64(s)) }
         w.key("headers")
@@ -307,7 +310,9 @@ final class DurableState: Sendable {
         var input: FlowInput
         var callback: DeliveryTarget?
         var idempotency: (IdempotencyScope, String)?
-        var steps: [(Int, StepOutcome)] = []
+        /// Journaled step outcomes: the step's position when journaled, its id (nil in
+        /// records from before ids were journaled), the outcome.
+        var steps: [(index: Int, id: String?, outcome: StepOutcome)] = []
         var response: FlowResponse?
         /// When it finished, milliseconds since the Unix epoch (nil: not finished, or
         /// journaled before the record carried it).
@@ -348,7 +353,7 @@ final class DurableState: Sendable {
                 s.attempts = Int(o["attempts"]?.intValue ?? 0)
                 s.errorKind = o["error"]?.stringValue.flatMap(StepErrorKind.init(rawValue:))
                 s.message = o["message"]?.stringValue
-                jobs[id]?.steps.append((Int(i), s))
+                jobs[id]?.steps.append((Int(i), o["step"]?.stringValue, s))
             case .jobFinished:
                 let id = String(rec.key.dropFirst(4))
                 jobs[id]?.response = FlowResponse(status: Int(o["status"]?.intValue ?? 500), headers: DurableState.unpairs(o["headers"]),

@@ -77,6 +77,9 @@ public final class Gateway: @unchecked Sendable {
     private(set) var states: [LoopState] = []
     /// Async jobs and finished runs kept for `/jobs` until the retention passes.
     let jobs = JobRegistry()
+    /// Journaled jobs that could not resume because their route is not configured,
+    /// by id: they resume when a reload brings the route back.
+    private let parked = Locked<[String: ParkedJob]>([:])
     private let redactor: Locked<Redactor>
     private let draining = Atomic<Bool>(false)
     private let processPrefix = Crypto.hex(Crypto.randomBytes(4))
@@ -263,12 +266,27 @@ public final class Gateway: @unchecked Sendable {
 
     /// Replaces the route table on every loop (requests already running keep
     /// their route). Safe from any thread.
+    /// Journaled jobs waiting for their route (see `parked`) whose route is in the
+    /// new table resume, each on a loop after that loop took the new table.
     public func reload(routes: RouteTable) {
         redactor.withLock { $0 = Redactor(secrets: routes.secrets) }
         for s in states {
             s.loop.execute {
                 s.routes = routes
                 s.redactor = Redactor(secrets: routes.secrets)
+            }
+        }
+        let back = parked.withLock { p -> [ParkedJob] in
+            let back = p.values.filter { routes.route(named: $0.job.route) != nil }
+            for b in back { p[b.job.id] = nil }
+            return back.sorted { $0.job.createdAt < $1.job.createdAt }
+        }
+        for (n, b) in back.enumerated() {
+            let ls = states[n % states.count]
+            ls.loop.execute { [unowned self] in
+                ls.log.log("info", "journaled job resumes: its route is configured again",
+                           [("job_id", .string(b.job.id)), ("route", .string(b.job.route))])
+                _ = self.resume(b.job, on: ls)
             }
         }
     }
@@ -731,13 +749,14 @@ public final class Gateway: @unchecked Sendable {
             var records = [DurableState.jobAccepted(id: jobID, route: call.route.name, owner: call.caller, createdAt: createdAt,
                                                     traceID: trace.traceID, input: input, callback: call.callback,
                                                     idempotency: idempotencyToken.map { ($0.scope, $0.key) })]
+            let route = run.route
             for (i, o) in run.outcomes.enumerated() where o.isTerminal {
-                records.append(DurableState.stepFinished(job: jobID, index: i, outcome: o))
+                records.append(DurableState.stepFinished(job: jobID, index: i, step: route.steps[i].id, outcome: o))
             }
             // From now on every settled step is journaled too (a 202 may follow).
             let journal = call.state.journal!
             run.onStepSettled = { i, outcome in
-                journal.append([DurableState.stepFinished(job: jobID, index: i, outcome: outcome)])
+                journal.append([DurableState.stepFinished(job: jobID, index: i, step: route.steps[i].id, outcome: outcome)])
             }
             journal.append(records) { [self] ok in
                 journaled = ok ? .durable : .failed
@@ -812,9 +831,9 @@ public final class Gateway: @unchecked Sendable {
         let journal = state.journal!
         // The run keeps this hook for its whole life (steps may settle after the
         // response is decided): it must not hold the entry, which holds the run.
-        let jobID = entry.id
+        let jobID = entry.id, route = run.route
         run.onStepSettled = { i, outcome in
-            journal.append([DurableState.stepFinished(job: jobID, index: i, outcome: outcome)])
+            journal.append([DurableState.stepFinished(job: jobID, index: i, step: route.steps[i].id, outcome: outcome)])
         }
         // The registry holds the entry until the job is retired (after it finished);
         // the run must not hold it too, or an unfinished run would keep it for good.
@@ -891,7 +910,13 @@ public final class Gateway: @unchecked Sendable {
         if let route {
             run = FlowRun(route: route, input: job.input, client: ls.client, jobID: job.id,
                           redactor: redactor.withLock { $0 }, upstreamBodyBytes: config.upstreamBodyBytes)
-            for (i, o) in job.steps where i < route.steps.count && o.isTerminal { run.restore(step: i, outcome: o) }
+            // By step id: the route file may have changed since (a step added, moved or
+            // removed); an outcome goes to the step it belongs to, or nowhere. Records
+            // without an id (journaled before ids were) go by position.
+            for (i, id, o) in job.steps where o.isTerminal {
+                let index = id.map { id in route.steps.firstIndex { $0.id == id } } ?? (i < route.steps.count ? i : nil)
+                if let index { run.restore(step: index, outcome: o) }
+            }
         } else if job.response != nil {
             // Finished, but its route is gone: it cannot be shown (its steps are the
             // route's). Past its retention it is deleted all the same, so removing a
@@ -902,9 +927,10 @@ public final class Gateway: @unchecked Sendable {
             return false
         } else {
             // The route is gone: the job cannot run. Its record stays in the
-            // journal, so it resumes once the route is configured again.
-            ls.log.log("error", "journaled job names a route that is not configured; not resumed",
+            // journal; it resumes when a reload (or a restart) brings the route back.
+            ls.log.log("error", "journaled job names a route that is not configured; it resumes once the route is loaded again",
                        [("job_id", .string(job.id)), ("route", .string(job.route))])
+            parked.withLock { $0[job.id] = ParkedJob(job: job) }
             return false
         }
         let traceID = job.traceID.isEmpty ? ls.spanIDs.traceIDHex() : job.traceID
@@ -958,7 +984,11 @@ public final class Gateway: @unchecked Sendable {
     private func handleJob(_ id: String, _ req: HTTPRequest, _ w: HTTPResponseWriter, caller: String, state: LoopState,
                            requestID: String, start: Instant) {
         guard let entry = jobs.find(id, owner: caller) else {
-            let p = Problem(status: 404, detail: "no job \(id)")
+            var p = Problem(status: 404, detail: "no job \(id)")
+            if let waiting = parked.withLock({ $0[id] }), waiting.job.owner == caller {
+                p = Problem(status: 503, detail: "job \(id) was accepted, but its route \(waiting.job.route) is not configured: "
+                            + "it resumes once the route is loaded again")
+            }
             finishRequest(state, w, req, p.httpResponse, route: nil, outcome: "error", requestID: requestID, start: start)
             return
         }
@@ -1350,6 +1380,12 @@ extension LoopState {
 struct LoopBound<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
+}
+
+/// A journaled job whose route is not configured, kept until a reload brings the
+/// route back. Never changed after recovery built it, so it may cross threads.
+struct ParkedJob: @unchecked Sendable {
+    let job: DurableState.RecoveredJob
 }
 
 /// One `GET /jobs/{id}?wait=N`: answered once — when the job ends, when N

@@ -38,9 +38,10 @@ struct DurableRecordTests {
         return JSON.object(o).serialized
     }
 
-    static func referenceStep(index: Int, outcome: StepOutcome) -> [UInt8] {
+    static func referenceStep(index: Int, step: String = "s", outcome: StepOutcome) -> [UInt8] {
         var o = JSONObject()
         o["index"] = .int(Int64(index))
+        o["step"] = .string(step)
         o["state"] = .string(outcome.state.rawValue)
         if let s = outcome.status { o["status"] = .int(Int64(s)) }
         o["headers"] = pairs(outcome.headers)
@@ -90,8 +91,8 @@ struct DurableRecordTests {
         var c = StepOutcome()
         c.state = .skipped
         for (i, o) in [a, b, c].enumerated() {
-            let rec = DurableState.stepFinished(job: "j", index: i, outcome: o)
-            #expect(rec.payload == Self.referenceStep(index: i, outcome: o))
+            let rec = DurableState.stepFinished(job: "j", index: i, step: "step-\(i)", outcome: o)
+            #expect(rec.payload == Self.referenceStep(index: i, step: "step-\(i)", outcome: o))
             #expect(rec.key == "job/j" && rec.operation == .append)
         }
         let resp = FlowResponse(status: 502, headers: [("Content-Type", "application/problem+json"), ("A", "\"")], body: Array("{\"x\":1}".utf8))
@@ -128,7 +129,7 @@ struct UpstreamStepRecordTests {
                 outcome.state = .succeeded
                 outcome.attempts = 2
                 // The record first: written before anything parses the block or the body.
-                let rec = DurableState.stepFinished(job: "j", index: 1, outcome: outcome)
+                let rec = DurableState.stepFinished(job: "j", index: 1, step: "s", outcome: outcome)
                 let ref = DurableRecordTests.referenceStep(index: 1, outcome: outcome)
                 #expect(String(decoding: rec.payload, as: UTF8.self) == String(decoding: ref, as: UTF8.self))
             }
