@@ -109,6 +109,8 @@ extension Gateway {
                         self.endpoints.restore([e])
                         return problem.value(503, "the deletion could not be recorded; the endpoint is kept, try again")
                     }
+                    // Its pending deliveries end now, not at their next attempt (up to hours away).
+                    state.deliverer.endpointDeleted(id, owner: caller)
                     reply.value(HTTPResponse(status: 204))
                 }
             }

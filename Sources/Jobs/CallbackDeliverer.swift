@@ -185,6 +185,35 @@ public final class CallbackDeliverer: @unchecked Sendable {
         return .success(updated)
     }
 
+    /// Dead-letters at once every pending delivery of `owner`'s to endpoint
+    /// `endpointID`, which was just deleted: `last_error` "callback endpoint was
+    /// deleted", no further attempt (it would only find the endpoint gone — after
+    /// waiting out its retry delay, up to hours, counted as pending all that time).
+    /// Timers and transfers on other loops notice the record is no longer pending
+    /// and stop. Reports `.deadLettered` for each. Loop thread only.
+    /// - Returns: how many deliveries were dead-lettered.
+    @discardableResult
+    public func endpointDeleted(_ endpointID: String, owner: String) -> Int {
+        var count = 0
+        for rec in store.deliveries(endpointID: endpointID, owner: owner, status: .pending) {
+            if let a = active.removeValue(forKey: rec.jobID) {
+                loop.cancel(a.timer)
+                a.transfer?.cancel()
+            }
+            let r = store.update(rec.jobID) { r in
+                guard r.status == .pending else { return false }
+                r.status = .failed
+                r.lastError = "callback endpoint was deleted"
+                return true
+            }
+            if let r {
+                count += 1
+                onEvent?(.deadLettered(r))
+            }
+        }
+        return count
+    }
+
     /// Picks up a pending delivery restored from the journal: its next attempt
     /// runs at `nextAttemptAt` (at once when that has passed or is unknown).
     /// Records that are not pending, or already active here, are ignored.

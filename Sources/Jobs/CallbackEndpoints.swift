@@ -130,7 +130,7 @@ public final class CallbackEndpoints: Sendable {
     }
 
     /// Deletes `owner`'s endpoint `id`. Pending deliveries to it are dead-lettered
-    /// at their next attempt.
+    /// at their next attempt (or at once with `CallbackDeliverer.endpointDeleted`).
     /// - Parameter recorded: handed to `onChange` with the change (see `register`);
     ///   not called when there is no such endpoint.
     /// - Returns: false when there was no such endpoint of `owner`'s.

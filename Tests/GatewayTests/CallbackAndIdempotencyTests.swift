@@ -146,6 +146,37 @@ import TestSupport
         #expect(Set(rx.requests.compactMap { $0.header("webhook-id") }).count == 1)
     }
 
+    /// Deleting an endpoint while a delivery to it waits for its next attempt (an hour
+    /// away) dead-letters that delivery at once: nothing stays pending for an endpoint
+    /// that is gone, no further attempt is made, and redelivery is refused (`409`).
+    @Test func deleteEndpoint_WithDeliveryWaitingToRetry_DeadLettersItAtOnce() throws {
+        let gate = Gate()  // the run outlasts its budget: the upstream answers after the 202
+        defer { gate.open() }
+        let up = try ScriptedServer.answering(heldBy: gate)
+        let rx = try Self.receiver([500])
+        let h = try Self.harness(up, retry: [.zero, .seconds(3600)])
+        let ep = try h.request("POST", "/callbacks", body: "{\"url\": \"http://127.0.0.1:\(rx.port)/down\"}")
+        let epID = try #require(ep.object["id"] as? String)
+        let r = try h.request("POST", "/slow", headers: [("Callback", epID)], body: "{\"n\":6}")
+        let jobID = try #require(r.object["job_id"] as? String)
+        gate.open()
+        func pending() throws -> Double? {
+            try Exposition(try h.request("GET", "/metrics").text).value("switchboard_callbacks_pending", [:])
+        }
+        #expect(eventually {
+            let l = try? h.request("GET", "/callbacks/\(epID)/deliveries?status=pending")
+            return ((l?.object["deliveries"] as? [[String: Any]])?.first?["attempts"] as? Int) == 1
+        }, "the first attempt never failed")
+        #expect(try pending() == 1)
+
+        #expect(try h.request("DELETE", "/callbacks/\(epID)").status == 204)
+        #expect(try pending() == 0)
+        let redeliver = try h.request("POST", "/jobs/\(jobID)/redeliver")
+        #expect(redeliver.status == 409)
+        #expect((redeliver.object["detail"] as? String)?.contains("deleted") == true, "\(redeliver.text)")
+        #expect(rx.requests.count == 1)
+    }
+
     /// A `410 Gone` answer disables the endpoint.
     @Test func gone_DisablesEndpoint() throws {
         let gate = Gate()  // the run outlasts its budget: the upstream answers after the 202
