@@ -34,6 +34,11 @@ final class LoopState: @unchecked Sendable {
     /// Write-ahead hooks of waiting runs, by wait token: each journals its run's job
     /// record shortly before the budget ends, so the `202` need not wait for an fsync.
     var writeAhead: [UInt64: () -> Void] = [:]
+    /// Waiting runs with an idempotency key, by job id: a duplicate request attached to
+    /// one (SPEC §5) calls this when its own budget ends, to have the run become a
+    /// durable job — its own caller keeps waiting — and learn whether its record is
+    /// durable, before that duplicate gets its `202`. Removed when the run finishes.
+    var promotions: [String: (@escaping (Bool) -> Void) -> Void] = [:]
     /// This loop's batch of job records (set once, right after creation).
     var journal: LoopJournal!
     /// How long before its budget ends a waiting run's job record is written.
@@ -341,6 +346,7 @@ public final class Gateway: @unchecked Sendable {
             s.client.cancelAll()
             s.waiting.removeAll()
             s.writeAhead.removeAll()
+            s.promotions.removeAll()
         }
     }
 
@@ -578,14 +584,16 @@ public final class Gateway: @unchecked Sendable {
             finishRequest(call.state, call.w, call.req, r, route: call.route.name, outcome: "sync", requestID: call.requestID, start: call.start)
         case .mismatch:
             refuse(call, Problem(status: 422, detail: "this Idempotency-Key was used for a different request"))
-        case .inProgress(let existing, _):
-            attach(call, scope: scope, key: key, jobID: existing, retried: retried)
+        case .inProgress(let existing, let loopIndex):
+            attach(call, scope: scope, key: key, jobID: existing, loopIndex: loopIndex, retried: retried)
         }
     }
 
     /// A duplicate of a running request: wait out this caller's own budget for
-    /// the original run; then answer its response, or `202` with its job id.
-    private func attach(_ call: RouteCall, scope: IdempotencyScope, key: String, jobID: String, retried: Bool) {
+    /// the original run; then answer its response, or `202` with its job id once the
+    /// job is durable (the original run, still inside its own caller's budget, is made
+    /// a job for it: see `WaitingRun.whenJob`), or `503` when it cannot be.
+    private func attach(_ call: RouteCall, scope: IdempotencyScope, key: String, jobID: String, loopIndex: Int, retried: Bool) {
         let state = call.state
         var answered = false
         var timer: LoopTimer?
@@ -616,8 +624,27 @@ public final class Gateway: @unchecked Sendable {
             applyIdempotency(call, retried: true)
         case .attached:
             let budget = waitBudget(call).budget
+            let owner = states[min(max(loopIndex, 0), states.count - 1)]
+            let answerOnLoop = LoopBound(answer)
             timer = state.loop.schedule(at: call.start + budget) { [unowned self] in
-                answer(self.acceptedResponse(jobID: jobID, applied: []), "async")
+                timer = nil
+                let accepted = LoopBound(self.acceptedResponse(jobID: jobID, applied: []))
+                owner.loop.execute {
+                    guard let promote = owner.promotions[jobID] else {
+                        // Not waiting there any more: a registered job (went async or
+                        // resumed after a restart), or finished — its stored response
+                        // answers this caller (whichever comes first wins).
+                        state.loop.execute { answerOnLoop.value(accepted.value, "async") }
+                        return
+                    }
+                    promote { ok in
+                        state.loop.execute {
+                            if ok { return answerOnLoop.value(accepted.value, "async") }
+                            let p = Problem(status: 503, detail: "the job could not be made durable; it may still run")
+                            answerOnLoop.value(p.httpResponse, "error")
+                        }
+                    }
+                }
             }
         }
     }
@@ -678,6 +705,11 @@ public final class Gateway: @unchecked Sendable {
             Gateway.recordSteps(run, into: &state.metrics)
             w?.runFinished(run)
         }
+        if let token {
+            let jobID = token.jobID
+            state.promotions[jobID] = w.whenJob
+            run.onFinish { _ in state.promotions[jobID] = nil }
+        }
         run.start()
         guard !w.answered else { return }
         if budget <= .zero {
@@ -725,6 +757,16 @@ public final class Gateway: @unchecked Sendable {
         var createdAt: Int64 = 0
         /// The `202` (or `503`) to send once the job record's write completes.
         var whenDurable: ((Bool) -> Void)?
+        /// Whether the run is a registered job (`/jobs`): it went async, or an attached
+        /// duplicate's budget ended first (`whenJob`) while this caller still waits.
+        var registered = false
+        /// Whether this caller got the `202` (the run went async).
+        var wentAsync = false
+        /// Set when this caller got the run's own answer: a job registered for an
+        /// attached duplicate then sends no callback (its caller has the result).
+        let answeredInTime = SyncAnswer()
+        /// Duplicates waiting for the job record's write (see `whenJob`).
+        var durableWaiters: [(Bool) -> Void] = []
 
         init(gateway: Gateway, call: RouteCall, run: FlowRun, input: FlowInput, trace: TraceContext,
              idempotencyToken: IdempotencyToken?, applied: [String], respondAsync: Bool, token: UInt64) {
@@ -764,6 +806,38 @@ public final class Gateway: @unchecked Sendable {
                     whenDurable = nil
                     w(ok)
                 }
+                let waiters = durableWaiters
+                durableWaiters = []
+                for w in waiters { w(ok) }
+            }
+        }
+
+        /// Registers the run as a job (`/jobs`, its result and callback journaled), once.
+        private func registerJob() {
+            guard !registered else { return }
+            registered = true
+            let entry = JobEntry(id: run.jobID, owner: call.caller, routeName: call.route.name, loop: call.state.loop,
+                                 createdAt: createdAt, run: run, traceID: trace.traceID)
+            gateway.track(entry, callback: call.callback, state: call.state, unless: answeredInTime)
+        }
+
+        /// For a duplicate attached to this run (same `Idempotency-Key`) whose budget
+        /// ended: makes the run a durable job if it is not one yet — its record written
+        /// and the job registered, while this caller keeps waiting for its own budget —
+        /// and calls `done` once the record is durable (true) or failed (false), so the
+        /// duplicate's `202` never names a job that is not on disk. Not called when the
+        /// run already finished inside this caller's budget without becoming a job: the
+        /// duplicate gets the stored response instead.
+        func whenJob(_ done: @escaping (Bool) -> Void) {
+            if answered && !registered { return }
+            if !registered {
+                writeJobRecord()
+                registerJob()
+            }
+            switch journaled {
+            case .durable: done(true)
+            case .failed: done(false)
+            case .pending, .none: durableWaiters.append(done)
             }
         }
 
@@ -778,9 +852,8 @@ public final class Gateway: @unchecked Sendable {
             budgetTimer = nil  // the timer holds this object: break the cycle
             state.waiting.removeValue(forKey: token)
             state.writeAhead.removeValue(forKey: token)
-            let entry = JobEntry(id: run.jobID, owner: call.caller, routeName: call.route.name, loop: state.loop,
-                                 createdAt: createdAt, run: run, traceID: trace.traceID)
-            gateway.track(entry, callback: call.callback, state: state)
+            wentAsync = true
+            registerJob()
             let jobID = run.jobID
             let answer: (Bool) -> Void = { [self] ok in
                 let r = ok ? gateway.acceptedResponse(jobID: jobID, applied: applied)
@@ -807,7 +880,11 @@ public final class Gateway: @unchecked Sendable {
             let resp = run.response!
             var r = HTTPResponse(status: resp.status, headers: resp.headers, body: resp.body)
             if !applied.isEmpty && !respondAsync { r.headers.append(("Preference-Applied", applied.joined(separator: ", "))) }
+            answeredInTime.given = true
             if case .none = journaled { return reply(r) }
+            // A job for a duplicate that got its `202`: it stays (its result is journaled
+            // by `track`), so that duplicate finds it at `/jobs/{id}`.
+            if registered { return reply(r) }
             // Finished inside its budget after its job record was written ahead: the
             // record is deleted, durably, before the answer, so a restart never runs
             // (or calls back for) a job whose caller already has the result.
@@ -824,7 +901,9 @@ public final class Gateway: @unchecked Sendable {
     /// Registers an async job and journals what happens to it from now on:
     /// each settled step, then the result, then the callback delivery.
     /// Call on `state.loop`.
-    private func track(_ entry: JobEntry, callback: DeliveryTarget?, state: LoopState) {
+    /// - Parameter unless: when given and set by the time the run finishes, no callback
+    ///   is sent (the job's own caller got the result inside its budget).
+    private func track(_ entry: JobEntry, callback: DeliveryTarget?, state: LoopState, unless answeredInTime: SyncAnswer? = nil) {
         let run = entry.run
         jobs.add(entry)
         jobsRunning.add(1, ordering: .relaxed)
@@ -849,7 +928,7 @@ public final class Gateway: @unchecked Sendable {
                 ("response_status", .int(Int64(r.status))), ("trace_id", .string(entry.traceID)),
             ])
             let result = DurableState.jobFinished(job: entry.id, response: r, finishedAt: finishedAtMs)
-            if let target = callback {
+            if let target = callback, answeredInTime?.given != true {
                 // The callback's delivery record is journaled before the job's result, in
                 // the same append (all or nothing): a crash between the two, or a write
                 // that fails (a full disk has room for a small record after failing a
@@ -1380,6 +1459,12 @@ extension LoopState {
 struct LoopBound<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
+}
+
+/// Whether a waiting run's own caller got the run's answer inside its budget (set on
+/// the run's loop, read there when the run finishes).
+final class SyncAnswer {
+    var given = false
 }
 
 /// A journaled job whose route is not configured, kept until a reload brings the

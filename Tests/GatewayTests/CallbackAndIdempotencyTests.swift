@@ -244,6 +244,41 @@ import TestSupport
         #expect(up.requests.count == 1)
     }
 
+    /// A duplicate whose budget ends before the original caller's (here it asks for
+    /// `respond-async`; the original waits up to 5 s) gets its `202` for a job that
+    /// exists: the run becomes a durable job for it — `/jobs/{id}` knows it at once —
+    /// while the original caller keeps waiting and still gets the run's own answer; the
+    /// job then shows that result. Before, the `202` named a job that was never
+    /// journaled nor registered: `404` at `/jobs/{id}`, and gone after a crash.
+    @Test func idempotency_DuplicateWithShorterBudget_Gets202ForADurableJob() throws {
+        let gate = Gate()
+        defer { gate.open() }
+        let up = try ScriptedServer.answering(heldBy: gate)
+        let h = try Self.harness(up)
+        let body = "{\"n\":2}"
+        nonisolated(unsafe) var original: RawMessage?
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            original = try? h.request("POST", "/slow", headers: [("Idempotency-Key", "k4"), ("Prefer", "wait=5")], body: body)
+            done.signal()
+        }.start()
+        #expect(eventually { up.requests.count == 1 })
+        let duplicate = try h.request("POST", "/slow", headers: [("Idempotency-Key", "k4"), ("Prefer", "respond-async")], body: body)
+        #expect(duplicate.status == 202, "\(duplicate.text)")
+        let id = try #require(duplicate.object["job_id"] as? String)
+        let running = try h.request("GET", "/jobs/\(id)")
+        #expect(running.status == 200, "\(running.text)")
+        #expect(running.object["status"] as? String == "running")
+
+        gate.open()
+        done.wait()
+        #expect(original?.status == 200, "\(original?.text ?? "no answer")")
+        let job = try h.request("GET", "/jobs/\(id)?wait=5")
+        #expect(job.status == 200, "\(job.text)")
+        #expect(job.object["status"] as? String == "succeeded")
+        #expect(up.requests.count == 1)
+    }
+
     /// Concurrent requests with one key call the upstream exactly once.
     @Test func idempotency_ConcurrentRequests_CallUpstreamOnce() throws {
         let up = try ScriptedServer.answering(delay: .milliseconds(200))
