@@ -326,6 +326,10 @@ final class DurableState: Sendable {
         var idempotency: [IdempotencyRecord] = []
         var endpoints: [CallbackEndpoint] = []
         var undecodable = 0
+        /// Jobs with step or result records but no record of being accepted: their
+        /// record failed to be written (the caller got a `503`), the run went on.
+        /// Nothing can resume them; their keys are deleted.
+        var strayJobs: Set<String> = []
     }
 
     func recover() throws -> Recovered {
@@ -353,9 +357,11 @@ final class DurableState: Sendable {
                 s.attempts = Int(o["attempts"]?.intValue ?? 0)
                 s.errorKind = o["error"]?.stringValue.flatMap(StepErrorKind.init(rawValue:))
                 s.message = o["message"]?.stringValue
+                guard jobs[id] != nil else { out.strayJobs.insert(id); return }
                 jobs[id]?.steps.append((Int(i), o["step"]?.stringValue, s))
             case .jobFinished:
                 let id = String(rec.key.dropFirst(4))
+                guard jobs[id] != nil else { out.strayJobs.insert(id); return }
                 jobs[id]?.response = FlowResponse(status: Int(o["status"]?.intValue ?? 500), headers: DurableState.unpairs(o["headers"]),
                                                   body: o["body"]?.stringValue.flatMap(Crypto.fromBase64) ?? [])
                 jobs[id]?.finishedAt = o["finished_at"]?.intValue

@@ -760,11 +760,11 @@ public final class Gateway: @unchecked Sendable {
         /// Whether the run is a registered job (`/jobs`): it went async, or an attached
         /// duplicate's budget ended first (`whenJob`) while this caller still waits.
         var registered = false
-        /// Whether this caller got the `202` (the run went async).
-        var wentAsync = false
-        /// Set when this caller got the run's own answer: a job registered for an
-        /// attached duplicate then sends no callback (its caller has the result).
-        let answeredInTime = SyncAnswer()
+        /// Whether this caller got its `202`: only then does the job send its callback
+        /// (not when the caller got the run's own answer in time — a job registered
+        /// for an attached duplicate — nor when it got a `503`). Made with the job
+        /// (`registerJob`): a run answered in time never needs one.
+        var acceptance: AcceptanceGate?
         /// Duplicates waiting for the job record's write (see `whenJob`).
         var durableWaiters: [(Bool) -> Void] = []
 
@@ -816,9 +816,11 @@ public final class Gateway: @unchecked Sendable {
         private func registerJob() {
             guard !registered else { return }
             registered = true
+            let acceptance = AcceptanceGate()
+            self.acceptance = acceptance
             let entry = JobEntry(id: run.jobID, owner: call.caller, routeName: call.route.name, loop: call.state.loop,
                                  createdAt: createdAt, run: run, traceID: trace.traceID)
-            gateway.track(entry, callback: call.callback, state: call.state, unless: answeredInTime)
+            gateway.track(entry, callback: call.callback, state: call.state, acceptance: acceptance)
         }
 
         /// For a duplicate attached to this run (same `Idempotency-Key`) whose budget
@@ -852,10 +854,10 @@ public final class Gateway: @unchecked Sendable {
             budgetTimer = nil  // the timer holds this object: break the cycle
             state.waiting.removeValue(forKey: token)
             state.writeAhead.removeValue(forKey: token)
-            wentAsync = true
             registerJob()
             let jobID = run.jobID
             let answer: (Bool) -> Void = { [self] ok in
+                acceptance?.decide(ok)
                 let r = ok ? gateway.acceptedResponse(jobID: jobID, applied: applied)
                     : Problem(status: 503, detail: "the job could not be made durable; it may still run").httpResponse
                 gateway.finishRequest(state, call.w, call.req, r, route: call.route.name, outcome: ok ? "async" : "error",
@@ -880,7 +882,7 @@ public final class Gateway: @unchecked Sendable {
             let resp = run.response!
             var r = HTTPResponse(status: resp.status, headers: resp.headers, body: resp.body)
             if !applied.isEmpty && !respondAsync { r.headers.append(("Preference-Applied", applied.joined(separator: ", "))) }
-            answeredInTime.given = true
+            acceptance?.decide(false)
             if case .none = journaled { return reply(r) }
             // A job for a duplicate that got its `202`: it stays (its result is journaled
             // by `track`), so that duplicate finds it at `/jobs/{id}`.
@@ -901,9 +903,10 @@ public final class Gateway: @unchecked Sendable {
     /// Registers an async job and journals what happens to it from now on:
     /// each settled step, then the result, then the callback delivery.
     /// Call on `state.loop`.
-    /// - Parameter unless: when given and set by the time the run finishes, no callback
-    ///   is sent (the job's own caller got the result inside its budget).
-    private func track(_ entry: JobEntry, callback: DeliveryTarget?, state: LoopState, unless answeredInTime: SyncAnswer? = nil) {
+    /// - Parameter acceptance: for a job started by a waiting caller, whether that
+    ///   caller got its `202`; the callback is sent only then, and the job's result is
+    ///   journaled once that is known. Nil (a job resumed after a restart): sent.
+    private func track(_ entry: JobEntry, callback: DeliveryTarget?, state: LoopState, acceptance: AcceptanceGate? = nil) {
         let run = entry.run
         jobs.add(entry)
         jobsRunning.add(1, ordering: .relaxed)
@@ -928,7 +931,12 @@ public final class Gateway: @unchecked Sendable {
                 ("response_status", .int(Int64(r.status))), ("trace_id", .string(entry.traceID)),
             ])
             let result = DurableState.jobFinished(job: entry.id, response: r, finishedAt: finishedAtMs)
-            if let target = callback, answeredInTime?.given != true {
+            let (jobID, owner, body) = (entry.id, entry.owner, callback == nil ? [] : entry.callbackBody())
+            let journalResult: (Bool) -> Void = { [unowned self] accepted in
+                guard let target = callback, accepted else {
+                    journal.append([result])
+                    return
+                }
                 // The callback's delivery record is journaled before the job's result, in
                 // the same append (all or nothing): a crash between the two, or a write
                 // that fails (a full disk has room for a small record after failing a
@@ -937,14 +945,13 @@ public final class Gateway: @unchecked Sendable {
                 // no delivery, whose callback would be lost. The delivery record is written
                 // directly: post the job's step records first.
                 journal.flush()
-                self.durable.holdResult(result, ofJob: entry.id)
-                state.deliverer.enqueue(jobID: entry.id, owner: entry.owner, target: target, body: entry.callbackBody())
+                self.durable.holdResult(result, ofJob: jobID)
+                state.deliverer.enqueue(jobID: jobID, owner: owner, target: target, body: body)
                 // Not taken when the job already had a delivery (resumed after a restart).
-                let left = self.durable.takeResult(ofJob: entry.id)
+                let left = self.durable.takeResult(ofJob: jobID)
                 if !left.isEmpty { journal.append(left) }
-            } else {
-                journal.append([result])
             }
+            if let acceptance { acceptance.whenDecided(journalResult) } else { journalResult(true) }
         }
     }
 
@@ -969,15 +976,19 @@ public final class Gateway: @unchecked Sendable {
             }
             while !done.load(ordering: .acquiring) { usleep(100) }
         }
+        if !state.strayJobs.isEmpty {
+            durable.write(state.strayJobs.sorted().map { .delete(DurableState.jobKey($0)) }, durable: false)
+        }
         for (n, d) in state.deliveries.enumerated() where d.status == .pending {
             let ls = states[n % states.count]
             ls.loop.execute { ls.deliverer.resume(jobID: d.jobID) }
         }
-        if !state.jobs.isEmpty || !state.deliveries.isEmpty || state.undecodable > 0 {
+        if !state.jobs.isEmpty || !state.deliveries.isEmpty || state.undecodable > 0 || !state.strayJobs.isEmpty {
             controlLog.log("info", "recovered from the journal", [
                 ("jobs", .int(Int64(state.jobs.count))), ("jobs_resumed", .int(Int64(resumed.load(ordering: .relaxed)))),
                 ("deliveries", .int(Int64(state.deliveries.count))), ("endpoints", .int(Int64(state.endpoints.count))),
                 ("idempotency_records", .int(Int64(state.idempotency.count))), ("undecodable_records", .int(Int64(state.undecodable))),
+                ("stray_jobs_dropped", .int(Int64(state.strayJobs.count))),
             ])
         }
     }
@@ -1461,10 +1472,26 @@ struct LoopBound<T>: @unchecked Sendable {
     init(_ value: T) { self.value = value }
 }
 
-/// Whether a waiting run's own caller got the run's answer inside its budget (set on
-/// the run's loop, read there when the run finishes).
-final class SyncAnswer {
-    var given = false
+/// Whether a job's own caller got its `202` (true) or not (false: the run's answer in
+/// time, or a `503`), decided once; actions given before wait for it. A run may finish
+/// before its record's write completes. Loop thread only.
+final class AcceptanceGate {
+    private var decided: Bool?
+    private var waiting: [(Bool) -> Void] = []
+
+    /// Decides (the first call only) and runs the waiting actions.
+    func decide(_ accepted: Bool) {
+        guard decided == nil else { return }
+        decided = accepted
+        let actions = waiting
+        waiting = []
+        for a in actions { a(accepted) }
+    }
+
+    /// Runs `action` with the decision, now or once it is made.
+    func whenDecided(_ action: @escaping (Bool) -> Void) {
+        if let decided { action(decided) } else { waiting.append(action) }
+    }
 }
 
 /// A journaled job whose route is not configured, kept until a reload brings the

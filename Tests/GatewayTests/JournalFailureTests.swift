@@ -10,11 +10,30 @@ import TestSupport
 /// journal cannot recover, and writes resume by themselves when they can.
 @Suite struct JournalFailureTests {
     /// `slow` always answers `202` (a job); `fast` runs synchronously and writes nothing.
-    static func routes(upstream: UInt16) -> [String: String] {
-        ["slow.json": routeJSON(["name": "slow", "method": "POST", "path": "/slow", "wait": "0s",
-                                 "steps": [["id": "s", "request": ["method": "GET", "url": "http://127.0.0.1:\(upstream)/s"], "timeout": "5s"]]]),
-         "fast.json": routeJSON(["name": "fast", "method": "GET", "path": "/fast", "wait": "5s",
-                                 "steps": [["id": "s", "request": ["method": "GET", "url": "http://127.0.0.1:\(upstream)/f"], "timeout": "5s"]]])]
+    /// `held`, when given, always answers `202` too, its step calling `held`.
+    static func routes(upstream: UInt16, held: UInt16? = nil) -> [String: String] {
+        var r = ["slow.json": routeJSON(["name": "slow", "method": "POST", "path": "/slow", "wait": "0s",
+                                         "steps": [["id": "s", "request": ["method": "GET", "url": "http://127.0.0.1:\(upstream)/s"], "timeout": "5s"]]]),
+                 "fast.json": routeJSON(["name": "fast", "method": "GET", "path": "/fast", "wait": "5s",
+                                         "steps": [["id": "s", "request": ["method": "GET", "url": "http://127.0.0.1:\(upstream)/f"], "timeout": "5s"]]])]
+        if let held {
+            r["held.json"] = routeJSON(["name": "held", "method": "POST", "path": "/held", "wait": "0s",
+                                        "steps": [["id": "s", "request": ["method": "GET", "url": "http://127.0.0.1:\(held)/h"], "timeout": "30s"]]])
+        }
+        return r
+    }
+
+    /// A receiver that records each request and never answers (a delivery to it stays pending).
+    static func stallingReceiver() throws -> ScriptedServer {
+        try ScriptedServer { conn, server in
+            while let req = conn.readRequest() { server.record(req) }
+        }
+    }
+
+    /// A gauge or counter from `/metrics` (no labels).
+    static func metric(_ name: String, port: UInt16) -> Double? {
+        guard let m = try? RawConnection(port: port).request("GET", "/metrics") else { return nil }
+        return (try? Exposition(m.text))?.value(name, [:])
     }
 
     /// The data directory deleted under a running gateway: its journal files are
@@ -35,10 +54,16 @@ import TestSupport
 
         try FileManager.default.removeItem(atPath: h.dir + "/data")
 
-        let refused = try h.request("POST", "/slow")
+        // Its run goes on ("it may still run"), but it sends no callback: its caller
+        // was told the job could not be accepted, and has no job id.
+        let rx = try Self.stallingReceiver()
+        let refused = try h.request("POST", "/slow", headers: [("Callback-URL", "http://127.0.0.1:\(rx.port)/cb")])
         #expect(refused.status == 503, "\(refused.text)")
         #expect(refused.header("content-type") == "application/problem+json")
         #expect(refused.object["job_id"] == nil)
+        #expect(eventually { Self.metric("switchboard_jobs_running", port: h.port) == 0 })
+        #expect(Self.metric("switchboard_callbacks_pending", port: h.port) == 0)
+        #expect(rx.requests.isEmpty)
         #expect(try h.request("GET", "/fast").status == 200)
         let ready = try h.request("GET", "/readyz")
         #expect(ready.status == 503)
@@ -79,9 +104,13 @@ import TestSupport
     @Test(.enabled(if: prlimitPath != nil, "needs prlimit(1) (util-linux) to set the gateway's RLIMIT_FSIZE"))
     func fileSizeLimitReached_Answers503AndLogsWhy_RecoversWhenLifted_LosesNothingAccepted() throws {
         let up = try ScriptedServer.answering()
+        let gate = Gate()
+        defer { gate.open() }
+        let held = try ScriptedServer.answering(heldBy: gate)
+        let rx = try Self.stallingReceiver()
         let dir = try makeTempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        for (name, text) in Self.routes(upstream: up.port) {
+        for (name, text) in Self.routes(upstream: up.port, held: held.port) {
             try text.write(toFile: "\(dir)/\(name)", atomically: true, encoding: .utf8)
         }
         let extra = ["--callback-allow", "127.0.0.0/8"]
@@ -108,11 +137,21 @@ import TestSupport
         #expect(try request("POST", "/callbacks", body: register).status == 503)
         #expect(try request("GET", "/fast").status == 200)
         #expect(try request("GET", "/readyz").status == 200)
+        // A refused job whose step is still running when writes succeed again: its
+        // step and result records are written with no record of the job (a stray,
+        // dropped at the next start), and it sends no callback.
+        let refusedHeld = try #require(RawConnection(port: server.port).request(
+            "POST", "/held", headers: [("Callback-URL", "http://127.0.0.1:\(rx.port)/cb")]))
+        #expect(refusedHeld.status == 503)
+        #expect(eventually { held.requests.count == 1 })
         #expect(server.process.isRunning)
         #expect(eventually { server.log.contains("journal write failed") }, "\(server.log)")
         #expect(server.log.contains("File too large"))
 
         try Self.setFileSizeLimit(pid, "unlimited")
+        gate.open()
+        #expect(eventually { Self.metric("switchboard_jobs_running", port: server.port) == 0 })
+        #expect(Self.metric("switchboard_callbacks_pending", port: server.port) == 0)
         let second = try request("POST", "/slow")
         #expect(second.status == 202, "\(second.text)")
         let secondID = try #require(second.object["job_id"] as? String)
@@ -132,5 +171,7 @@ import TestSupport
             #expect(job.object["status"] as? String == "succeeded")
         }
         #expect(try request("GET", "/callbacks/\(endpointID)").status == 200)
+        #expect(server.log.contains("\"stray_jobs_dropped\":1"), "\(server.log)")
+        #expect(rx.requests.isEmpty)
     }
 }
