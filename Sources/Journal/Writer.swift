@@ -262,11 +262,6 @@ final class JournalCore: @unchecked Sendable {
             }
         }
         if good.isEmpty { return }
-        // A durable answer must mean the records are where the next start reads them.
-        if good.contains(where: \.durable), let failure = checkInPlace() {
-            for pending in good { pending.completion(.failure(failure)) }
-            return
-        }
         if options.syncEveryRecord {
             for pending in good { writeAlone(pending) }
             return
@@ -274,8 +269,11 @@ final class JournalCore: @unchecked Sendable {
         do throws(JournalError) {
             try rollOverIfFull()
         } catch {
+            // A removed data directory fails the rollover: say so (and stop) rather
+            // than fail each batch with the missing path.
+            let failure = checkInPlace() ?? error
             publish()
-            for pending in good { pending.completion(.failure(error)) }
+            for pending in good { pending.completion(.failure(failure)) }
             return
         }
 
@@ -307,7 +305,10 @@ final class JournalCore: @unchecked Sendable {
             if pending.durable { anyDurable = true } else { pending.completion(.success(())) }
         }
         guard anyDurable else { return }
-        let result = syncActive()
+        var result = syncActive()
+        // A durable answer must mean the records are where the next start reads them:
+        // checked after the sync, so a removal while it ran is not acknowledged.
+        if case .success = result, let failure = checkInPlace() { result = .failure(failure) }
         publish()
         for pending in good where pending.durable { pending.completion(result) }
     }
@@ -329,6 +330,8 @@ final class JournalCore: @unchecked Sendable {
                 offset += record.length
                 if case let .failure(failure) = syncActive() { throw failure }
             }
+            // Where the next start reads them (see `writeBatch`), after the syncs.
+            if pending.durable, let failure = checkInPlace() { throw failure }
             offset = base
             for record in pending.records {
                 index.apply(record.operation, key: record.key,
@@ -436,17 +439,25 @@ final class JournalCore: @unchecked Sendable {
 
     /// Creates `segment-<nextNumber>.log` with its header, synced together with the
     /// directory entry before any record goes in, and makes it the active segment.
+    /// On failure no file is left behind and the number is used again next time (a
+    /// full disk fails every rollover until it has room: each must not leave a file).
     private func startSegment() throws(JournalError) {
         let number = nextNumber
-        nextNumber += 1
         let path = directory + "/" + Format.fileName(.segment, number)
-        let file = JournalFile(type: .segment, number: number, path: path,
-                               fd: try FileIO.open(path, O_RDWR | O_CREAT | O_EXCL))
-        try FileIO.pwriteAll(file.fd, Format.fileHeader(.segment, number), at: 0, path: path)
-        if options.fsync {
-            try FileIO.fdatasync(file.fd, path: path)
-            try FileIO.syncDirectory(directory)
+        let fd = try FileIO.open(path, O_RDWR | O_CREAT | O_EXCL)
+        do throws(JournalError) {
+            try FileIO.pwriteAll(fd, Format.fileHeader(.segment, number), at: 0, path: path)
+            if options.fsync {
+                try FileIO.fdatasync(fd, path: path)
+                try FileIO.syncDirectory(directory)
+            }
+        } catch {
+            unlink(path)
+            Glibc.close(fd)
+            throw error
         }
+        nextNumber += 1
+        let file = JournalFile(type: .segment, number: number, path: path, fd: fd)
         files.append(OpenFile(file: file, size: Format.fileHeaderBytes))
         totalBytes += Format.fileHeaderBytes
         unsynced = false
