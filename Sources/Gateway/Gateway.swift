@@ -34,11 +34,13 @@ final class LoopState: @unchecked Sendable {
     /// Write-ahead hooks of waiting runs, by wait token: each journals its run's job
     /// record shortly before the budget ends, so the `202` need not wait for an fsync.
     var writeAhead: [UInt64: () -> Void] = [:]
-    /// Waiting runs with an idempotency key, by job id: a duplicate request attached to
-    /// one (SPEC §5) calls this when its own budget ends, to have the run become a
-    /// durable job — its own caller keeps waiting — and learn whether its record is
-    /// durable, before that duplicate gets its `202`. Removed when the run finishes.
-    var promotions: [String: (@escaping (Bool) -> Void) -> Void] = [:]
+    /// Runs with an idempotency key, by job id: a duplicate request attached to one
+    /// (SPEC §5) calls `whenJob` when its own budget ends, to have the run become a
+    /// durable job — its own caller may still be waiting — and learn whether its record
+    /// is durable, before that duplicate gets its `202`. While the caller waits, its
+    /// waiting run; once the caller is answered, only the job record (not the caller's
+    /// request and connection). Removed when the run finishes.
+    var promotions: [String: any JobPromotion] = [:]
     /// This loop's batch of job records (set once, right after creation).
     var journal: LoopJournal!
     /// How long before its budget ends a waiting run's job record is written.
@@ -637,7 +639,7 @@ public final class Gateway: @unchecked Sendable {
                         state.loop.execute { answerOnLoop.value(accepted.value, "async") }
                         return
                     }
-                    promote { ok in
+                    promote.whenJob { ok in
                         state.loop.execute {
                             if ok { return answerOnLoop.value(accepted.value, "async") }
                             let p = Problem(status: 503, detail: "the job could not be made durable; it may still run")
@@ -707,7 +709,7 @@ public final class Gateway: @unchecked Sendable {
         }
         if let token {
             let jobID = token.jobID
-            state.promotions[jobID] = w.whenJob
+            state.promotions[jobID] = w
             run.onFinish { _ in state.promotions[jobID] = nil }
         }
         run.start()
@@ -738,7 +740,7 @@ public final class Gateway: @unchecked Sendable {
     /// before the budget ends, or when the run goes async, whichever comes first —
     /// and the `202` is sent once it is durable. One object per request instead of a
     /// closure and a box per piece of state. Loop thread only.
-    private final class WaitingRun {
+    private final class WaitingRun: JobPromotion {
         unowned let gateway: Gateway
         let call: RouteCall
         let run: FlowRun
@@ -753,10 +755,9 @@ public final class Gateway: @unchecked Sendable {
         var answered = false
         /// The budget timer when the run is not in a `BudgetQueue`.
         var budgetTimer: LoopTimer?
-        var journaled = JournalState.none
-        var createdAt: Int64 = 0
-        /// The `202` (or `503`) to send once the job record's write completes.
-        var whenDurable: ((Bool) -> Void)?
+        /// The job record and its write; nil until it is first written (a run answered
+        /// within its budget before the write-ahead never makes one).
+        var record: JobRecordWrite?
         /// Whether the run is a registered job (`/jobs`): it went async, or an attached
         /// duplicate's budget ended first (`whenJob`) while this caller still waits.
         var registered = false
@@ -765,8 +766,6 @@ public final class Gateway: @unchecked Sendable {
         /// for an attached duplicate — nor when it got a `503`). Made with the job
         /// (`registerJob`): a run answered in time never needs one.
         var acceptance: AcceptanceGate?
-        /// Duplicates waiting for the job record's write (see `whenJob`).
-        var durableWaiters: [(Bool) -> Void] = []
 
         init(gateway: Gateway, call: RouteCall, run: FlowRun, input: FlowInput, trace: TraceContext,
              idempotencyToken: IdempotencyToken?, applied: [String], respondAsync: Bool, token: UInt64) {
@@ -781,35 +780,17 @@ public final class Gateway: @unchecked Sendable {
             self.token = token
         }
 
-        /// Journals the job record (and the steps already settled) unless it is
-        /// written already or the caller was answered.
+        /// Journals the job record (and the steps already settled) unless the caller
+        /// was answered, or it is written or being written: a write that failed is
+        /// tried again (the disk may have room again).
         func writeJobRecord() {
-            guard !answered, case .none = journaled else { return }
-            journaled = .pending
-            createdAt = wallClockMilliseconds()
-            let jobID = run.jobID
-            var records = [DurableState.jobAccepted(id: jobID, route: call.route.name, owner: call.caller, createdAt: createdAt,
-                                                    traceID: trace.traceID, input: input, callback: call.callback,
-                                                    idempotency: idempotencyToken.map { ($0.scope, $0.key) })]
-            let route = run.route
-            for (i, o) in run.outcomes.enumerated() where o.isTerminal {
-                records.append(DurableState.stepFinished(job: jobID, index: i, step: route.steps[i].id, outcome: o))
+            guard !answered else { return }
+            if record == nil {
+                record = JobRecordWrite(run: run, input: input, routeName: call.route.name, caller: call.caller,
+                                        traceID: trace.traceID, callback: call.callback,
+                                        idempotency: idempotencyToken.map { ($0.scope, $0.key) }, journal: call.state.journal!)
             }
-            // From now on every settled step is journaled too (a 202 may follow).
-            let journal = call.state.journal!
-            run.onStepSettled = { i, outcome in
-                journal.append([DurableState.stepFinished(job: jobID, index: i, step: route.steps[i].id, outcome: outcome)])
-            }
-            journal.append(records) { [self] ok in
-                journaled = ok ? .durable : .failed
-                if let w = whenDurable {
-                    whenDurable = nil
-                    w(ok)
-                }
-                let waiters = durableWaiters
-                durableWaiters = []
-                for w in waiters { w(ok) }
-            }
+            record!.write()
         }
 
         /// Registers the run as a job (`/jobs`, its result and callback journaled), once.
@@ -819,7 +800,7 @@ public final class Gateway: @unchecked Sendable {
             let acceptance = AcceptanceGate()
             self.acceptance = acceptance
             let entry = JobEntry(id: run.jobID, owner: call.caller, routeName: call.route.name, loop: call.state.loop,
-                                 createdAt: createdAt, run: run, traceID: trace.traceID)
+                                 createdAt: record?.createdAt ?? wallClockMilliseconds(), run: run, traceID: trace.traceID)
             gateway.track(entry, callback: call.callback, state: call.state, acceptance: acceptance)
         }
 
@@ -827,28 +808,25 @@ public final class Gateway: @unchecked Sendable {
         /// ended: makes the run a durable job if it is not one yet — its record written
         /// and the job registered, while this caller keeps waiting for its own budget —
         /// and calls `done` once the record is durable (true) or failed (false), so the
-        /// duplicate's `202` never names a job that is not on disk. Not called when the
-        /// run already finished inside this caller's budget without becoming a job: the
-        /// duplicate gets the stored response instead.
+        /// duplicate's `202` never names a job that is not on disk (a write that failed
+        /// is tried again). Not called when the run already finished inside this
+        /// caller's budget without becoming a job: the duplicate gets the stored
+        /// response instead. Once this caller is answered, `goAsync` puts a hook in
+        /// `LoopState.promotions` that holds only the job record, not this caller.
         func whenJob(_ done: @escaping (Bool) -> Void) {
-            if answered && !registered { return }
-            if !registered {
-                writeJobRecord()
-                registerJob()
-            }
-            switch journaled {
-            case .durable: done(true)
-            case .failed: done(false)
-            case .pending, .none: durableWaiters.append(done)
-            }
+            if answered { return }
+            writeJobRecord()
+            registerJob()
+            record!.whenWritten(done)
         }
 
         /// The wait budget ended (or is zero, or the gateway drains): the run becomes a
         /// job and the caller gets `202` once its record is durable.
         func goAsync() {
             guard !answered else { return }
-            writeJobRecord()
+            writeJobRecord()  // again if a write ahead (or for a duplicate) failed
             answered = true
+            let record = self.record!
             let state = call.state
             state.loop.cancel(budgetTimer)
             budgetTimer = nil  // the timer holds this object: break the cycle
@@ -858,16 +836,18 @@ public final class Gateway: @unchecked Sendable {
             let jobID = run.jobID
             let answer: (Bool) -> Void = { [self] ok in
                 acceptance?.decide(ok)
+                // Refused: a later write of the record (for a duplicate) must not name
+                // this caller's callback, or a restart would send it.
+                if !ok { record.callback = nil }
                 let r = ok ? gateway.acceptedResponse(jobID: jobID, applied: applied)
                     : Problem(status: 503, detail: "the job could not be made durable; it may still run").httpResponse
                 gateway.finishRequest(state, call.w, call.req, r, route: call.route.name, outcome: ok ? "async" : "error",
                                       requestID: call.requestID, start: call.start, jobID: jobID, traceID: trace.traceID)
             }
-            switch journaled {
-            case .durable: answer(true)
-            case .failed: answer(false)
-            case .pending, .none: whenDurable = answer
-            }
+            record.whenWritten(answer)
+            // Duplicates attached from now on need the record, not this caller's request
+            // and connection: the hook keeps only the record for the rest of the run.
+            if idempotencyToken != nil { state.promotions[jobID] = record }
         }
 
         /// The run decided its response: answer the caller unless it went async.
@@ -883,10 +863,14 @@ public final class Gateway: @unchecked Sendable {
             var r = HTTPResponse(status: resp.status, headers: resp.headers, body: resp.body)
             if !applied.isEmpty && !respondAsync { r.headers.append(("Preference-Applied", applied.joined(separator: ", "))) }
             acceptance?.decide(false)
-            if case .none = journaled { return reply(r) }
-            // A job for a duplicate that got its `202`: it stays (its result is journaled
-            // by `track`), so that duplicate finds it at `/jobs/{id}`.
-            if registered { return reply(r) }
+            guard record != nil else { return reply(r) }
+            // A job for a duplicate that got its `202`: it stays, so that duplicate finds
+            // it at `/jobs/{id}`. Its job record names this caller's callback: the answer
+            // waits until the job's result is journaled (`track`), so a restart never
+            // resumes the job and calls back a caller that already has the result.
+            if registered, let acceptance {
+                return acceptance.whenResultJournaled { [self] in reply(r) }
+            }
             // Finished inside its budget after its job record was written ahead: the
             // record is deleted, durably, before the answer, so a restart never runs
             // (or calls back for) a job whose caller already has the result.
@@ -934,7 +918,9 @@ public final class Gateway: @unchecked Sendable {
             let (jobID, owner, body) = (entry.id, entry.owner, callback == nil ? [] : entry.callbackBody())
             let journalResult: (Bool) -> Void = { [unowned self] accepted in
                 guard let target = callback, accepted else {
-                    journal.append([result])
+                    // Durable before a waiting caller that got the run's own answer gets
+                    // it (`WaitingRun.runFinished`).
+                    journal.append([result]) { _ in acceptance?.resultJournaled() }
                     return
                 }
                 // The callback's delivery record is journaled before the job's result, in
@@ -1247,11 +1233,13 @@ public final class Gateway: @unchecked Sendable {
     private var healthResponse: HTTPResponse { json(200, ["status": "ok"]) }
 
     /// `/readyz`: `200` while ready; `503` while draining, or once the journal has
-    /// stopped accepting writes (`{"status": "journal_failed", "detail": why}`).
+    /// stopped accepting writes (`{"status": "journal_failed", "detail": …}`). The
+    /// detail is generic (the endpoint needs no credentials): why the journal stopped,
+    /// with its paths, is in the log line written when it did.
     private var readinessResponse: HTTPResponse {
         if draining.load(ordering: .relaxed) { return json(503, ["status": "draining"]) }
-        if let failure = durable.journal.stats.poisoned {
-            return json(503, ["status": "journal_failed", "detail": failure.description])
+        if durable.journal.stats.poisoned != nil {
+            return json(503, ["status": "journal_failed", "detail": "the journal stopped accepting writes; see the log"])
         }
         return json(200, ["status": "ready"])
     }
@@ -1491,6 +1479,108 @@ final class AcceptanceGate {
     /// Runs `action` with the decision, now or once it is made.
     func whenDecided(_ action: @escaping (Bool) -> Void) {
         if let decided { action(decided) } else { waiting.append(action) }
+    }
+
+    private var resultWritten = false
+    private var afterResult: [() -> Void] = []
+
+    /// The job's result was appended to the journal (durable, or the write failed):
+    /// runs the actions waiting for it.
+    func resultJournaled() {
+        resultWritten = true
+        let actions = afterResult
+        afterResult = []
+        for a in actions { a() }
+    }
+
+    /// Runs `action` once the job's result has been appended (`resultJournaled`).
+    func whenResultJournaled(_ action: @escaping () -> Void) {
+        if resultWritten { action() } else { afterResult.append(action) }
+    }
+}
+
+/// A run that a duplicate request (same `Idempotency-Key`) can have made a durable
+/// job: `LoopState.promotions`. Loop thread only.
+protocol JobPromotion: AnyObject {
+    /// Makes the run a durable job if it is not one yet and calls `done` once its
+    /// record's write completes: true when durable, false when it failed.
+    func whenJob(_ done: @escaping (Bool) -> Void)
+}
+
+/// A waiting run's job record (SPEC §6) and where its write stands. Apart from the
+/// caller's request and connection, so what outlives the caller's answer for
+/// duplicates (`LoopState.promotions`) keeps only this. Loop thread only.
+final class JobRecordWrite: JobPromotion {
+    let run: FlowRun
+    let input: FlowInput
+    let routeName: String
+    let caller: String
+    let traceID: String
+    /// The caller's callback target; cleared once that caller was refused (`503`).
+    var callback: DeliveryTarget?
+    let idempotency: (IdempotencyScope, String)?
+    let journal: LoopJournal
+    private(set) var state = JournalState.none
+    /// When the record was first written, milliseconds since the Unix epoch.
+    private(set) var createdAt: Int64 = 0
+    private var waiters: [(Bool) -> Void] = []
+
+    init(run: FlowRun, input: FlowInput, routeName: String, caller: String, traceID: String, callback: DeliveryTarget?,
+         idempotency: (IdempotencyScope, String)?, journal: LoopJournal) {
+        self.run = run
+        self.input = input
+        self.routeName = routeName
+        self.caller = caller
+        self.traceID = traceID
+        self.callback = callback
+        self.idempotency = idempotency
+        self.journal = journal
+    }
+
+    /// Appends the record and the steps already settled, unless it is durable or being
+    /// written; a write that failed is tried again. From then on every settled step is
+    /// journaled too.
+    func write() {
+        switch state {
+        case .pending, .durable: return
+        case .none, .failed: break
+        }
+        state = .pending
+        if createdAt == 0 { createdAt = wallClockMilliseconds() }
+        let jobID = run.jobID
+        var records = [DurableState.jobAccepted(id: jobID, route: routeName, owner: caller, createdAt: createdAt,
+                                                traceID: traceID, input: input, callback: callback, idempotency: idempotency)]
+        let route = run.route
+        for (i, o) in run.outcomes.enumerated() where o.isTerminal {
+            records.append(DurableState.stepFinished(job: jobID, index: i, step: route.steps[i].id, outcome: o))
+        }
+        let journal = self.journal
+        run.onStepSettled = { i, outcome in
+            journal.append([DurableState.stepFinished(job: jobID, index: i, step: route.steps[i].id, outcome: outcome)])
+        }
+        journal.append(records) { [self] ok in
+            state = ok ? .durable : .failed
+            let w = waiters
+            waiters = []
+            for d in w { d(ok) }
+        }
+    }
+
+    /// For a duplicate once the run's own caller was answered `202` (or `503`): the
+    /// record is written again if that failed, then as `whenWritten`.
+    func whenJob(_ done: @escaping (Bool) -> Void) {
+        write()
+        whenWritten(done)
+    }
+
+    /// Calls `done` once the record's write completes: true when durable, false when it
+    /// failed. At once when it has completed.
+    func whenWritten(_ done: @escaping (Bool) -> Void) {
+        switch state {
+        case .durable: done(true)
+        case .failed: done(false)
+        case .pending, .none: waiters.append(done)
+        }
     }
 }
 

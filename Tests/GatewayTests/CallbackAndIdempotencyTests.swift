@@ -9,7 +9,7 @@ import TestSupport
     static let secret = "whsec_" + Data(repeating: 7, count: 32).base64EncodedString()
 
     static func slowRoute() -> String {
-        routeJSON(["name": "slow", "method": "POST", "path": "/slow", "wait": "100ms", "max_wait": "5s",
+        routeJSON(["name": "slow", "method": "POST", "path": "/slow", "wait": "100ms", "max_wait": "60s",
                    "steps": [["id": "work", "request": ["method": "POST", "url": "{{env.U}}/work", "body": ["n": "{{request.body.n}}"]], "timeout": "5s"]]])
     }
 
@@ -245,7 +245,7 @@ import TestSupport
     }
 
     /// A duplicate whose budget ends before the original caller's (here it asks for
-    /// `respond-async`; the original waits up to 5 s) gets its `202` for a job that
+    /// `respond-async`; the original waits up to 30 s) gets its `202` for a job that
     /// exists: the run becomes a durable job for it — `/jobs/{id}` knows it at once —
     /// while the original caller keeps waiting and still gets the run's own answer; the
     /// job then shows that result. Before, the `202` named a job that was never
@@ -259,7 +259,7 @@ import TestSupport
         nonisolated(unsafe) var original: RawMessage?
         let done = DispatchSemaphore(value: 0)
         Thread {
-            original = try? h.request("POST", "/slow", headers: [("Idempotency-Key", "k4"), ("Prefer", "wait=5")], body: body)
+            original = try? h.request("POST", "/slow", headers: [("Idempotency-Key", "k4"), ("Prefer", "wait=30")], body: body)
             done.signal()
         }.start()
         #expect(eventually { up.requests.count == 1 })
@@ -277,6 +277,40 @@ import TestSupport
         #expect(job.status == 200, "\(job.text)")
         #expect(job.object["status"] as? String == "succeeded")
         #expect(up.requests.count == 1)
+    }
+
+    /// The same with a `Callback-URL` on the original request: the run became a job for
+    /// the duplicate, but the original caller got the run's own answer in time, so no
+    /// callback is sent (SPEC §4) — none pending, none received — and the job shows
+    /// the result. (`CrashRecoveryTests` checks the same across a SIGKILL.)
+    @Test func idempotency_DuplicateWithShorterBudget_OriginalAnsweredInTime_SendsNoCallback() throws {
+        let gate = Gate()
+        defer { gate.open() }
+        let up = try ScriptedServer.answering(heldBy: gate)
+        let rx = try Self.receiver([204])
+        let h = try Self.harness(up)
+        let body = "{\"n\":3}"
+        nonisolated(unsafe) var original: RawMessage?
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            original = try? h.request("POST", "/slow", headers: [("Idempotency-Key", "k5"), ("Prefer", "wait=30"),
+                                                                 ("Callback-URL", "http://127.0.0.1:\(rx.port)/hook")], body: body)
+            done.signal()
+        }.start()
+        #expect(eventually { up.requests.count == 1 })
+        let duplicate = try h.request("POST", "/slow", headers: [("Idempotency-Key", "k5"), ("Prefer", "respond-async")], body: body)
+        #expect(duplicate.status == 202, "\(duplicate.text)")
+        let id = try #require(duplicate.object["job_id"] as? String)
+
+        gate.open()
+        done.wait()
+        #expect(original?.status == 200, "\(original?.text ?? "no answer")")
+        let job = try h.request("GET", "/jobs/\(id)?wait=30")
+        #expect(job.object["status"] as? String == "succeeded", "\(job.text)")
+        usleep(500_000)  // a delivery would have been made by now
+        let pending = try Exposition(try h.request("GET", "/metrics").text).value("switchboard_callbacks_pending", [:])
+        #expect(pending == 0)
+        #expect(rx.requests.isEmpty, "callback sent for a job whose caller got the answer: \(rx.requests.map(\.text))")
     }
 
     /// Concurrent requests with one key call the upstream exactly once.

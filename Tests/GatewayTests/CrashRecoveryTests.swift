@@ -111,6 +111,60 @@ import TestSupport
     }
 
     /// A second process on a data directory that is in use refuses to start, with a clear message.
+    /// A duplicate (same `Idempotency-Key`, `respond-async`) made the run a durable job
+    /// while the original caller — who asked for a `Callback-URL` — kept waiting; the
+    /// run then answers that caller in time. SIGKILL right after that answer: the
+    /// restart must not resume the job and send the callback to a caller that already
+    /// has the result (the job's result is durable before the answer is sent).
+    @Test func sigkill_AfterTheOriginalGotItsAnswer_SendsNoCallbackForTheDuplicatesJob() throws {
+        let gate = Gate()
+        defer { gate.open() }
+        let pay = try ScriptedServer.answering(body: "{\"id\":\"pay\"}", heldBy: gate)
+        let rx = try ScriptedServer { conn, server in
+            while let req = conn.readRequest() {
+                server.record(req)
+                conn.write("HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            }
+        }
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let route = routeJSON(["name": "charge", "method": "POST", "path": "/charge", "wait": "30s",
+                               "steps": [["id": "pay", "request": ["method": "POST", "url": "{{env.PAY}}/pay"], "timeout": "30s"]],
+                               "response": ["status": 200, "body": "{{steps.pay.body}}"]])
+        try route.write(toFile: "\(dir)/charge.json", atomically: true, encoding: .utf8)
+        let env = ["PAY": "http://127.0.0.1:\(pay.port)"]
+        let extra = ["--callback-allow", "127.0.0.0/8"]
+        var server = try CLITests.Server(routesDir: dir, env: env, extra: extra)
+        let port = server.port
+        nonisolated(unsafe) var original: RawMessage?
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            original = try? RawConnection(port: port, timeout: .seconds(60)).request(
+                "POST", "/charge", headers: [("Idempotency-Key", "order-9"), ("Prefer", "wait=30"),
+                                             ("Callback-URL", "http://127.0.0.1:\(rx.port)/hook")], body: Array("{}".utf8))
+            done.signal()
+        }.start()
+        #expect(eventually(timeout: .seconds(30)) { pay.requests.count == 1 })
+        let duplicate = try #require(RawConnection(port: port).request(
+            "POST", "/charge", headers: [("Idempotency-Key", "order-9"), ("Prefer", "respond-async")], body: Array("{}".utf8)))
+        #expect(duplicate.status == 202, "\(duplicate.text)")
+        let jobID = try #require(duplicate.object["job_id"] as? String)
+        gate.open()
+        done.wait()
+        #expect(original?.status == 200, "\(original?.text ?? "no answer")")
+        kill(server.process.processIdentifier, SIGKILL)
+        server.process.waitUntilExit()
+
+        server = try CLITests.Server(routesDir: dir, env: env, extra: extra)
+        defer { kill(server.process.processIdentifier, SIGTERM); server.process.waitUntilExit() }
+        let job = try #require(RawConnection(port: server.port).request("GET", "/jobs/\(jobID)?wait=30"))
+        #expect(job.status == 200, "\(job.text)")
+        #expect(job.object["status"] as? String == "succeeded", "\(job.text)")
+        usleep(1_000_000)  // a resumed job's delivery would have been made by now
+        #expect(rx.requests.isEmpty, "callback sent to a caller that got the answer: \(rx.requests.map(\.target))")
+        #expect(pay.requests.count == 1)
+    }
+
     @Test func secondProcess_OnLockedDataDirectory_Refuses() throws {
         let dir = try makeTempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }

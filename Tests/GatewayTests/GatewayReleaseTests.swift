@@ -143,6 +143,64 @@ private final class Tracked: @unchecked Sendable {
         tracked.add("idempotency", gateway.idempotency)
     }
 
+    /// A caller with an `Idempotency-Key` whose run outlasts its budget: once it got its
+    /// `202`, what held it while it waited (its waiting run, with its request and
+    /// connection) is freed although the job runs on — what a later duplicate needs
+    /// is only the job record — and a duplicate still gets its `202` for that job.
+    @Test func waitingCallerIsFreedOnceAnswered_WhileItsJobRunsOn() throws {
+        let fast = try ScriptedServer.answering()
+        let stall = try Self.stallingServer()
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // The step outlasts every wait below (its upstream holds the request, unanswered,
+        // until the test ends): the job is still running when its waiting run must be gone.
+        let gate = Gate()
+        defer { gate.open() }
+        let holding = try ScriptedServer { conn, server in
+            if let req = conn.readRequest() { server.record(req) }
+            _ = gate.wait(timeout: .seconds(300))
+        }
+        var routes = Self.routes(fast: fast.port, stall: stall.port)
+        routes["long.json"] = routeJSON(["name": "long", "method": "POST", "path": "/long", "wait": "100ms", "max_wait": "60s",
+                                         "steps": [["id": "s", "request": ["method": "POST", "url": "http://127.0.0.1:\(holding.port)/s"],
+                                                    "timeout": "300s"]]])
+        let (gateway, _) = try Self.start(routes, dir: dir)
+        defer { gateway.shutdown() }
+        let tracked = Tracked()
+        let caller = try RawConnection(port: gateway.port, timeout: .seconds(60))
+        #expect(caller.write("POST /long HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k7\r\nPrefer: wait=30\r\nContent-Length: 0\r\n\r\n"))
+        #expect(eventually { holding.requests.count == 1 })
+        // While the caller waits, the entry for duplicates is its waiting run.
+        func promotion() -> AnyObject? {
+            var found: AnyObject?
+            for s in gateway.states {
+                let got = DispatchSemaphore(value: 0)
+                nonisolated(unsafe) var p: AnyObject?
+                s.loop.execute {
+                    p = s.promotions.values.first
+                    got.signal()
+                }
+                got.wait()
+                if let p { found = p }
+            }
+            return found
+        }
+        tracked.add("waiting run", try #require(promotion()))
+        let accepted = try #require(caller.readResponse())
+        #expect(accepted.status == 202, "\(accepted.text)")
+        let jobID = try #require(accepted.object["job_id"] as? String)
+        #expect(eventually(timeout: .seconds(30)) { tracked.alive.isEmpty }, "still alive: \(tracked.alive)")
+        #expect(promotion() is JobRecordWrite)
+        let job = try #require(RawConnection(port: gateway.port).request("GET", "/jobs/\(jobID)"))
+        #expect(job.object["status"] as? String == "running", "\(job.text)")
+        let duplicate = try #require(RawConnection(port: gateway.port).request(
+            "POST", "/long", headers: [("Idempotency-Key", "k7"), ("Prefer", "respond-async")]))
+        #expect(duplicate.status == 202, "\(duplicate.text)")
+        #expect(duplicate.object["job_id"] as? String == jobID)
+        #expect(holding.requests.count == 1)
+        withExtendedLifetime(caller) {}
+    }
+
     /// A reload lets go of the old route table once no run uses it, while the gateway
     /// runs on: here after a finished async job is retired from the registry (as the
     /// retention sweep does).
