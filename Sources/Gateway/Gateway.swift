@@ -814,7 +814,11 @@ public final class Gateway: @unchecked Sendable {
         /// response instead. Once this caller is answered, `goAsync` puts a hook in
         /// `LoopState.promotions` that holds only the job record, not this caller.
         func whenJob(_ done: @escaping (Bool) -> Void) {
-            if answered { return }
+            if answered {
+                // Went async (its record answers), or finished in time without a job.
+                if registered { record?.whenWritten(done) }
+                return
+            }
             writeJobRecord()
             registerJob()
             record!.whenWritten(done)
