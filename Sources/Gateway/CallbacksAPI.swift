@@ -102,18 +102,21 @@ extension Gateway {
             // Answered once the deletion is durable; when it cannot be, the endpoint is
             // put back (the journal still holds it, so a restart would bring it back).
             let loop = state.loop
-            let (reply, problem) = (LoopBound(reply), LoopBound(problem))
-            endpoints.delete(id, owner: caller) { [unowned self] ok in
+            let (boundReply, boundProblem) = (LoopBound(reply), LoopBound(problem))
+            let deleted = endpoints.delete(id, owner: caller) { [unowned self] ok in
                 loop.execute {
                     guard ok else {
                         self.endpoints.restore([e])
-                        return problem.value(503, "the deletion could not be recorded; the endpoint is kept, try again")
+                        return boundProblem.value(503, "the deletion could not be recorded; the endpoint is kept, try again")
                     }
                     // Its pending deliveries end now, not at their next attempt (up to hours away).
                     state.deliverer.endpointDeleted(id, owner: caller)
-                    reply.value(HTTPResponse(status: 204))
+                    boundReply.value(HTTPResponse(status: 204))
                 }
             }
+            // A concurrent request deleted it since `find`: `recorded` is never called,
+            // so this is the only answer.
+            if !deleted { problem(404, "no callback endpoint \(id)") }
         case .deliveries(let id):
             guard endpoints.find(id, owner: caller) != nil else { return problem(404, "no callback endpoint \(id)") }
             var status: DeliveryStatus? = nil

@@ -177,6 +177,41 @@ import TestSupport
         #expect(rx.requests.count == 1)
     }
 
+    /// Two `DELETE`s of one endpoint at once, on two connections (so often on two
+    /// loops): both are answered, one `204` and one `404` problem, for every endpoint.
+    /// (A second request that found the endpoint just before the first deleted it was
+    /// once never answered.) Each request is sent but for its last bytes, which both
+    /// threads send together, to make the two land as close together as they can.
+    @Test func deleteEndpoint_ConcurrentDeletes_AreAllAnswered() throws {
+        let up = try ScriptedServer.answering()
+        let h = try Self.harness(up)
+        var ids: [String] = []
+        for _ in 0..<400 {
+            let ep = try h.request("POST", "/callbacks", body: "{\"url\": \"http://127.0.0.1:9/hook\"}")
+            ids.append(try #require(ep.object["id"] as? String, "\(ep.text)"))
+        }
+        for id in ids {
+            let conns = try [h.connect(timeout: .seconds(30)), h.connect(timeout: .seconds(30))]
+            for c in conns { #expect(c.write("DELETE /callbacks/\(id) HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n")) }
+            let meet = Rendezvous(parties: 2)
+            let lock = NSLock()
+            nonisolated(unsafe) var answers: [Int] = []
+            DispatchQueue.concurrentPerform(iterations: 2) { i in
+                meet.arrive(timeout: .seconds(30))
+                _ = conns[i].write("\r\n")
+                let r = conns[i].readResponse()
+                lock.withLock { answers.append(r?.status ?? 0) }
+                if let r, r.status == 404 {
+                    #expect(r.header("content-type") == "application/problem+json")
+                    #expect((r.object["detail"] as? String) == "no callback endpoint \(id)", "\(r.text)")
+                }
+            }
+            #expect(lock.withLock { answers.sorted() } == [204, 404], "endpoint \(id): 0 is a request never answered")
+        }
+        let list = try h.request("GET", "/callbacks")
+        #expect((list.object["callbacks"] as? [Any])?.isEmpty == true, "\(list.text)")
+    }
+
     /// A `410 Gone` answer disables the endpoint.
     @Test func gone_DisablesEndpoint() throws {
         let gate = Gate()  // the run outlasts its budget: the upstream answers after the 202
