@@ -98,25 +98,23 @@ extension Gateway {
             guard let e = endpoints.find(id, owner: caller) else { return problem(404, "no callback endpoint \(id)") }
             reply(HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: e.json(includingSecret: false).serialized))
         case .delete(let id):
-            guard let e = endpoints.find(id, owner: caller) else { return problem(404, "no callback endpoint \(id)") }
-            // Answered once the deletion is durable; when it cannot be, the endpoint is
-            // put back (the journal still holds it, so a restart would bring it back).
+            // Answered once the deletion is durable; until then the endpoint stays as it
+            // was (listed, delivered to), and stays so when the deletion cannot be recorded.
             let loop = state.loop
             let (boundReply, boundProblem) = (LoopBound(reply), LoopBound(problem))
-            let deleted = endpoints.delete(id, owner: caller) { [unowned self] ok in
+            let started = endpoints.delete(id, owner: caller) { [unowned self] ok in
                 loop.execute {
                     guard ok else {
-                        self.endpoints.restore([e])
                         return boundProblem.value(503, "the deletion could not be recorded; the endpoint is kept, try again")
                     }
-                    // Its pending deliveries end now, not at their next attempt (up to hours away).
-                    state.deliverer.endpointDeleted(id, owner: caller)
-                    boundReply.value(HTTPResponse(status: 204))
+                    // Its pending deliveries end now, not at their next attempt (up to hours
+                    // away), and no loop starts or continues an attempt to it after the 204.
+                    self.endpointDeletedOnEveryLoop(id, owner: caller, answeringOn: loop) { boundReply.value(HTTPResponse(status: 204)) }
                 }
             }
-            // A concurrent request deleted it since `find`: `recorded` is never called,
-            // so this is the only answer.
-            if !deleted { problem(404, "no callback endpoint \(id)") }
+            // Missing, another's, or being deleted by a concurrent request (`recorded` is
+            // then never called, so this is the only answer).
+            if !started { problem(404, "no callback endpoint \(id)") }
         case .deliveries(let id):
             guard endpoints.find(id, owner: caller) != nil else { return problem(404, "no callback endpoint \(id)") }
             var status: DeliveryStatus? = nil
@@ -126,6 +124,20 @@ extension Gateway {
             }
             let body = deliveries.listingJSON(endpointID: id, owner: caller, status: status)
             reply(HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: body.serialized))
+        }
+    }
+
+    /// Runs `CallbackDeliverer.endpointDeleted` on every loop's deliverer (each
+    /// cancels its own timers and transfers to the endpoint), then `done` on `loop`
+    /// once all have run (never, when a loop has stopped: shutdown). Any thread.
+    func endpointDeletedOnEveryLoop(_ id: String, owner: String, answeringOn loop: EventLoop, _ done: @escaping () -> Void) {
+        let remaining = Locked(states.count)
+        let done = LoopBound(done)
+        for s in states {
+            s.loop.execute {
+                s.deliverer.endpointDeleted(id, owner: owner)
+                if remaining.withLock({ n -> Int in n -= 1; return n }) == 0 { loop.execute { done.value() } }
+            }
         }
     }
 

@@ -185,21 +185,26 @@ public final class CallbackDeliverer: @unchecked Sendable {
         return .success(updated)
     }
 
-    /// Dead-letters at once every pending delivery of `owner`'s to endpoint
-    /// `endpointID`, which was just deleted: `last_error` "callback endpoint was
-    /// deleted", no further attempt (it would only find the endpoint gone — after
-    /// waiting out its retry delay, up to hours, counted as pending all that time).
-    /// Timers and transfers on other loops notice the record is no longer pending
-    /// and stop. Reports `.deadLettered` for each. Loop thread only.
-    /// - Returns: how many deliveries were dead-lettered.
+    /// Stops this deliverer's work for endpoint `endpointID`, which was just
+    /// deleted, and dead-letters at once every pending delivery of `owner`'s to it:
+    /// `last_error` "callback endpoint was deleted", no further attempt (it would only
+    /// find the endpoint gone — after waiting out its retry delay, up to hours,
+    /// counted as pending all that time). Its timers and transfers on this loop are
+    /// cancelled whatever their record's status, so call it on every loop's
+    /// deliverer: the first to run dead-letters, the others find the records no
+    /// longer pending and only cancel. A request already sent may still reach the
+    /// receiver. Reports `.deadLettered` for each record it dead-letters. Loop
+    /// thread only.
+    /// - Returns: how many deliveries this call dead-lettered.
     @discardableResult
     public func endpointDeleted(_ endpointID: String, owner: String) -> Int {
+        for (jobID, a) in active where store.record(jobID: jobID)?.endpointID == endpointID {
+            active[jobID] = nil
+            loop.cancel(a.timer)
+            a.transfer?.cancel()
+        }
         var count = 0
         for rec in store.deliveries(endpointID: endpointID, owner: owner, status: .pending) {
-            if let a = active.removeValue(forKey: rec.jobID) {
-                loop.cancel(a.timer)
-                a.transfer?.cancel()
-            }
             let r = store.update(rec.jobID) { r in
                 guard r.status == .pending else { return false }
                 r.status = .failed

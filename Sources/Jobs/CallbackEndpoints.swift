@@ -68,6 +68,10 @@ public final class CallbackEndpoints: Sendable {
     private struct State {
         var byID: [String: CallbackEndpoint] = [:]
         var order: [String] = []
+        /// Endpoints whose deletion is being recorded: still listed and delivered to,
+        /// not deleted again. The value is true when `setDisabled` changed the endpoint
+        /// meanwhile (that change is recorded only if the deletion fails).
+        var deleting: [String: Bool] = [:]
     }
     private let state = Locked(State())
     private let onChange: (@Sendable (CallbackEndpointChange, _ recorded: (@Sendable (Bool) -> Void)?) -> Void)?
@@ -77,8 +81,9 @@ public final class CallbackEndpoints: Sendable {
     ///   short (e.g. append to the journal's queue) and never call back into the
     ///   registry from it. Replays via `restore` do not call it. Its second
     ///   argument, when not nil, is the `recorded` callback the change's caller
-    ///   passed (`register`, `delete`): call it once, with whether the change was
-    ///   recorded (e.g. is durable in the journal).
+    ///   passed (`register`), or the registry's own (`delete`, always given: the
+    ///   endpoint goes only when it reports true): call it once, from any thread,
+    ///   with whether the change was recorded (e.g. is durable in the journal).
     public init(onChange: (@Sendable (CallbackEndpointChange, _ recorded: (@Sendable (Bool) -> Void)?) -> Void)? = nil) {
         self.onChange = onChange
     }
@@ -129,22 +134,65 @@ public final class CallbackEndpoints: Sendable {
         state.withLock { $0.byID[id] }
     }
 
-    /// Deletes `owner`'s endpoint `id`. Pending deliveries to it are dead-lettered
-    /// at their next attempt (or at once with `CallbackDeliverer.endpointDeleted`).
-    /// - Parameter recorded: handed to `onChange` with the change (see `register`);
-    ///   not called when there is no such endpoint.
-    /// - Returns: false when there was no such endpoint of `owner`'s.
+    /// Deletes `owner`'s endpoint `id` once the deletion is recorded: until
+    /// `onChange`'s `recorded` reports true, the endpoint stays listed, found and
+    /// delivered to (so a deletion that cannot be recorded changes nothing); when it
+    /// reports false the endpoint stays as it was, in its place in `list`. Without
+    /// an `onChange` the deletion takes effect at once. Pending deliveries to it are
+    /// dead-lettered at their next attempt (or at once with
+    /// `CallbackDeliverer.endpointDeleted`, after `recorded` reports true).
+    /// - Parameter recorded: called once with whether the deletion was recorded
+    ///   (on whatever thread `onChange`'s callback runs; the registry is already
+    ///   updated when it runs); not called when this returns false.
+    /// - Returns: false when there is no such endpoint of `owner`'s, or when a
+    ///   deletion of it is already being recorded (that one decides its fate).
     @discardableResult
     public func delete(_ id: String, owner: String, recorded: (@Sendable (Bool) -> Void)? = nil) -> Bool {
-        let deleted = state.withLock { s -> Bool in
-            guard let e = s.byID[id], e.owner == owner else { return false }
+        // The change's callback may run before `onChange` returns (a closed journal
+        // answers on the calling thread), with the lock still held: then the outcome
+        // is handed back here and applied before the lock is released.
+        let early = Locked<(waiting: Bool, outcome: Bool?)>((true, nil))
+        let (started, earlyOutcome) = state.withLock { s -> (Bool, Bool?) in
+            guard let e = s.byID[id], e.owner == owner, s.deleting[id] == nil else { return (false, nil) }
+            guard let onChange else {
+                s.byID[id] = nil
+                s.order.removeAll { $0 == id }
+                return (true, true)
+            }
+            s.deleting[id] = false
+            onChange(.deleted(id: id)) { [self] ok in
+                let handedBack = early.withLock { h -> Bool in
+                    guard h.waiting else { return false }
+                    h.outcome = ok
+                    return true
+                }
+                guard !handedBack else { return }
+                state.withLock { s in finishDeletion(id, recorded: ok, &s) }
+                recorded?(ok)
+            }
+            let outcome = early.withLock { h -> Bool? in
+                h.waiting = false
+                return h.outcome
+            }
+            if let outcome { finishDeletion(id, recorded: outcome, &s) }
+            return (true, outcome)
+        }
+        if let earlyOutcome { recorded?(earlyOutcome) }
+        return started
+    }
+
+    /// Ends the deletion of `id` that `delete` started: removes the endpoint when the
+    /// deletion was recorded; otherwise keeps it and records a `setDisabled` change
+    /// made meanwhile (held back so no change of it could follow its deletion in the
+    /// journal). Under the lock.
+    private func finishDeletion(_ id: String, recorded: Bool, _ s: inout State) {
+        guard let changed = s.deleting.removeValue(forKey: id) else { return }
+        if recorded {
             s.byID[id] = nil
             s.order.removeAll { $0 == id }
-            onChange?(.deleted(id: id), recorded)
-            return true
+        } else if changed, let e = s.byID[id] {
+            onChange?(.updated(e), nil)
         }
-        if deleted && onChange == nil { recorded?(true) }
-        return deleted
     }
 
     /// Takes back a `register` whose change could not be recorded: the endpoint is
@@ -157,7 +205,8 @@ public final class CallbackEndpoints: Sendable {
     }
 
     /// Disables (`reason` kept) or re-enables endpoint `id`, whoever owns it.
-    /// The deliverer disables an endpoint that answers `410 Gone`.
+    /// The deliverer disables an endpoint that answers `410 Gone`. While the
+    /// endpoint's deletion is being recorded the change is held back (see `delete`).
     /// - Returns: the endpoint after the change; nil when there is no such endpoint.
     @discardableResult
     public func setDisabled(_ id: String, _ disabled: Bool, reason: String? = nil) -> CallbackEndpoint? {
@@ -167,7 +216,7 @@ public final class CallbackEndpoints: Sendable {
             e.disabled = disabled
             e.disabledReason = disabled ? reason : nil
             s.byID[id] = e
-            onChange?(.updated(e), nil)
+            if s.deleting[id] != nil { s.deleting[id] = true } else { onChange?(.updated(e), nil) }
             return e
         }
     }

@@ -113,6 +113,32 @@ import TestSupport
         #expect(held.requests.count == 1)
     }
 
+    /// A deletion the journal cannot record changes nothing: the `503` leaves the
+    /// endpoint in its place in the listing (not moved to the end), and its delivery
+    /// still pending (not dead-lettered as if the endpoint were gone).
+    @Test func failedDeletion_KeepsEndpointInPlace_AndItsDeliveryPending() throws {
+        let up = try ScriptedServer.answering()
+        let rx = try Self.stallingReceiver()
+        let h = try GatewayHarness(routes: Self.routes(upstream: up.port)) { $0.callbackAllow = ["127.0.0.0/8"] }
+        var ids: [String] = []
+        for path in ["/a", "/b"] {
+            let r = try h.request("POST", "/callbacks", body: "{\"url\": \"http://127.0.0.1:\(rx.port)\(path)\"}")
+            ids.append(try #require(r.object["id"] as? String, "\(r.text)"))
+        }
+        #expect(try h.request("POST", "/slow", headers: [("Callback", ids[0])]).status == 202)
+        #expect(eventually(timeout: .seconds(30)) { !rx.requests.isEmpty }, "the delivery never started")
+
+        try FileManager.default.removeItem(atPath: h.dir + "/data")
+
+        let deleted = try h.request("DELETE", "/callbacks/\(ids[0])")
+        #expect(deleted.status == 503, "\(deleted.text)")
+        let list = try h.request("GET", "/callbacks")
+        #expect((list.object["callbacks"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == ids, "\(list.text)")
+        let pending = try h.request("GET", "/callbacks/\(ids[0])/deliveries?status=pending")
+        #expect((pending.object["deliveries"] as? [Any])?.count == 1, "\(pending.text)")
+        #expect(Self.metric("switchboard_callbacks_pending", port: h.port) == 1)
+    }
+
     /// Where util-linux's `prlimit(1)` is, when installed: it sets another process's
     /// file-size limit without privileges (same user).
     static let prlimitPath = ["/usr/bin/prlimit", "/bin/prlimit"].first { FileManager.default.isExecutableFile(atPath: $0) }

@@ -299,6 +299,32 @@ let jobBody = Array(#"{"job_id":"J","route":"checkout","status":"succeeded","res
         #expect(h.onLoop { $0.redeliver(jobID: "job-del", owner: "shop") } == .failure(.endpointDeleted))
     }
 
+    /// `endpointDeleted` stops this loop's attempt to the endpoint even when another
+    /// loop's deliverer already dead-lettered its record (the transfer is cancelled:
+    /// the receiver sees its connection close), and dead-letters only what is pending.
+    @Test func endpointDeleted_CancelsThisLoopsAttempt_WhenAnotherLoopDeadLetteredIt() throws {
+        let closed = Locked(0)
+        let rx = try ScriptedServer { conn, server in
+            while let req = conn.readRequest() { server.record(req) }
+            closed.withLock { $0 += 1 }
+        }
+        let h = try DeliveryHarness(attemptTimeout: .seconds(600))
+        let ep = try h.register("http://127.0.0.1:\(rx.port)/hook")
+        h.enqueue("job-held", .endpoint(id: ep.id), jobBody)
+        #expect(eventually(timeout: .seconds(30)) { rx.requests.count == 1 })
+        #expect(h.onLoop { $0.activeCount } == 1)
+        // What the other loop's `endpointDeleted` did to the shared record.
+        h.endpoints.delete(ep.id, owner: "shop")
+        var rec = try #require(h.store.record(jobID: "job-held"))
+        rec.status = .failed
+        rec.lastError = "callback endpoint was deleted"
+        h.store.restore([rec])
+        #expect(h.onLoop { $0.endpointDeleted(ep.id, owner: "shop") } == 0)
+        #expect(h.onLoop { $0.activeCount } == 0)
+        #expect(eventually(timeout: .seconds(30)) { closed.withLock { $0 } == 1 }, "the transfer was not cancelled")
+        #expect(h.store.record(jobID: "job-held")?.status == .failed)
+    }
+
     /// A connection refused by the receiver's address is an attempt failure with a reason.
     @Test func refusedConnection_IsRetriedThenDeadLettered() throws {
         let rx = try receiver([200])

@@ -314,6 +314,56 @@ private func token(_ r: IdempotencyBegin) -> IdempotencyToken? {
         #expect(called.withLock { $0 } == [true, true])
     }
 
+    /// With a hook, a deletion takes effect once it is recorded: until then the
+    /// endpoint is still found and listed, a second deletion is refused (false, its
+    /// callback never called) and a `setDisabled` is held back (written after a delete
+    /// it would bring the endpoint back at replay). A deletion that is not recorded
+    /// leaves the endpoint in its place in the list and writes the held-back change.
+    /// A hook that reports before returning (a closed journal) does not deadlock.
+    @Test func delete_TakesEffectOnceRecorded_FailureKeepsEndpointInPlace() throws {
+        let pending = Locked<[@Sendable (Bool) -> Void]>([])
+        let changes = Locked<[String]>([])
+        let r = CallbackEndpoints { c, recorded in
+            switch c {
+            case .registered: changes.withLock { $0.append("registered") }
+            case .updated(let e): changes.withLock { $0.append("disabled=\(e.disabled)") }
+            case .deleted: changes.withLock { $0.append("deleted") }
+            }
+            if let recorded { pending.withLock { $0.append(recorded) } }
+        }
+        let a = r.register(try target(), owner: "shop")
+        let b = r.register(try target(), owner: "shop")
+        let outcome = Locked<[Bool]>([])
+        #expect(r.delete(a.id, owner: "shop") { ok in outcome.withLock { $0.append(ok) } })
+        #expect(r.find(a.id, owner: "shop") != nil)
+        #expect(r.list(owner: "shop").map(\.id) == [a.id, b.id])
+        #expect(!r.delete(a.id, owner: "shop") { _ in Issue.record("a refused deletion gets no callback") })
+        #expect(r.setDisabled(a.id, true, reason: "gone")?.disabled == true)
+        #expect(changes.withLock { $0 } == ["registered", "registered", "deleted"])
+
+        pending.withLock { $0.removeFirst() }(false)
+        #expect(outcome.withLock { $0 } == [false])
+        #expect(r.list(owner: "shop").map(\.id) == [a.id, b.id])
+        #expect(r.endpoint(id: a.id)?.disabledReason == "gone")
+        #expect(changes.withLock { $0 } == ["registered", "registered", "deleted", "disabled=true"])
+
+        #expect(r.delete(a.id, owner: "shop") { ok in outcome.withLock { $0.append(ok) } })
+        pending.withLock { $0.removeFirst() }(true)
+        #expect(outcome.withLock { $0 } == [false, true])
+        #expect(r.find(a.id, owner: "shop") == nil)
+        #expect(r.list(owner: "shop").map(\.id) == [b.id])
+        #expect(!r.delete(a.id, owner: "shop"))
+
+        for ok in [false, true] {
+            let at = CallbackEndpoints { _, recorded in recorded?(ok) }
+            let e = at.register(try target(), owner: "shop")
+            let got = Locked<[Bool]>([])
+            #expect(at.delete(e.id, owner: "shop") { v in got.withLock { $0.append(v) } })
+            #expect(got.withLock { $0 } == [ok])
+            #expect((at.find(e.id, owner: "shop") == nil) == ok)
+        }
+    }
+
     /// The JSON shows the secret only when asked to.
     @Test func json_IncludesSecretOnlyWhenAsked() throws {
         let e = CallbackEndpoints().register(try target(), owner: "shop")
