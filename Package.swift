@@ -38,7 +38,7 @@ let package = Package(
         .testTarget(name: "FlowsTests", dependencies: ["Flows", "JSON"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "JournalTests", dependencies: ["Journal"]),
-        .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "EventLoop"]),
+        .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "EventLoop", "Locking"]),
         .testTarget(name: "RoutesTests", dependencies: ["Routes", "JSON"]),
         .testTarget(name: "UpstreamTests", dependencies: ["Upstream", "EventLoop", "TestSupport"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "TestSupport", "EventLoop", "JSON", "Crypto"]),

@@ -11,7 +11,9 @@ import Glibc
 ///
 /// Threading: every method may be called from any thread. The lock is not
 /// recursive: calling `withLock` on the same instance from inside its body
-/// deadlocks.
+/// deadlocks. `Value` should not be zero-sized (`Void`): its storage then has the
+/// address of the mutex field, and ThreadSanitizer reports the unlocked read of that
+/// field against a locked access to the value as a race.
 public final class Locked<Value>: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private var value: Value

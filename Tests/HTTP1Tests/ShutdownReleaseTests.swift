@@ -1,6 +1,6 @@
 import EventLoop
 import Glibc
-import Synchronization
+import Locking
 import Testing
 @testable import HTTP1
 
@@ -15,7 +15,9 @@ final class WeakReferences: @unchecked Sendable {
             self.name = name
         }
     }
-    private let entries = Mutex<[Entry]>([])
+    // `Locked`, not `Mutex`: the loop threads record concurrently, and ThreadSanitizer
+    // sees the ordering only through a pthread mutex.
+    private let entries = Locked<[Entry]>([])
 
     func add(_ name: String, _ object: AnyObject) {
         entries.withLock { $0.append(Entry(object: object, name: name)) }

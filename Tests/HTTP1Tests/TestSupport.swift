@@ -1,6 +1,6 @@
 import EventLoop
 import Glibc
-import Synchronization
+import Locking
 @testable import HTTP1
 
 /// A response as read back by `TestClient`.
@@ -192,8 +192,8 @@ func eventually(seconds: Double = 5, _ condition: () -> Bool) -> Bool {
 
 /// A small thread-safe box for values recorded by responders.
 final class Recorder<T: Sendable>: Sendable {
-    private let value: Mutex<T>
-    init(_ initial: T) { value = Mutex(initial) }
+    private let value: Locked<T>
+    init(_ initial: T) { value = Locked(initial) }
     func set(_ v: T) { value.withLock { $0 = v } }
     func update(_ f: (inout T) -> Void) { value.withLock { f(&$0) } }
     var get: T { value.withLock { $0 } }
