@@ -102,7 +102,7 @@ extension Gateway {
             // was (listed, delivered to), and stays so when the deletion cannot be recorded.
             let loop = state.loop
             let (boundReply, boundProblem) = (LoopBound(reply), LoopBound(problem))
-            let started = endpoints.delete(id, owner: caller) { [unowned self] ok in
+            let started = endpoints.startDeletion(id, owner: caller) { [unowned self] ok in
                 loop.execute {
                     guard ok else {
                         return boundProblem.value(503, "the deletion could not be recorded; the endpoint is kept, try again")
@@ -112,9 +112,17 @@ extension Gateway {
                     self.endpointDeletedOnEveryLoop(id, owner: caller, answeringOn: loop) { boundReply.value(HTTPResponse(status: 204)) }
                 }
             }
-            // Missing, another's, or being deleted by a concurrent request (`recorded` is
-            // then never called, so this is the only answer).
-            if !started { problem(404, "no callback endpoint \(id)") }
+            // `recorded` is then never called, so this is the only answer. A concurrent
+            // deletion's write may still fail and keep the endpoint: not a `404`, which a
+            // client retrying its own DELETE would take for success.
+            switch started {
+            case .started: break
+            case .missing: problem(404, "no callback endpoint \(id)")
+            case .inProgress:
+                var r = Problem(status: 409, detail: "a deletion of this endpoint is in progress; retry").httpResponse
+                r.headers.append(("Retry-After", "1"))
+                reply(r)
+            }
         case .deliveries(let id):
             guard endpoints.find(id, owner: caller) != nil else { return problem(404, "no callback endpoint \(id)") }
             var status: DeliveryStatus? = nil

@@ -145,19 +145,38 @@ public final class CallbackEndpoints: Sendable {
     ///   (on whatever thread `onChange`'s callback runs; the registry is already
     ///   updated when it runs); not called when this returns false.
     /// - Returns: false when there is no such endpoint of `owner`'s, or when a
-    ///   deletion of it is already being recorded (that one decides its fate).
+    ///   deletion of it is already being recorded (that one decides its fate; use
+    ///   `startDeletion` to tell the two apart).
     @discardableResult
     public func delete(_ id: String, owner: String, recorded: (@Sendable (Bool) -> Void)? = nil) -> Bool {
+        startDeletion(id, owner: owner, recorded: recorded) == .started
+    }
+
+    /// What `startDeletion` did.
+    public enum DeletionStart: Sendable, Equatable {
+        /// The deletion is being recorded; `recorded` will be called once.
+        case started
+        /// No such endpoint of the caller's (missing, or another owner's).
+        case missing
+        /// A deletion of this endpoint is already being recorded and decides its
+        /// fate: the endpoint may still survive it (when that write fails).
+        case inProgress
+    }
+
+    /// `delete`, telling why a deletion did not start: `recorded` is called (once)
+    /// only when this returns `.started`. Same semantics and threading as `delete`.
+    public func startDeletion(_ id: String, owner: String, recorded: (@Sendable (Bool) -> Void)? = nil) -> DeletionStart {
         // The change's callback may run before `onChange` returns (a closed journal
         // answers on the calling thread), with the lock still held: then the outcome
         // is handed back here and applied before the lock is released.
         let early = Locked<(waiting: Bool, outcome: Bool?)>((true, nil))
-        let (started, earlyOutcome) = state.withLock { s -> (Bool, Bool?) in
-            guard let e = s.byID[id], e.owner == owner, s.deleting[id] == nil else { return (false, nil) }
+        let (started, earlyOutcome) = state.withLock { s -> (DeletionStart, Bool?) in
+            guard let e = s.byID[id], e.owner == owner else { return (.missing, nil) }
+            guard s.deleting[id] == nil else { return (.inProgress, nil) }
             guard let onChange else {
                 s.byID[id] = nil
                 s.order.removeAll { $0 == id }
-                return (true, true)
+                return (.started, true)
             }
             s.deleting[id] = false
             onChange(.deleted(id: id)) { [self] ok in
@@ -175,7 +194,7 @@ public final class CallbackEndpoints: Sendable {
                 return h.outcome
             }
             if let outcome { finishDeletion(id, recorded: outcome, &s) }
-            return (true, outcome)
+            return (.started, outcome)
         }
         if let earlyOutcome { recorded?(earlyOutcome) }
         return started

@@ -314,6 +314,25 @@ private func token(_ r: IdempotencyBegin) -> IdempotencyToken? {
         #expect(called.withLock { $0 } == [true, true])
     }
 
+    /// `startDeletion` tells a deletion already being recorded (`inProgress`: it may
+    /// still fail and keep the endpoint) from a missing endpoint; once that deletion
+    /// failed, a new one starts, and once one was recorded the endpoint is missing.
+    @Test func startDeletion_TellsInProgressFromMissing() throws {
+        let pending = Locked<[@Sendable (Bool) -> Void]>([])
+        let r = CallbackEndpoints { _, recorded in
+            if let recorded { pending.withLock { $0.append(recorded) } }
+        }
+        let e = r.register(try target(), owner: "shop")  // no `recorded`: nothing pending
+        #expect(r.startDeletion(e.id, owner: "other") == .missing)
+        #expect(r.startDeletion(e.id, owner: "shop") == .started)
+        #expect(r.startDeletion(e.id, owner: "shop") { _ in Issue.record("not started, no callback") } == .inProgress)
+        pending.withLock { $0.removeFirst() }(false)
+        #expect(r.find(e.id, owner: "shop") != nil)
+        #expect(r.startDeletion(e.id, owner: "shop") == .started)
+        pending.withLock { $0.removeFirst() }(true)
+        #expect(r.startDeletion(e.id, owner: "shop") == .missing)
+    }
+
     /// With a hook, a deletion takes effect once it is recorded: until then the
     /// endpoint is still found and listed, a second deletion is refused (false, its
     /// callback never called) and a `setDisabled` is held back (written after a delete
