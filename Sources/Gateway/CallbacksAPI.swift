@@ -135,15 +135,23 @@ extension Gateway {
         }
     }
 
-    /// Runs `CallbackDeliverer.endpointDeleted` on every loop's deliverer (each
-    /// cancels its own timers and transfers to the endpoint), then `done` on `loop`
-    /// once all have run (never, when a loop has stopped: shutdown). Any thread.
+    /// Runs `CallbackDeliverer.endpointDeleted` (the store scan that dead-letters the
+    /// endpoint's pending deliveries) once, on `loop`'s deliverer (the first loop's
+    /// when `loop` is none of the gateway's), and
+    /// `cancelAttempts(toEndpoint:)` on every other loop's (each cancels its own timers
+    /// and transfers to the endpoint, without touching the store), then `done` on
+    /// `loop` once all have run (never, when a loop has stopped: shutdown). Any thread.
     func endpointDeletedOnEveryLoop(_ id: String, owner: String, answeringOn loop: EventLoop, _ done: @escaping () -> Void) {
         let remaining = Locked(states.count)
         let done = LoopBound(done)
+        let scanner = (states.first { $0.loop === loop } ?? states.first)?.loop
         for s in states {
             s.loop.execute {
-                s.deliverer.endpointDeleted(id, owner: owner)
+                if s.loop === scanner {
+                    s.deliverer.endpointDeleted(id, owner: owner)
+                } else {
+                    s.deliverer.cancelAttempts(toEndpoint: id)
+                }
                 if remaining.withLock({ n -> Int in n -= 1; return n }) == 0 { loop.execute { done.value() } }
             }
         }

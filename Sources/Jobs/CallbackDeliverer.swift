@@ -107,8 +107,11 @@ public final class CallbackDeliverer: @unchecked Sendable {
     /// Loop-local handle on a delivery this deliverer is working on. Touched only
     /// on the loop; it crosses to the resolver queue and back untouched.
     private final class Active: @unchecked Sendable {
+        /// The registered endpoint the delivery goes to; nil for a `Callback-URL`.
+        let endpointID: String?
         var timer: LoopTimer?
         var transfer: UpstreamTransfer?
+        init(endpointID: String?) { self.endpointID = endpointID }
     }
     private var active: [String: Active] = [:]
 
@@ -156,7 +159,7 @@ public final class CallbackDeliverer: @unchecked Sendable {
                                  target: target, body: body, createdAt: now, updatedAt: now,
                                  nextAttemptAt: now + delay.milliseconds)
         let (stored, isNew) = store.insert(rec)
-        if isNew { schedule(jobID, after: delay) }
+        if isNew { schedule(jobID, after: delay, endpointID: stored.endpointID) }
         return stored
     }
 
@@ -181,7 +184,7 @@ public final class CallbackDeliverer: @unchecked Sendable {
             return true
         }
         guard let updated else { return .failure(raced ? .alreadyPending : .notFound) }
-        schedule(jobID, after: .zero)
+        schedule(jobID, after: .zero, endpointID: updated.endpointID)
         return .success(updated)
     }
 
@@ -189,20 +192,17 @@ public final class CallbackDeliverer: @unchecked Sendable {
     /// deleted, and dead-letters at once every pending delivery of `owner`'s to it:
     /// `last_error` "callback endpoint was deleted", no further attempt (it would only
     /// find the endpoint gone — after waiting out its retry delay, up to hours,
-    /// counted as pending all that time). Its timers and transfers on this loop are
-    /// cancelled whatever their record's status, so call it on every loop's
-    /// deliverer: the first to run dead-letters, the others find the records no
-    /// longer pending and only cancel. A request already sent may still reach the
-    /// receiver. Reports `.deadLettered` for each record it dead-letters. Loop
-    /// thread only.
+    /// counted as pending all that time). Scans the whole shared store (under its
+    /// lock), so call it on one loop's deliverer per deletion, and
+    /// `cancelAttempts(toEndpoint:)` on every other loop's: records no longer pending
+    /// are left as they are. Its own timers and transfers to the endpoint are
+    /// cancelled whatever their record's status. A request already sent may still
+    /// reach the receiver. Reports `.deadLettered` for each record it dead-letters.
+    /// Loop thread only.
     /// - Returns: how many deliveries this call dead-lettered.
     @discardableResult
     public func endpointDeleted(_ endpointID: String, owner: String) -> Int {
-        for (jobID, a) in active where store.record(jobID: jobID)?.endpointID == endpointID {
-            active[jobID] = nil
-            loop.cancel(a.timer)
-            a.transfer?.cancel()
-        }
+        cancelAttempts(toEndpoint: endpointID)
         var count = 0
         for rec in store.deliveries(endpointID: endpointID, owner: owner, status: .pending) {
             let r = store.update(rec.jobID) { r in
@@ -219,6 +219,23 @@ public final class CallbackDeliverer: @unchecked Sendable {
         return count
     }
 
+    /// Cancels this deliverer's timers and transfers to endpoint `endpointID` (just
+    /// deleted), found in its own table of active deliveries: no store access, no
+    /// record changed (`endpointDeleted`, run on one loop, dead-letters them). A
+    /// request already sent may still reach the receiver. Loop thread only.
+    /// - Returns: how many deliveries it stopped working on.
+    @discardableResult
+    public func cancelAttempts(toEndpoint endpointID: String) -> Int {
+        var count = 0
+        for (jobID, a) in active where a.endpointID == endpointID {
+            active[jobID] = nil
+            loop.cancel(a.timer)
+            a.transfer?.cancel()
+            count += 1
+        }
+        return count
+    }
+
     /// Picks up a pending delivery restored from the journal: its next attempt
     /// runs at `nextAttemptAt` (at once when that has passed or is unknown).
     /// Records that are not pending, or already active here, are ignored.
@@ -226,7 +243,7 @@ public final class CallbackDeliverer: @unchecked Sendable {
     public func resume(jobID: String) {
         guard active[jobID] == nil, let rec = store.record(jobID: jobID), rec.status == .pending else { return }
         let wait = max(0, (rec.nextAttemptAt ?? 0) - wallClockMilliseconds())
-        schedule(jobID, after: .milliseconds(wait))
+        schedule(jobID, after: .milliseconds(wait), endpointID: rec.endpointID)
     }
 
     /// Stops every timer and transfer of this deliverer (shutdown). Records stay
@@ -242,12 +259,12 @@ public final class CallbackDeliverer: @unchecked Sendable {
 
     // MARK: - Attempts (loop thread)
 
-    private func schedule(_ jobID: String, after delay: Duration) {
+    private func schedule(_ jobID: String, after delay: Duration, endpointID: String?) {
         if let old = active[jobID] {
             loop.cancel(old.timer)
             old.transfer?.cancel()
         }
-        let a = Active()
+        let a = Active(endpointID: endpointID)
         active[jobID] = a
         a.timer = loop.schedule(at: loop.now + delay) { [self] in
             a.timer = nil
@@ -365,7 +382,7 @@ public final class CallbackDeliverer: @unchecked Sendable {
         }
         if let retryIn {
             onEvent?(.attemptFailed(r, retryIn: retryIn))
-            schedule(jobID, after: retryIn)
+            schedule(jobID, after: retryIn, endpointID: r.endpointID)
         } else {
             active[jobID] = nil
             onEvent?(.deadLettered(r))

@@ -325,6 +325,29 @@ let jobBody = Array(#"{"job_id":"J","route":"checkout","status":"succeeded","res
         #expect(h.store.record(jobID: "job-held")?.status == .failed)
     }
 
+    /// `cancelAttempts(toEndpoint:)` (what the loops not answering a DELETE run) stops
+    /// this loop's attempt to the endpoint — the receiver sees its connection close —
+    /// and leaves the shared record as it was (dead-lettering is `endpointDeleted`'s,
+    /// on one loop); an attempt to another endpoint goes on.
+    @Test func cancelAttempts_StopsOnlyThisEndpointsWork_LeavesTheRecord() throws {
+        let closed = Locked(0)
+        let rx = try ScriptedServer { conn, server in
+            while let req = conn.readRequest() { server.record(req) }
+            closed.withLock { $0 += 1 }
+        }
+        let h = try DeliveryHarness(attemptTimeout: .seconds(600))
+        let ep = try h.register("http://127.0.0.1:\(rx.port)/hook")
+        let other = try h.register("http://127.0.0.1:\(rx.port)/other")
+        h.enqueue("job-held", .endpoint(id: ep.id), jobBody)
+        h.enqueue("job-other", .endpoint(id: other.id), jobBody)
+        #expect(eventually(timeout: .seconds(30)) { rx.requests.count == 2 })
+        #expect(h.onLoop { $0.cancelAttempts(toEndpoint: ep.id) } == 1)
+        #expect(h.onLoop { $0.activeCount } == 1)
+        #expect(eventually(timeout: .seconds(30)) { closed.withLock { $0 } == 1 }, "the transfer was not cancelled")
+        #expect(h.store.record(jobID: "job-held")?.status == .pending)
+        #expect(h.store.record(jobID: "job-other")?.status == .pending)
+    }
+
     /// A connection refused by the receiver's address is an attempt failure with a reason.
     @Test func refusedConnection_IsRetriedThenDeadLettered() throws {
         let rx = try receiver([200])
