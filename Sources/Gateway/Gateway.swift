@@ -866,15 +866,19 @@ public final class Gateway: @unchecked Sendable {
             let resp = run.response!
             var r = HTTPResponse(status: resp.status, headers: resp.headers, body: resp.body)
             if !applied.isEmpty && !respondAsync { r.headers.append(("Preference-Applied", applied.joined(separator: ", "))) }
-            acceptance?.decide(false)
-            guard record != nil else { return reply(r) }
             // A job for a duplicate that got its `202`: it stays, so that duplicate finds
             // it at `/jobs/{id}`. Its job record names this caller's callback: the answer
-            // waits until the job's result is journaled (`track`), so a restart never
-            // resumes the job and calls back a caller that already has the result.
-            if registered, let acceptance {
-                return acceptance.whenResultJournaled { [self] in reply(r) }
+            // waits until the write of the job's result has completed (`track`), so a
+            // restart does not resume the job and call back a caller that already has the
+            // result — unless that write failed. Registered before the decision, which
+            // may run `track`'s append of the result: that append then carries a completion.
+            if record != nil, registered, let acceptance {
+                acceptance.whenResultJournaled { [self] in reply(r) }
+                acceptance.decide(false)
+                return
             }
+            acceptance?.decide(false)
+            guard record != nil else { return reply(r) }
             // Finished inside its budget after its job record was written ahead: the
             // record is deleted, durably, before the answer, so a restart never runs
             // (or calls back for) a job whose caller already has the result.
@@ -922,9 +926,17 @@ public final class Gateway: @unchecked Sendable {
             let (jobID, owner, body) = (entry.id, entry.owner, callback == nil ? [] : entry.callbackBody())
             let journalResult: (Bool) -> Void = { [unowned self] accepted in
                 guard let target = callback, accepted else {
-                    // Durable before a waiting caller that got the run's own answer gets
-                    // it (`WaitingRun.runFinished`).
-                    journal.append([result]) { _ in acceptance?.resultJournaled() }
+                    // A waiting caller that got the run's own answer in time gets it once
+                    // this write has completed (`WaitingRun.runFinished` registers for it
+                    // before the decision that runs this), whether or not it succeeded:
+                    // when it failed, a restart may still resume the job and send its
+                    // callback. A completion only then: a batch with one hops back to
+                    // this loop, one without does not.
+                    if let acceptance, acceptance.hasResultWaiters {
+                        journal.append([result]) { _ in acceptance.resultJournaled() }
+                    } else {
+                        journal.append([result])
+                    }
                     return
                 }
                 // The callback's delivery record is journaled before the job's result, in
@@ -1488,6 +1500,10 @@ final class AcceptanceGate {
     private var resultWritten = false
     private var afterResult: [() -> Void] = []
 
+    /// Whether an action waits for the job's result to be appended
+    /// (`whenResultJournaled`), so the append needs a completion.
+    var hasResultWaiters: Bool { !afterResult.isEmpty }
+
     /// The job's result was appended to the journal (durable, or the write failed):
     /// runs the actions waiting for it.
     func resultJournaled() {
@@ -1498,6 +1514,8 @@ final class AcceptanceGate {
     }
 
     /// Runs `action` once the job's result has been appended (`resultJournaled`).
+    /// Register it before the job's result is appended (an append made while no
+    /// action waits carries no completion, and `resultJournaled` is not called).
     func whenResultJournaled(_ action: @escaping () -> Void) {
         if resultWritten { action() } else { afterResult.append(action) }
     }
