@@ -341,7 +341,7 @@ import TestSupport
                                                                  ("Callback-URL", "http://127.0.0.1:\(rx.port)/hook")], body: body)
             done.signal()
         }.start()
-        #expect(eventually { up.requests.count == 1 })
+        #expect(eventually(timeout: .seconds(30)) { up.requests.count == 1 })
         let duplicate = try h.request("POST", "/slow", headers: [("Idempotency-Key", "k5"), ("Prefer", "respond-async")], body: body)
         #expect(duplicate.status == 202, "\(duplicate.text)")
         let id = try #require(duplicate.object["job_id"] as? String)

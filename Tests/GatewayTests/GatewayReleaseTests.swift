@@ -168,8 +168,10 @@ private final class Tracked: @unchecked Sendable {
         defer { gateway.shutdown() }
         let tracked = Tracked()
         let caller = try RawConnection(port: gateway.port, timeout: .seconds(60))
-        #expect(caller.write("POST /long HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k7\r\nPrefer: wait=30\r\nContent-Length: 0\r\n\r\n"))
-        #expect(eventually { holding.requests.count == 1 })
+        // Long enough to find its waiting run below while it waits (the step's request
+        // arrives within milliseconds), short enough not to add much to the suite.
+        #expect(caller.write("POST /long HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k7\r\nPrefer: wait=5\r\nContent-Length: 0\r\n\r\n"))
+        #expect(eventually(timeout: .seconds(30)) { holding.requests.count == 1 })
         // While the caller waits, the entry for duplicates is its waiting run.
         func promotion() -> AnyObject? {
             var found: AnyObject?
@@ -185,7 +187,11 @@ private final class Tracked: @unchecked Sendable {
             }
             return found
         }
-        tracked.add("waiting run", try #require(promotion()))
+        do {  // the test must not keep it alive
+            let waitingRun = try #require(promotion())
+            try #require(!(waitingRun is JobRecordWrite), "the caller's wait ended before its waiting run was seen")
+            tracked.add("waiting run", waitingRun)
+        }
         let accepted = try #require(caller.readResponse())
         #expect(accepted.status == 202, "\(accepted.text)")
         let jobID = try #require(accepted.object["job_id"] as? String)

@@ -102,7 +102,7 @@ import TestSupport
             original = try? h.request("POST", "/charge", headers: [("Idempotency-Key", "k1"), ("Prefer", "wait=30")])
             done.signal()
         }.start()
-        #expect(eventually { held.requests.count == 1 })
+        #expect(eventually(timeout: .seconds(30)) { held.requests.count == 1 })
         let duplicate = try h.request("POST", "/charge", headers: [("Idempotency-Key", "k1"), ("Prefer", "respond-async")])
         #expect(duplicate.status == 503, "\(duplicate.text)")
         #expect(duplicate.object["job_id"] == nil)
