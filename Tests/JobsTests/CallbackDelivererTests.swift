@@ -115,6 +115,17 @@ func expectedSignature(secret: String, id: String, timestamp: String, body: [UIn
 let jobBody = Array(#"{"job_id":"J","route":"checkout","status":"succeeded","response":{"status":200,"headers":{},"body":{"ok":true}}}"#.utf8)
 
 @Suite struct CallbackDelivererTests {
+    /// A receiver that reads requests and never answers, counting the connections its
+    /// peer closed (a cancelled attempt's transfer closes its connection).
+    static func receiverCountingClosedConnections() throws -> (ScriptedServer, Locked<Int>) {
+        let closed = Locked(0)
+        let rx = try ScriptedServer { conn, server in
+            while let req = conn.readRequest() { server.record(req) }
+            closed.withLock { $0 += 1 }
+        }
+        return (rx, closed)
+    }
+
     /// A delivery to a registered endpoint carries Standard Webhooks headers whose signature verifies with the endpoint's secret.
     @Test func delivery_SignatureVerifies_WithEndpointSecret() throws {
         let rx = try receiver([200])
@@ -303,11 +314,7 @@ let jobBody = Array(#"{"job_id":"J","route":"checkout","status":"succeeded","res
     /// loop's deliverer already dead-lettered its record (the transfer is cancelled:
     /// the receiver sees its connection close), and dead-letters only what is pending.
     @Test func endpointDeleted_CancelsThisLoopsAttempt_WhenAnotherLoopDeadLetteredIt() throws {
-        let closed = Locked(0)
-        let rx = try ScriptedServer { conn, server in
-            while let req = conn.readRequest() { server.record(req) }
-            closed.withLock { $0 += 1 }
-        }
+        let (rx, closed) = try Self.receiverCountingClosedConnections()
         let h = try DeliveryHarness(attemptTimeout: .seconds(600))
         let ep = try h.register("http://127.0.0.1:\(rx.port)/hook")
         h.enqueue("job-held", .endpoint(id: ep.id), jobBody)
@@ -330,11 +337,7 @@ let jobBody = Array(#"{"job_id":"J","route":"checkout","status":"succeeded","res
     /// and leaves the shared record as it was (dead-lettering is `endpointDeleted`'s,
     /// on one loop); an attempt to another endpoint goes on.
     @Test func cancelAttempts_StopsOnlyThisEndpointsWork_LeavesTheRecord() throws {
-        let closed = Locked(0)
-        let rx = try ScriptedServer { conn, server in
-            while let req = conn.readRequest() { server.record(req) }
-            closed.withLock { $0 += 1 }
-        }
+        let (rx, closed) = try Self.receiverCountingClosedConnections()
         let h = try DeliveryHarness(attemptTimeout: .seconds(600))
         let ep = try h.register("http://127.0.0.1:\(rx.port)/hook")
         let other = try h.register("http://127.0.0.1:\(rx.port)/other")
