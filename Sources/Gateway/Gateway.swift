@@ -283,17 +283,24 @@ public final class Gateway: @unchecked Sendable {
                 s.redactor = Redactor(secrets: routes.secrets)
             }
         }
-        let back = parked.withLock { p -> [ParkedJob] in
-            let back = p.values.filter { routes.route(named: $0.job.route) != nil }
-            for b in back { p[b.job.id] = nil }
-            return back.sorted { $0.job.createdAt < $1.job.createdAt }
+        // Each job stays parked, marked with its loop, until that loop has resumed it:
+        // a lookup meanwhile waits behind the resumption there (`handleJob`).
+        let states = self.states
+        let back = parked.withLock { p -> [(ParkedJob, LoopState)] in
+            let back = p.values.filter { $0.resumingOn == nil && routes.route(named: $0.job.route) != nil }
+                .sorted { $0.job.createdAt < $1.job.createdAt }
+            return back.enumerated().map { n, b in
+                let ls = states[n % states.count]
+                p[b.job.id]?.resumingOn = ls.loop
+                return (b, ls)
+            }
         }
-        for (n, b) in back.enumerated() {
-            let ls = states[n % states.count]
+        for (b, ls) in back {
             ls.loop.execute { [unowned self] in
                 ls.log.log("info", "journaled job resumes: its route is configured again",
                            [("job_id", .string(b.job.id)), ("route", .string(b.job.route))])
                 _ = self.resume(b.job, on: ls)
+                parked.withLock { $0[b.job.id] = nil }
             }
         }
     }
@@ -1078,6 +1085,14 @@ public final class Gateway: @unchecked Sendable {
         guard let entry = jobs.find(id, owner: caller) else {
             var p = Problem(status: 404, detail: "no job \(id)")
             if let waiting = parked.withLock({ $0[id] }), waiting.job.owner == caller {
+                if let loop = waiting.resumingOn {
+                    // A reload is resuming it on `loop`: ask again behind that.
+                    return loop.execute { [unowned self] in
+                        state.loop.execute {
+                            self.handleJob(id, req, w, caller: caller, state: state, requestID: requestID, start: start)
+                        }
+                    }
+                }
                 p = Problem(status: 503, detail: "job \(id) was accepted, but its route \(waiting.job.route) is not configured: "
                             + "it resumes once the route is loaded again")
             }
@@ -1607,9 +1622,12 @@ final class JobRecordWrite: JobPromotion {
 }
 
 /// A journaled job whose route is not configured, kept until a reload brings the
-/// route back. Never changed after recovery built it, so it may cross threads.
+/// route back and its loop has resumed it. `job` is never changed after recovery
+/// built it, so it may cross threads; `resumingOn` is changed under `parked`'s lock.
 struct ParkedJob: @unchecked Sendable {
     let job: DurableState.RecoveredJob
+    /// The loop a reload handed the job to, once one did (resumption queued there).
+    var resumingOn: EventLoop? = nil
 }
 
 /// One `GET /jobs/{id}?wait=N`: answered once — when the job ends, when N
