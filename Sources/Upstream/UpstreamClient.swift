@@ -204,6 +204,14 @@ public final class UpstreamClient: @unchecked Sendable {
         _ = CCurl_easy_setopt_string(h, CURLOPT_PROTOCOLS_STR, "http,https")
         _ = CCurl_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
         _ = CCurl_easy_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)
+        // Content codings (RFC 9110 §8.4): a request without `Accept-Encoding` accepts any
+        // coding (§12.5.3), and libcurl 7.88 decodes none unless this is set, so a gzip
+        // body reached templates as its compressed bytes read as text. With it, requests
+        // say `Accept-Encoding: identity` (a route's own header replaces it), and a body
+        // sent coded anyway — gzip, deflate, br, zstd — is decoded before the write
+        // callback sees it, so `limits.upstream_body_bytes` bounds the decoded size. A
+        // coding libcurl does not know fails the transfer (CURLE_BAD_CONTENT_ENCODING).
+        _ = CCurl_easy_setopt_string(h, CURLOPT_ACCEPT_ENCODING, "identity")
         if let caFile {
             // Instead of libcurl's bundle and directory (Debian builds it with both).
             _ = CCurl_easy_setopt_string(h, CURLOPT_CAINFO, caFile)
