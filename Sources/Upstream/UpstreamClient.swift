@@ -990,8 +990,7 @@ public final class UpstreamTransfer {
             atResponseStart = false
             if end >= 5 && raw[0] == 0x48 && raw[1] == 0x54 && raw[2] == 0x54 && raw[3] == 0x50 && raw[4] == 0x2F {  // "HTTP/"
                 // A status line (after 1xx, or a new response): start over.
-                startHead(raw, end: end)
-                return true
+                return startHead(raw, end: end)
             }
         }
         if inTrailers { return true }  // neither kept nor merged into the header fields
@@ -1004,8 +1003,10 @@ public final class UpstreamTransfer {
     }
 
     /// A status line (`HTTP/1.1 204 No Content`, `HTTP/2 200`) begins a new head:
-    /// forgets the previous head's fields and framing facts.
-    private func startHead(_ raw: UnsafeRawBufferPointer, end: Int) {
+    /// forgets the previous head's fields and framing facts. Returns false, with
+    /// `framingError` set, for `101 Switching Protocols`: no step asks to switch, and
+    /// libcurl 7.88 would wait for a final response after it until the deadline.
+    private func startHead(_ raw: UnsafeRawBufferPointer, end: Int) -> Bool {
         rawHeaders.removeAll(keepingCapacity: true)
         expectedBodyBytes = 0
         headContentLength = -1
@@ -1023,8 +1024,10 @@ public final class UpstreamTransfer {
             i += 1
         }
         if digits < 3 { status = 0 }  // curl refuses the response itself
+        if status == 101 { return fail(.switchedProtocols) }
         interim = status >= 100 && status <= 199
         framingExempt = interim || status == 204 || status == 304 || pooled.noBody
+        return true
     }
 
     /// Checks one field line of a head whose fields frame the body (RFC 9112 §6.3):
@@ -1174,12 +1177,16 @@ private enum FramingError {
     case invalidLength
     /// Both `Transfer-Encoding` and `Content-Length` (item 3).
     case lengthWithTransferEncoding
+    /// `101 Switching Protocols`, which no step requests (RFC 9110 §15.2.2: a server
+    /// switches only to a protocol the request's `Upgrade` names).
+    case switchedProtocols
 
     var message: String {
         switch self {
         case .differingLengths: "invalid response framing: differing Content-Length values (RFC 9112 §6.3)"
         case .invalidLength: "invalid response framing: Content-Length is not a decimal number (RFC 9112 §6.3)"
         case .lengthWithTransferEncoding: "invalid response framing: both Transfer-Encoding and Content-Length (RFC 9112 §6.3)"
+        case .switchedProtocols: "upstream switched protocols (101); only HTTP responses are accepted"
         }
     }
 }
