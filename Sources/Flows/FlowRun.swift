@@ -389,7 +389,36 @@ public final class FlowRun {
         }
     }
 
+    /// The first name or value of query string `q` (as `parseQuery` splits it) that is
+    /// not valid UTF-8 once percent-decoded, as written in `q`; nil when every one is.
+    /// `parseQuery` would replace such bytes with U+FFFD, changing what is sent on.
+    public static func firstNonUTF8QueryPart(_ q: String) -> Substring? {
+        for part in q.split(separator: "&", omittingEmptySubsequences: true) {
+            for piece in part.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            where piece.utf8.contains(UInt8(ascii: "%")) && !isUTF8(percentDecodedBytes(piece)) {
+                return piece
+            }
+        }
+        return nil
+    }
+
+    private static func isUTF8(_ bytes: [UInt8]) -> Bool {
+        var it = bytes.makeIterator()
+        var decoder = UTF8()
+        while true {
+            switch decoder.decode(&it) {
+            case .scalarValue: continue
+            case .emptyInput: return true
+            case .error: return false
+            }
+        }
+    }
+
     static func percentDecode(_ s: Substring) -> String {
+        String(decoding: percentDecodedBytes(s), as: UTF8.self)
+    }
+
+    private static func percentDecodedBytes(_ s: Substring) -> [UInt8] {
         var out: [UInt8] = []
         let u = Array(s.utf8)
         var i = 0
@@ -401,7 +430,7 @@ public final class FlowRun {
             }
             out.append(c); i += 1
         }
-        return String(decoding: out, as: UTF8.self)
+        return out
     }
 }
 

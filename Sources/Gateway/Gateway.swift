@@ -538,6 +538,10 @@ public final class Gateway: @unchecked Sendable {
                 return refuse(call, Problem(status: 400, detail: "the request body must be JSON: \(error)"))
             }
         }
+        if route.readsRequestQuery, let q = req.query, let bad = FlowRun.firstNonUTF8QueryPart(q) {
+            // Refused rather than passed on with U+FFFD in place of the caller's bytes.
+            return refuse(call, Problem(status: 400, detail: "the query is not UTF-8 once percent-decoded: \(bad)"))
+        }
         if let id = req.headers["callback"] {
             guard CallbackEndpoints.isWellFormedID(id), let e = endpoints.find(id, owner: caller) else {
                 return refuse(call, Problem(status: 422, detail: "unknown callback endpoint \(id)"))

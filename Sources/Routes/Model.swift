@@ -32,6 +32,9 @@ public final class Route: Sendable {
     /// Whether any template reads `request.body…`: only then is the request body parsed
     /// (and a body that is not JSON answered with `400`).
     public let readsRequestBody: Bool
+    /// Whether any template reads `request.query…`: only then is a query whose
+    /// parameters are not UTF-8 once percent-decoded answered with `400`.
+    public let readsRequestQuery: Bool
     /// Worst-case wall time of the steps: the longest chain of ``Step/worstCaseDuration``
     /// through the `after` graph. Zero when there are no steps.
     public let criticalPath: Duration
@@ -42,7 +45,7 @@ public final class Route: Sendable {
     public let secrets: [String]
 
     init(name: String, method: String, path: PathPattern, wait: Duration, maxWait: Duration, steps: [Step],
-         response: ResponseSpec?, file: String, readsRequestBody: Bool, criticalPath: Duration,
+         response: ResponseSpec?, file: String, readsRequestBody: Bool, readsRequestQuery: Bool, criticalPath: Duration,
          criticalPathSteps: [Int], secrets: [String]) {
         self.name = name
         self.method = method
@@ -53,6 +56,7 @@ public final class Route: Sendable {
         self.response = response
         self.file = file
         self.readsRequestBody = readsRequestBody
+        self.readsRequestQuery = readsRequestQuery
         self.criticalPath = criticalPath
         self.criticalPathSteps = criticalPathSteps
         self.secrets = secrets

@@ -204,6 +204,7 @@ struct RouteFileParser {
     var problems: [String] = []
     var secrets: [String] = []
     var readsRequestBody = false
+    var readsRequestQuery = false
 
     // Step graph state, in file positions ("orig" indexes).
     var stepIDs: [String?] = []
@@ -377,7 +378,7 @@ struct RouteFileParser {
         var uniqueSecrets: [String] = []
         for s in secrets where !uniqueSecrets.contains(s) { uniqueSecrets.append(s) }
         return Route(name: name, method: method, path: pattern, wait: wait, maxWait: maxWait, steps: steps,
-                     response: response, file: file, readsRequestBody: readsRequestBody,
+                     response: response, file: file, readsRequestBody: readsRequestBody, readsRequestQuery: readsRequestQuery,
                      criticalPath: critical, criticalPathSteps: chain, secrets: uniqueSecrets)
     }
 
@@ -756,6 +757,8 @@ struct RouteFileParser {
             switch ref {
             case .requestBody:
                 readsRequestBody = true
+            case .requestQuery:
+                readsRequestQuery = true
             case .requestPath(let parameter):
                 if let pathParameters, !pathParameters.contains(parameter) {
                     problem(field, "'\(parameter)' is not a parameter of path \(pathSource) in {{\(name)}}")
