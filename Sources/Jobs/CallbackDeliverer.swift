@@ -344,7 +344,11 @@ public final class CallbackDeliverer: @unchecked Sendable {
             if let r { onEvent?(.delivered(r)) }
         case .success(let resp) where resp.status == 410:
             let rec = store.record(jobID: jobID)
-            if let id = rec?.endpointID, endpoints.setDisabled(id, true, reason: "receiver answered 410 Gone") != nil, let rec {
+            if let id = rec?.endpointID, endpoints.setDisabled(id, true, reason: "receiver answered 410 Gone") != nil, var rec {
+                // The record as `finish` below leaves it: this attempt counted, its answer kept.
+                rec.attempts += 1
+                rec.lastStatus = 410
+                rec.lastError = "receiver answered 410 Gone"
                 onEvent?(.endpointDisabled(endpointID: id, rec))
             }
             finish(jobID, a, status: 410, error: "receiver answered 410 Gone", final: true)

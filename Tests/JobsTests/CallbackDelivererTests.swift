@@ -58,7 +58,8 @@ final class DeliveryHarness: @unchecked Sendable {
                 case .delivered(let r): text = "delivered \(r.jobID)"
                 case .attemptFailed(let r, _): text = "retry \(r.jobID)"
                 case .deadLettered(let r): text = "dead \(r.jobID)"
-                case .endpointDisabled(let id, _): text = "disabled \(id)"
+                case .endpointDisabled(let id, let r):
+                    text = "disabled \(id) after \(r.attempts) attempt(s), last status \(r.lastStatus.map { String($0) } ?? "none")"
                 }
                 events.withLock { $0.append(text) }
             }
@@ -233,7 +234,7 @@ let jobBody = Array(#"{"job_id":"J","route":"checkout","status":"succeeded","res
         #expect(rec.lastStatus == 410 && rec.attempts == 1)
         let disabled = try #require(h.endpoints.endpoint(id: ep.id))
         #expect(disabled.disabled)
-        #expect(eventually { h.events.withLock { $0 } == ["disabled \(ep.id)", "dead job-gone"] })
+        #expect(eventually { h.events.withLock { $0 } == ["disabled \(ep.id) after 1 attempt(s), last status 410", "dead job-gone"] })
         #expect(h.onLoop { $0.redeliver(jobID: "job-gone", owner: "shop") } == .failure(.endpointDisabled))
         // Later deliveries to the disabled endpoint never reach the receiver.
         h.enqueue("job-after", .endpoint(id: ep.id), jobBody)
