@@ -172,7 +172,9 @@ public final class FlowRun {
 
     private func finishIfDone() {
         guard response == nil else { return }
-        if outcomes.contains(where: { !$0.isTerminal }) { return }
+        // By index: a closure over the elements would copy each outcome (and retain
+        // everything it holds) once per settled step.
+        for i in outcomes.indices where !outcomes[i].isTerminal { return }
         finish(with: composeResponse())
     }
 
@@ -503,9 +505,9 @@ private struct RunContext: TemplateContext {
     func resolveSerialized(_ ref: TemplateRef) -> [UInt8]? {
         // A whole upstream body received in canonical form: pass its bytes through.
         guard case .stepBody(let i, let path) = ref, path.isEmpty else { return nil }
-        let o = run.outcomes[i]
-        if o.state == .skipped || (o.state == .failed && o.status == nil) { return nil }
-        return o.serializedBodyIfCanonical
+        let state = run.outcomes[i].state
+        if state == .skipped || (state == .failed && run.outcomes[i].status == nil) { return nil }
+        return run.outcomes[i].serializedBodyIfCanonical
     }
 
     func resolve(_ ref: TemplateRef) -> JSON? {

@@ -1189,11 +1189,11 @@ public final class Gateway: @unchecked Sendable {
     /// Adds a finished run's step durations and upstream errors to this loop's counters.
     static func recordSteps(_ run: FlowRun, into m: inout MetricsSnapshot) {
         for (i, step) in run.route.steps.enumerated() {
-            let o = run.outcomes[i]
-            if let d = o.durationSeconds {
+            // Field by field: a copy of the outcome would retain everything it holds.
+            if let d = run.outcomes[i].durationSeconds {
                 m.step(route: run.route.name, step: step.id, seconds: d)
             }
-            if o.state == .failed, let k = o.errorKind, k != .template {
+            if run.outcomes[i].state == .failed, let k = run.outcomes[i].errorKind, k != .template {
                 m.upstreamError(route: run.route.name, step: step.id, kind: k.rawValue)
             }
         }
@@ -1322,7 +1322,8 @@ public final class Gateway: @unchecked Sendable {
                outcome: outcome, requestID: requestID, start: start, jobID: jobID, traceID: traceID)
     }
 
-    /// Counts an answered request and writes its log line (SPEC §8). Fields: request_id,
+    /// Counts an answered request and writes its log line (SPEC §8) unless the config
+    /// turned the access log off (`GatewayConfig.accessLog`). Fields: request_id,
     /// route (when matched), method and path (when known), status, duration_ms,
     /// outcome, bytes, detail, job_id and trace_id when set. Loop thread.
     private func record(_ state: LoopState, method: String?, path: String?, status: Int, bytes: Int, route: String?,
@@ -1331,6 +1332,7 @@ public final class Gateway: @unchecked Sendable {
         let seconds = Double((Instant.now() - start).nanosecondsClamped) / 1e9
         let ms = seconds * 1000
         state.metrics.request(route: route ?? "", outcome: outcome, status: status, seconds: seconds)
+        guard config.accessLog else { return }
         state.log.logRequest(requestID: requestID, route: route, method: method, path: path, status: status,
                              durationMs: (ms * 1000).rounded() / 1000, outcome: outcome, bytes: bytes,
                              detail: detail, jobID: jobID, traceID: traceID)

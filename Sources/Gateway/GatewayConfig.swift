@@ -47,6 +47,11 @@ public struct GatewayConfig: Sendable {
     public var jobRetention: Duration = .seconds(86_400)
     /// Log level: `debug`, `info` (default), `warn`, `error`.
     public var logLevel = "info"
+    /// Whether every answered request gets its `request` log line (the access log).
+    /// Default: true. False drops those lines alone (as nginx's `access_log off`); the
+    /// other lines, job and callback lines included, still follow `logLevel`, and
+    /// `/metrics` still counts every request.
+    public var accessLog = true
     /// How the journal syncs: `group` (default: concurrent durable appends share
     /// one `fdatasync`), `record` (one `fdatasync` per append — for comparison
     /// benchmarks), or `off` (no fsync: a machine crash can lose acknowledged jobs).
@@ -121,6 +126,9 @@ public struct GatewayConfig: Sendable {
                 let l = try string(key, v)
                 guard ["debug", "info", "warn", "error"].contains(l) else { throw fail(key, "must be debug, info, warn or error") }
                 c.logLevel = l
+            case "access_log":
+                guard case .bool(let b) = v else { throw fail(key, "must be true or false") }
+                c.accessLog = b
             case "callback_secret":
                 let s = try string(key, v)
                 guard let k = WebhookSignature.key(fromSecret: s), (24...64).contains(k.count) else {

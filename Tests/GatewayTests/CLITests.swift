@@ -669,6 +669,51 @@ import TestSupport
     }
 }
 
+extension JobLogTests {
+    /// `"access_log": false` drops the per-request lines alone — those of routes, of
+    /// refusals and of the management API — while `/metrics` still counts every request
+    /// and an async job still logs its end; anything but a boolean is refused.
+    @Test func accessLogOff_DropsRequestLinesOnly() throws {
+        let up = try ScriptedServer.answering(body: "{\"ok\":true}")
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try routeJSON(["name": "p", "method": "GET", "path": "/p",
+                       "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/"], "timeout": "5s"]]])
+            .write(toFile: "\(dir)/p.json", atomically: true, encoding: .utf8)
+        try routeJSON(["name": "later", "method": "GET", "path": "/later", "wait": "0s",
+                       "steps": [["id": "s", "request": ["method": "GET", "url": "{{env.U}}/"], "timeout": "5s"]]])
+            .write(toFile: "\(dir)/later.json", atomically: true, encoding: .utf8)
+        let configDir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: configDir) }
+        let config = "\(configDir)/config.json"
+        try "{\"access_log\": false}".write(toFile: config, atomically: true, encoding: .utf8)
+        let server = try CLITests.Server(routesDir: dir, env: ["U": "http://127.0.0.1:\(up.port)"], extra: ["--config", config])
+        defer { kill(server.process.processIdentifier, SIGTERM); server.process.waitUntilExit() }
+        #expect(try RawConnection(port: server.port).request("GET", "/p")?.status == 200)
+        #expect(try RawConnection(port: server.port).request("GET", "/nowhere")?.status == 404)
+        let accepted = try #require(RawConnection(port: server.port).request("GET", "/later"))
+        #expect(accepted.status == 202)
+        let id = try #require(accepted.object["job_id"] as? String)
+        #expect(try RawConnection(port: server.port).request("GET", "/jobs/\(id)?wait=5")?.status == 200)
+        #expect(eventually { server.logLine("job finished") != nil })
+        let metrics = try #require(RawConnection(port: server.port).request("GET", "/metrics")).text
+        #expect(metrics.contains("switchboard_requests_total{route=\"p\",outcome=\"sync\",status=\"200\"} 1"))
+        #expect(metrics.contains("switchboard_requests_total{route=\"\",outcome=\"error\",status=\"404\"} 1"))
+        #expect(server.logLine("listening") != nil)
+        #expect(server.logLines.filter { $0["msg"] as? String == "request" }.isEmpty)
+
+        for (text, message) in [("{\"access_log\": \"off\"}", "access_log: must be true or false"),
+                                ("{\"access_log\": 0}", "access_log: must be true or false")] {
+            try text.write(toFile: config, atomically: true, encoding: .utf8)
+            do { _ = try GatewayConfig.load(file: config); Issue.record("\(text) was accepted") } catch {
+                #expect("\(error)" == "\(config): \(message)")
+            }
+        }
+        try "{\"access_log\": true}".write(toFile: config, atomically: true, encoding: .utf8)
+        #expect(try GatewayConfig.load(file: config).accessLog)
+    }
+}
+
 /// Drain answers long-polls instead of closing them (SPEC §8).
 @Suite struct DrainLongPollTests {
     /// A `GET /jobs/{id}?wait=60` outstanding at SIGTERM is answered with the job as it stands.
