@@ -206,11 +206,12 @@ public final class UpstreamClient: @unchecked Sendable {
         _ = CCurl_easy_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)
         // Content codings (RFC 9110 §8.4): a request without `Accept-Encoding` accepts any
         // coding (§12.5.3), and libcurl 7.88 decodes none unless this is set, so a gzip
-        // body reached templates as its compressed bytes read as text. With it, requests
-        // say `Accept-Encoding: identity` (a route's own header replaces it), and a body
-        // sent coded anyway — gzip, deflate, br, zstd — is decoded before the write
-        // callback sees it, so `limits.upstream_body_bytes` bounds the decoded size. A
-        // coding libcurl does not know fails the transfer (CURLE_BAD_CONTENT_ENCODING).
+        // body reached templates as its compressed bytes read as text. With it, a body
+        // sent coded — gzip, deflate, br, zstd — is decoded before the write callback sees
+        // it, so `limits.upstream_body_bytes` bounds the decoded size; a coding libcurl
+        // does not know fails the transfer (CURLE_BAD_CONTENT_ENCODING). The
+        // `Accept-Encoding` line curl would then add is left out (`setHeaders`): requests
+        // stay as they were, and curl does not build that line for every transfer.
         _ = CCurl_easy_setopt_string(h, CURLOPT_ACCEPT_ENCODING, "identity")
         if let caFile {
             // Instead of libcurl's bundle and directory (Debian builds it with both).
@@ -681,19 +682,15 @@ private final class PooledEasy {
         return false
     }
 
-    /// Sets the request header fields, then an empty `Expect:` when `suppressExpect`
-    /// and an empty `Content-Type:` when `suppressContentType` (an empty field in
-    /// `CURLOPT_HTTPHEADER` makes curl leave out the one it would add itself).
+    /// Sets the request header fields, then an empty `Accept-Encoding:` (see
+    /// `setSharedOptions`; a route's own `Accept-Encoding` is still sent), an empty
+    /// `Expect:` when `suppressExpect` and an empty `Content-Type:` when
+    /// `suppressContentType` (an empty field in `CURLOPT_HTTPHEADER` makes curl leave out
+    /// the one it would add itself).
     func setHeaders(_ headers: [(String, String)], suppressExpect: Bool, suppressContentType: Bool) {
-        let count = headers.count + (suppressExpect ? 1 : 0) + (suppressContentType ? 1 : 0)
-        guard count > 0 else {
-            if headerListSet != nil {
-                _ = CCurl_easy_setopt_slist(easy, CURLOPT_HTTPHEADER, nil)
-                headerListSet = nil
-            }
-            return
-        }
-        var bytes = (suppressExpect ? 8 : 0) + (suppressContentType ? 14 : 0)  // "Expect:" NUL, "Content-Type:" NUL
+        let count = headers.count + 1 + (suppressExpect ? 1 : 0) + (suppressContentType ? 1 : 0)
+        // "Accept-Encoding:" NUL, "Expect:" NUL, "Content-Type:" NUL
+        var bytes = 17 + (suppressExpect ? 8 : 0) + (suppressContentType ? 14 : 0)
         for (n, v) in headers { bytes += n.utf8.count + 2 + v.utf8.count + 1 }  // "n: v" NUL
         if count > headerNodeCapacity {
             headerNodes?.deallocate()
@@ -736,6 +733,7 @@ private final class PooledEasy {
             nodes[i] = curl_slist(data: UnsafeMutableRawPointer(line).assumingMemoryBound(to: CChar.self), next: nodes + i + 1)
             i += 1
         }
+        putBlank("Accept-Encoding:")
         if suppressExpect { putBlank("Expect:") }
         if suppressContentType { putBlank("Content-Type:") }
         nodes[count - 1].next = nil
