@@ -25,8 +25,9 @@ final class LoopState: @unchecked Sendable {
     /// closure hands the run to async mode (used by drain).
     var waiting: [UInt64: () -> Void] = [:]
     var requestCounter: UInt64 = 0
-    /// `<process prefix><loop index>-`: request ids are this plus the counter.
-    var requestIDPrefix = ""
+    /// `<process prefix><loop index>-`: request ids are this plus the counter; nil when
+    /// the access log is off (the ids are only for its lines).
+    var requestIDPrefix: String? = ""
     /// Keys of `waiting` (unique per synchronous run on this loop).
     var waitToken: UInt64 = 0
     /// Wait-budget deadlines of synchronous runs, one FIFO per budget length.
@@ -62,10 +63,11 @@ final class LoopState: @unchecked Sendable {
     }
 
     /// Counts a new request on this loop and returns its id (`requestIDPrefix`
-    /// plus the counter).
+    /// plus the counter; empty when the access log is off).
     func nextRequestID() -> String {
         requestCounter &+= 1
-        return requestIDPrefix + String(requestCounter)
+        guard let prefix = requestIDPrefix else { return "" }
+        return prefix + String(requestCounter)
     }
 }
 
@@ -179,7 +181,7 @@ public final class Gateway: @unchecked Sendable {
                                                   policy: policy, secret: secret, options: options)
                 let state = LoopState(loop: loop, routes: routes, logLevel: config.logLevel, deliverer: deliverer,
                                       caFile: config.upstreamCAFile)
-                state.requestIDPrefix = "\(processPrefix)\(loop.index)-"
+                state.requestIDPrefix = config.accessLog ? "\(processPrefix)\(loop.index)-" : nil
                 state.journal = durable.loopJournals[loop.index]
                 state.writeAheadLead = { durable.writeAheadLead }
                 deliverer.onEvent = { [unowned state] event in Gateway.logDelivery(event, to: state.log) }
