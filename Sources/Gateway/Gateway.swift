@@ -236,7 +236,7 @@ public final class Gateway: @unchecked Sendable {
     /// refuses on its own to `recordRefusal`. The `listening` log line gives the bound
     /// addresses (`address`, `admin_address`), a port 0 resolved, and the authorities
     /// trusted for upstream TLS when they are not the system's (`upstream_ca_file`, the
-    /// path as configured).
+    /// path as configured). That line is written at any `log_level`.
     /// - Throws: `SystemError` when an address cannot be bound.
     public func start() throws {
         let onRefusal: (HTTPRefusal) -> Void = { [unowned self] r in self.recordRefusal(r) }
@@ -265,7 +265,8 @@ public final class Gateway: @unchecked Sendable {
         }
         fields += [("event_loops", .int(Int64(group.loops.count))), ("scheme", .string(config.tls == nil ? "http" : "https"))]
         if let caFile = config.upstreamCAFile { fields.append(("upstream_ca_file", .string(caFile))) }
-        controlLog.log("info", "listening", fields)
+        // Whatever `log_level` says: tools and supervisors read the port from this line.
+        controlLog.announce("listening", fields)
     }
 
     /// Re-reads the TLS certificate and key for new connections (SIGHUP); open

@@ -45,7 +45,8 @@ public struct GatewayConfig: Sendable {
     /// How long finished jobs stay queryable. Default: 24 h. At least 1 ms: anything
     /// shorter is refused at start (`jobRetentionProblem`).
     public var jobRetention: Duration = .seconds(86_400)
-    /// Log level: `debug`, `info` (default), `warn`, `error`.
+    /// Log level: `debug`, `info` (default), `warn`, `error`. Lines below it are
+    /// dropped, except the `listening` line, written at every level.
     public var logLevel = "info"
     /// Whether every answered request gets its `request` log line (the access log).
     /// Default: true. False drops those lines alone (as nginx's `access_log off`); the

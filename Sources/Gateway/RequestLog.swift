@@ -39,6 +39,18 @@ public final class LogBuffer {
     /// `level`, `msg` (skips the check).
     public func log(_ level: String, _ message: String, _ fields: [(String, JSON)] = [], keysDistinct: Bool = false) {
         guard LogBuffer.rank(level) >= minimumLevel else { return }
+        append(level, message, fields, keysDistinct: keysDistinct)
+    }
+
+    /// Appends a lifecycle line that tools read (`listening`, with the bound addresses)
+    /// at level `info`, whatever the buffer's minimum level: `log_level` never drops it.
+    /// Otherwise as `log` (same shape, same thread rule).
+    public func announce(_ message: String, _ fields: [(String, JSON)] = []) {
+        append("info", message, fields, keysDistinct: false)
+    }
+
+    /// Appends one line, unfiltered (`log` and `announce` decide whether it is wanted).
+    private func append(_ level: String, _ message: String, _ fields: [(String, JSON)], keysDistinct: Bool) {
         if keysDistinct || LogBuffer.keysAreDistinct(fields) {
             // Fast path: the same bytes as the JSONObject path, written directly.
             appendTimeLevelMessage(level, message)

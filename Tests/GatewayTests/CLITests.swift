@@ -305,6 +305,30 @@ import TestSupport
         #expect(notAllowed["method"] as? String == "POST" && notAllowed["path"] as? String == "/healthz")
     }
 
+    /// `log_level: "warn"` drops the `info` request lines but not the `listening` line
+    /// that tools read the bound port from; it keeps its shape (`level` `info`, `address`).
+    @Test func serve_LogLevelWarn_StillLogsListeningLine() throws {
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try routeJSON(["name": "r", "method": "GET", "path": "/r", "response": ["status": 200, "body": ["ok": true]]])
+            .write(toFile: "\(dir)/r.json", atomically: true, encoding: .utf8)
+        // Not `.json`: the route loader reads only those.
+        let config = dir + "/gateway.conf"
+        try "{\"log_level\": \"warn\"}".write(toFile: config, atomically: true, encoding: .utf8)
+        // `Server` waits for the `listening` line (and throws without it).
+        let server = try Server(routesDir: dir, env: [:], extra: ["--config", config])
+        #expect(try #require(RawConnection(port: server.port).request("GET", "/r")).status == 200)
+        kill(server.process.processIdentifier, SIGTERM)
+        server.process.waitUntilExit()
+        #expect(server.process.terminationStatus == 0, "\(server.log.suffix(6000))")
+        let listening = try #require(server.logLine("listening"), "\(server.log)")
+        #expect(listening["level"] as? String == "info")
+        #expect((listening["address"] as? String)?.hasSuffix(":\(server.port)") == true)
+        #expect(server.logLine("request") == nil, "info lines are still dropped: \(server.log)")
+        #expect(server.logLine("no api_keys configured: the gateway is OPEN to any caller on 127.0.0.1:\(server.port)") != nil,
+                "warn lines are kept: \(server.log)")
+    }
+
     /// SIGTERM lets an in-flight request finish, refuses new connections, and exits 0.
     @Test func sigterm_DrainsInFlightRequest_ThenExitsZero() throws {
         let up = try ScriptedServer.answering(body: "{\"slow\":true}", delay: .milliseconds(800))
