@@ -30,7 +30,7 @@ let package = Package(
         .target(name: "Sandbox", dependencies: ["HTTP1", "EventLoop", "JSON", "Crypto", "Locking"]),
         .target(name: "Gateway", dependencies: ["HTTP1", "Flows", "Jobs", "Journal", "Routes", "Upstream", "EventLoop", "JSON", "Crypto", "Locking"]),
         .target(name: "Jobs", dependencies: ["EventLoop", "Upstream", "JSON", "Crypto", "CLinux", "Locking"]),
-        .executableTarget(name: "switchboard", dependencies: ["Gateway", "Sandbox", "Routes", "EventLoop", "HTTP1", "JSON", "Locking"]),
+        .executableTarget(name: "switchboard", dependencies: ["Gateway", "Sandbox", "Routes", "EventLoop", "HTTP1", "JSON", "Locking", "CLinux"]),
 
         // Shared by the test targets only: raw socket clients and scripted upstream servers.
         .target(name: "TestSupport", dependencies: ["EventLoop", "Gateway", "Routes"], path: "Tests/TestSupport"),

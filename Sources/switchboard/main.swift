@@ -1,4 +1,5 @@
 // The `switchboard` command line: `serve`, `check`, `sandbox` (SPEC §1).
+import CLinux
 import Dispatch
 import EventLoop
 import Foundation
@@ -62,35 +63,50 @@ func loadRoutes(_ dir: String) -> RouteTable {
     }
 }
 
-/// Catches `signals` from the moment it is made and calls `handler` on a global queue
-/// for each that arrives; `wait()` blocks until a call returns true. Made before a
-/// process announces itself, so a signal sent as soon as the announcement is out is
-/// caught, not lost (setting `SIG_IGN` later would drop one still pending).
-struct SignalCatcher {
+/// Catches `signals` from the moment it is made and calls `handler` for each that
+/// arrives, one call at a time, on a thread of its own; `wait()` blocks until a call
+/// has returned true. Made before a process binds and announces itself, so a signal
+/// sent as soon as the announcement is out is caught, never lost: by the time `init`
+/// returns, each signal's handler is installed (`sigaction`, which also replaces a
+/// `SIG_IGN` inherited from the parent) and the signal unblocked in the calling thread
+/// (and so in the threads it starts later). That handler only writes the signal number
+/// to a pipe; the thread reads it from there. Make it on the main thread, before other
+/// threads are started. At most one per process (the handler's pipe
+/// is process-wide). `wait()` may be called from any thread.
+final class SignalCatcher: Sendable {
     private let semaphore = DispatchSemaphore(value: 0)
-    private var sources: [DispatchSourceSignal] = []
 
+    /// Installs the handlers; exits the process (status 1) if that fails.
     init(_ signals: [Int32], handler: @escaping @Sendable (Int32) -> Bool) {
-        let sem = semaphore
-        for s in signals {
-            signal(s, SIG_IGN)
-            let src = DispatchSource.makeSignalSource(signal: s, queue: .global())
-            src.setEventHandler { if handler(s) { sem.signal() } }
-            src.resume()
-            sources.append(src)
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { die("switchboard: cannot catch signals: pipe: \(String(cString: strerror(errno)))", code: 1) }
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        // The handler must never block: with the pipe full (64 KiB of unread signal
+        // numbers) a byte is dropped instead.
+        _ = fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK)
+        let (readEnd, sem) = (fds[0], semaphore)
+        Thread.detachNewThread {
+            var byte: UInt8 = 0
+            while true {
+                let n = read(readEnd, &byte, 1)
+                if n == 1 {
+                    if handler(Int32(byte)) { sem.signal() }
+                } else if n < 0 && errno == EINTR {
+                    continue
+                } else {
+                    return
+                }
+            }
+        }
+        for s in signals where CLinux_catch_signal(s, fds[1]) != 0 {
+            die("switchboard: cannot catch signal \(s): \(String(cString: strerror(errno)))", code: 1)
         }
     }
 
     /// Blocks the calling thread until `handler` has returned true (perhaps before this call).
     func wait() {
         semaphore.wait()
-        withExtendedLifetime(sources) {}
     }
-}
-
-/// Blocks until one of `signals` arrives and `handler` returns true for it. Other threads keep running.
-func waitForSignal(_ signals: [Int32], handler: @escaping @Sendable (Int32) -> Bool) {
-    SignalCatcher(signals, handler: handler).wait()
 }
 
 func serve(_ o: Options) {
@@ -123,6 +139,25 @@ func serve(_ o: Options) {
     // SIGXFSZ, which would kill the process without a word; ignored, the write fails
     // with EFBIG and the journal reports it like a full disk.
     signal(SIGXFSZ, SIG_IGN)
+    // Signals are caught from here on, before anything is bound or announced: a SIGTERM
+    // sent the moment the `listening` line is out drains as any other. One that comes
+    // while the gateway starts takes effect once it has (a SIGTERM drains at once, a
+    // SIGHUP reloads then); a second SIGTERM/SIGINT exits at once, whenever it comes.
+    let routesDir = config.routes
+    let state = Locked(ServeSignals())
+    let signals = SignalCatcher([SIGTERM, SIGINT, SIGHUP]) { sig in
+        if sig == SIGHUP {
+            let gateway = state.withLock { s -> Gateway? in
+                if s.gateway == nil { s.reloadPending = true }
+                return s.gateway
+            }
+            if let gateway { reload(gateway, routesDir: routesDir, log: log) }
+            return false
+        }
+        let n = state.withLock { $0.terminating += 1; return $0.terminating }
+        if n > 1 { exit(1) }  // a second SIGTERM/SIGINT exits at once
+        return true
+    }
     let routes = loadRoutes(config.routes)
     let gateway: Gateway
     do {
@@ -131,38 +166,43 @@ func serve(_ o: Options) {
     } catch {
         die("switchboard: cannot start: \(error)", code: 1)
     }
-    let routesDir = config.routes
+    let reloadPending = state.withLock { s -> Bool in
+        s.gateway = gateway
+        defer { s.reloadPending = false }
+        return s.reloadPending
+    }
+    // A SIGHUP that came while starting: reloaded now, on the signal thread like any other.
+    if reloadPending { kill(getpid(), SIGHUP) }
     let drainTimeout = config.drainTimeout
-    let terminating = Locked<Int>(0)
-    waitForSignal([SIGTERM, SIGINT, SIGHUP]) { sig in
-        if sig == SIGHUP {
-            do {
-                let table = try RouteLoader.load(directory: routesDir, environment: ProcessInfo.processInfo.environment)
-                gateway.reload(routes: table)
-                log("info", "routes reloaded", [("routes", .int(Int64(table.routes.count)))])
-            } catch let error as RouteLoadError {
-                log("error", "route reload failed; keeping the old routes", [("problems", .string(error.problems.joined(separator: "; ")))])
-            } catch {
-                log("error", "route reload failed; keeping the old routes", [("problems", .string("\(error)"))])
-            }
-            do { try gateway.reloadTLS() } catch {
-                log("error", "TLS reload failed; keeping the old certificate", [("error", .string("\(error)"))])
-            }
-            return false
-        }
-        let n = terminating.withLock { $0 += 1; return $0 }
-        if n > 1 { exit(1) }  // a second SIGTERM/SIGINT exits at once
-        return true
-    }
+    signals.wait()
     log("info", "draining", [("timeout_ms", .int(drainTimeout.milliseconds))])
-    DispatchQueue.global().async {
-        // A second signal during the drain exits at once.
-        waitForSignal([SIGTERM, SIGINT]) { _ in exit(1) }
-    }
     gateway.drain(timeout: drainTimeout)
     gateway.shutdown()
     log("info", "stopped")
     exit(0)
+}
+
+/// What `serve`'s signal handling shares with the start-up (under a lock): the gateway
+/// once started, whether a SIGHUP came before that, and how many SIGTERM/SIGINT came.
+struct ServeSignals {
+    var gateway: Gateway?
+    var reloadPending = false
+    var terminating = 0
+}
+
+/// SIGHUP: re-reads the routes in `routesDir` and the TLS files; a bad route file or
+/// certificate keeps the old ones and logs why.
+func reload(_ gateway: Gateway, routesDir: String, log: ControlLog) {
+    do {
+        let table = try RouteLoader.load(directory: routesDir, environment: ProcessInfo.processInfo.environment)
+        gateway.reload(routes: table)
+        log("info", "routes reloaded", [("routes", .int(Int64(table.routes.count)))])
+    } catch {
+        log("error", "route reload failed; keeping the old routes", [("problems", .string(error.problems.joined(separator: "; ")))])
+    }
+    do { try gateway.reloadTLS() } catch {
+        log("error", "TLS reload failed; keeping the old certificate", [("error", .string("\(error)"))])
+    }
 }
 
 /// The command line's own log lines (route reload, drain, stop; the sandbox's start),

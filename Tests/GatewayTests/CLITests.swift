@@ -349,6 +349,51 @@ import TestSupport
         #expect((try? RawConnection(port: server.port, timeout: .seconds(1))) == nil)
     }
 
+    /// A SIGTERM sent the moment the `listening` line appears drains and exits 0 —
+    /// also when the parent left SIGTERM ignored (inherited across `exec`), where a
+    /// signal that arrives before the catching is set up is dropped by the kernel and
+    /// the process runs on. Several starts, half of them with SIGTERM ignored.
+    @Test func sigterm_SentAsSoonAsListening_IsNeverLost() throws {
+        let bin = try switchboardBinary()
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try routeJSON(["name": "r", "method": "GET", "path": "/r", "response": ["status": 200, "body": ["ok": true]]])
+            .write(toFile: "\(dir)/r.json", atomically: true, encoding: .utf8)
+        for attempt in 0..<6 {
+            let ignored = attempt % 2 == 0
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/bin/sh")
+            // `trap '' TERM` sets SIGTERM to SIG_IGN, which `exec` keeps.
+            p.arguments = ["-c", (ignored ? "trap '' TERM; " : "")
+                               + "exec \"$0\" serve --routes \"$1\" --data \"$1/data-\(attempt)\" --listen 127.0.0.1:0 --event-loops 1",
+                           bin, dir]
+            let out = Pipe()
+            p.standardOutput = out
+            p.standardError = out
+            try p.run()
+            let watchdog = DispatchWorkItem { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+            DispatchQueue.global().asyncAfter(deadline: .now() + .seconds(40), execute: watchdog)
+            defer { watchdog.cancel() }
+            var text = ""
+            while !text.contains("\"msg\":\"listening\"") {
+                let chunk = out.fileHandleForReading.availableData
+                if chunk.isEmpty { break }  // end of output: the process is gone
+                text += String(decoding: chunk, as: UTF8.self)
+            }
+            #expect(text.contains("\"msg\":\"listening\""), "\(text)")
+            kill(p.processIdentifier, SIGTERM)
+            let exited = eventually(timeout: .seconds(10)) { !p.isRunning }
+            if !exited { kill(p.processIdentifier, SIGKILL) }
+            p.waitUntilExit()
+            let rest = out.fileHandleForReading.readDataToEndOfFile()
+            text += String(decoding: rest, as: UTF8.self)
+            #expect(exited, "attempt \(attempt) (SIGTERM ignored by the parent: \(ignored)): still running 10 s after SIGTERM\n\(text)")
+            #expect(p.terminationReason == .exit && p.terminationStatus == 0,
+                    "attempt \(attempt) (SIGTERM ignored by the parent: \(ignored)): \(p.terminationReason == .exit ? "exit" : "signal") \(p.terminationStatus)\n\(text)")
+            #expect(text.contains("\"msg\":\"stopped\""), "\(text)")
+        }
+    }
+
     /// Past the drain timeout, a still-running request is handed to async mode: its caller gets 202.
     @Test func sigterm_PastDrainTimeout_HandsRunToAsync() throws {
         let up = try ScriptedServer.answering(delay: .seconds(5))

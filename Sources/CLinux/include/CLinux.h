@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <time.h>
 #include <malloc.h>
+#include <signal.h>
 
 static inline int CLinux_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
 static inline int CLinux_epoll_ctl(int epfd, int op, int fd, unsigned int events, unsigned long long data) {
@@ -43,6 +44,14 @@ static inline unsigned long long CLinux_malloc_bytes_in_use(void) {
     struct mallinfo2 m = mallinfo2();
     return (unsigned long long)m.uordblks + (unsigned long long)m.hblkhd;
 }
+/// Installs a handler for signal `signo` (SA_RESTART) that writes the signal number, as
+/// one byte, to `write_fd` (a non-blocking pipe: a full pipe drops the byte rather than
+/// block the handler). The handler is async-signal-safe (one write(2), errno kept). One
+/// descriptor for the whole process: each call replaces it for every caught signal.
+/// Also unblocks `signo` in the calling thread (threads it starts later inherit that),
+/// so a signal mask inherited from the parent cannot hold the signal back.
+/// Returns 0, or -1 with errno set (sigaction(2), pthread_sigmask(3)). Defined in CLinux.c.
+int CLinux_catch_signal(int signo, int write_fd);
 static const unsigned int CLinux_EPOLLIN = EPOLLIN;
 static const unsigned int CLinux_EPOLLOUT = EPOLLOUT;
 static const unsigned int CLinux_EPOLLERR = EPOLLERR;
