@@ -109,8 +109,11 @@ public final class Gateway: @unchecked Sendable {
     /// Creates the gateway with a loaded route table. Nothing listens until `start()`.
     /// Opens the journal in `config.data` (recovery happens in `start()`).
     /// - Throws: `SystemError` when the event loops cannot be created;
-    ///   `GatewayConfig.Error` when a setting is out of range (`job_retention`), or
-    ///   when the data directory is locked by another process or cannot be used.
+    ///   `GatewayConfig.Error` when a setting is out of range (`job_retention`), when
+    ///   the data directory is locked by another process or cannot be used, or when the
+    ///   process's file-size limit is too small for a journal record
+    ///   (`JournalOptions.smallestFileSizeLimit`). A file-size limit below what a
+    ///   segment may grow to is logged (`warn`) and met with smaller segments.
     public init(config: GatewayConfig, routes: RouteTable) throws {
         if let problem = GatewayConfig.jobRetentionProblem(config.jobRetention) {
             throw GatewayConfig.Error(message: "job_retention: \(problem)")
@@ -123,12 +126,26 @@ public final class Gateway: @unchecked Sendable {
             throw GatewayConfig.Error(message: "callback_allow: \(error.description)")
         }
         let secret = try config.callbackSecret ?? Gateway.loadOrCreateCallbackSecret(dataDirectory: config.data)
+        var journalOptions = JournalOptions()
+        journalOptions.fsync = config.journalSync != "off"
+        journalOptions.syncEveryRecord = config.journalSync == "record"
+        // Under a file-size limit (`ulimit -f`, systemd's `LimitFSIZE=`) lower than a
+        // segment can grow, segments are made smaller so that every write fits.
+        if let limit = JournalOptions.currentFileSizeLimit() {
+            guard let fitting = journalOptions.segmentBytes(fittingFileSizeLimit: limit) else {
+                throw GatewayConfig.Error(message: "\(config.data): the file-size limit (ulimit -f, RLIMIT_FSIZE) is \(limit) bytes; "
+                    + "the journal needs at least \(journalOptions.smallestFileSizeLimit) (one record of up to \(journalOptions.maxRecordBytes) bytes in a segment)")
+            }
+            if fitting < journalOptions.segmentBytes {
+                controlLog.log("warn", "file-size limit (RLIMIT_FSIZE) below what a journal segment may grow to: smaller segments are used",
+                               [("file_size_limit", .int(Int64(limit))), ("segment_bytes", .int(Int64(fitting))),
+                                ("default_segment_bytes", .int(Int64(journalOptions.segmentBytes)))])
+                journalOptions.segmentBytes = fitting
+            }
+        }
         let journal: Journal
         do {
-            var options = JournalOptions()
-            options.fsync = config.journalSync != "off"
-            options.syncEveryRecord = config.journalSync == "record"
-            journal = try Journal.open(directory: config.data, options: options)
+            journal = try Journal.open(directory: config.data, options: journalOptions)
         } catch {
             throw GatewayConfig.Error(message: "\(config.data): cannot open the journal: \(error.description)")
         }

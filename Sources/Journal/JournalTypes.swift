@@ -73,7 +73,12 @@ public struct JournalOptions: Sendable, Equatable {
     public var syncEveryRecord: Bool
     /// Size (in bytes) at which the active segment is closed and a new one started. Default: 64 MiB.
     ///
-    /// Checked between write batches, so a segment may exceed it by up to one batch.
+    /// Checked before each append (one `append` call's records), so a segment may
+    /// exceed it by up to one append: at most `maxRecordBytes` for a single record. An
+    /// append of several records that would take a segment holding records past
+    /// `segmentBytes + maxRecordBytes` goes to a new segment instead (only such an append
+    /// larger than that, alone in a fresh segment, makes one bigger). Under a file-size
+    /// limit see `segmentBytes(fittingFileSizeLimit:)`.
     public var segmentBytes: Int
     /// Minimum garbage (in bytes: total file bytes minus live record bytes) before an
     /// automatic compaction starts. Default: 16 MiB.
@@ -102,6 +107,35 @@ public struct JournalOptions: Sendable, Equatable {
         self.automaticCompaction = automaticCompaction
         self.maxRecordBytes = maxRecordBytes
     }
+}
+
+extension JournalOptions {
+    /// The soft file-size limit (`RLIMIT_FSIZE`, `ulimit -f`) of this process, in bytes;
+    /// nil when there is none. A journal write past it fails (`EFBIG`). Any thread.
+    public static func currentFileSizeLimit() -> Int? {
+        var limit = rlimit()
+        // `RLIM_INFINITY` is all ones: above `Int.max`.
+        guard getrlimit(__rlimit_resource_t(RLIMIT_FSIZE.rawValue), &limit) == 0,
+              limit.rlim_cur < rlim_t(Int.max) else { return nil }
+        return Int(limit.rlim_cur)
+    }
+
+    /// The segment size (in bytes) to use so that no segment outgrows a file-size limit
+    /// of `limit` bytes: `segmentBytes` when `segmentBytes + maxRecordBytes` (the most a
+    /// segment holds, see `segmentBytes`) fits within `limit`, else `limit - maxRecordBytes`.
+    /// (An append of several records whose total is over `limit - 16` still cannot be
+    /// written under that limit.)
+    /// - Returns: nil when `limit` is below `smallestFileSizeLimit` (the journal cannot
+    ///   work under it).
+    public func segmentBytes(fittingFileSizeLimit limit: Int) -> Int? {
+        guard limit >= smallestFileSizeLimit else { return nil }
+        return Swift.min(segmentBytes, limit - maxRecordBytes)
+    }
+
+    /// The smallest file-size limit (in bytes) the journal works under with these
+    /// options: a segment's file header (16 bytes) and one record of `maxRecordBytes`,
+    /// plus a byte.
+    public var smallestFileSizeLimit: Int { Format.fileHeaderBytes + maxRecordBytes + 1 }
 }
 
 /// Why a journal operation failed.

@@ -266,26 +266,50 @@ final class JournalCore: @unchecked Sendable {
             for pending in good { writeAlone(pending) }
             return
         }
+        var rest = good[...]
+        while !rest.isEmpty { rest = writeChunk(of: rest) }
+    }
+
+    /// Writes the longest prefix of `appends` (at least one) that the active segment
+    /// takes: appends go in while the segment is below `segmentBytes` where each starts,
+    /// so no segment grows past `segmentBytes` by more than one append (one record of at
+    /// most `maxRecordBytes`, unless the append holds several). Rolls over first when the
+    /// segment is full (`rollOverIfFull`). Completes the appends written (durable ones
+    /// once synced) and returns the rest; on a failure (or with the journal poisoned by
+    /// an earlier chunk's failed sync), completes them all with it and returns none.
+    private func writeChunk(of appends: ArraySlice<PendingAppend>) -> ArraySlice<PendingAppend> {
+        // The sync of an earlier chunk of the batch failed: nothing more is written.
+        if let poisoned {
+            for pending in appends { pending.completion(.failure(poisoned)) }
+            return []
+        }
         do throws(JournalError) {
-            try rollOverIfFull()
+            try rollOverIfFull(adding: appends[appends.startIndex].bytes.count)
         } catch {
             // A removed data directory fails the rollover: say so (and stop) rather
             // than fail each batch with the missing path.
             let failure = checkInPlace() ?? error
             publish()
-            for pending in good { pending.completion(.failure(failure)) }
-            return
+            for pending in appends { pending.completion(.failure(failure)) }
+            return []
         }
 
         let active = files.count - 1
         let file = files[active].file
         let base = files[active].size
+        var end = appends.startIndex
+        var size = base
+        repeat {
+            size += appends[end].bytes.count
+            end += 1
+        } while end < appends.endIndex && size < options.segmentBytes
+        let good = appends[..<end]
         writeBuffer.removeAll(keepingCapacity: true)
         for pending in good { writeBuffer.append(contentsOf: pending.bytes) }
         if let failure = write(writeBuffer, to: file, at: base) {
             publish()
-            for pending in good { pending.completion(.failure(failure)) }
-            return
+            for pending in appends { pending.completion(.failure(failure)) }
+            return []
         }
         var offset = base
         for pending in good {
@@ -304,19 +328,20 @@ final class JournalCore: @unchecked Sendable {
         for pending in good {
             if pending.durable { anyDurable = true } else { pending.completion(.success(())) }
         }
-        guard anyDurable else { return }
+        guard anyDurable else { return appends[end...] }
         var result = syncActive()
         // A durable answer must mean the records are where the next start reads them:
         // checked after the sync, so a removal while it ran is not acknowledged.
         if case .success = result, let failure = checkInPlace() { result = .failure(failure) }
         publish()
         for pending in good where pending.durable { pending.completion(result) }
+        return appends[end...]
     }
 
     /// `syncEveryRecord` mode: one `pwrite` and one `fdatasync` per record.
     private func writeAlone(_ pending: PendingAppend) {
         do throws(JournalError) {
-            try rollOverIfFull()
+            try rollOverIfFull(adding: pending.bytes.count)
             let active = files.count - 1
             let file = files[active].file
             let base = files[active].size
@@ -426,8 +451,16 @@ final class JournalCore: @unchecked Sendable {
         }
     }
 
-    private func rollOverIfFull() throws(JournalError) {
-        if files[files.count - 1].size >= options.segmentBytes { try rollOver() }
+    /// Starts a new segment when the active one has reached `segmentBytes`, or when it
+    /// holds records and `incoming` more bytes would take it past `segmentBytes +
+    /// maxRecordBytes` (the most a segment holds: what a file-size limit is sized
+    /// against, `JournalOptions.segmentBytes(fittingFileSizeLimit:)`).
+    private func rollOverIfFull(adding incoming: Int) throws(JournalError) {
+        let size = files[files.count - 1].size
+        let (most, overflow) = options.segmentBytes.addingReportingOverflow(options.maxRecordBytes)
+        if size >= options.segmentBytes || (size > Format.fileHeaderBytes && !overflow && size + incoming > most) {
+            try rollOver()
+        }
     }
 
     /// Seals the active segment (synced, so a later segment never outlives an earlier

@@ -9,10 +9,18 @@ import TestSupport
     /// Runs the binary to completion and returns (exit code, stdout, stderr). With a
     /// `timeout`, a process still running then gets SIGTERM (a `serve` that should
     /// have refused to start drains and exits 0).
-    static func run(_ args: [String], env: [String: String] = [:], timeout: Duration? = nil) throws -> (Int32, String, String) {
+    /// With a `fileSizeLimit` (bytes, a multiple of 512) it runs under that soft
+    /// `RLIMIT_FSIZE` (`/bin/sh`'s `ulimit -S -f`, then `exec`).
+    static func run(_ args: [String], env: [String: String] = [:], timeout: Duration? = nil,
+                    fileSizeLimit: Int? = nil) throws -> (Int32, String, String) {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: try switchboardBinary())
-        p.arguments = args
+        if let fileSizeLimit {
+            p.executableURL = URL(fileURLWithPath: "/bin/sh")
+            p.arguments = ["-c", "ulimit -S -f \(fileSizeLimit / 512) && exec \"$0\" \"$@\"", try switchboardBinary()] + args
+        } else {
+            p.executableURL = URL(fileURLWithPath: try switchboardBinary())
+            p.arguments = args
+        }
         p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
@@ -102,11 +110,21 @@ import TestSupport
         /// - Parameter throughPipe: the process writes its output to a pipe that this
         ///   test process copies to the log file (for a server whose own file writes
         ///   are limited, e.g. by `RLIMIT_FSIZE`, while its log must go on).
-        init(routesDir: String, env: [String: String], extra: [String] = [], throughPipe: Bool = false) throws {
+        /// - Parameter fileSizeLimit: started with this soft `RLIMIT_FSIZE` (bytes, a
+        ///   multiple of 512; through `/bin/sh`'s `ulimit -S -f`), the hard limit unchanged.
+        init(routesDir: String, env: [String: String], extra: [String] = [], throughPipe: Bool = false,
+             fileSizeLimit: Int? = nil) throws {
             logPath = routesDir + "/out.log"
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-            process.executableURL = URL(fileURLWithPath: try switchboardBinary())
-            process.arguments = ["serve", "--routes", routesDir, "--listen", "127.0.0.1:0", "--data", routesDir + "/data", "--event-loops", "1"] + extra
+            let arguments = ["serve", "--routes", routesDir, "--listen", "127.0.0.1:0", "--data", routesDir + "/data", "--event-loops", "1"] + extra
+            if let fileSizeLimit {
+                // `exec` keeps the process id: signals sent to `process` reach the gateway.
+                process.executableURL = URL(fileURLWithPath: "/bin/sh")
+                process.arguments = ["-c", "ulimit -S -f \(fileSizeLimit / 512) && exec \"$0\" \"$@\"", try switchboardBinary()] + arguments
+            } else {
+                process.executableURL = URL(fileURLWithPath: try switchboardBinary())
+                process.arguments = arguments
+            }
             process.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
             // One open file for both streams (one shared offset): two separate opens would
             // each write from offset 0, so a sanitizer report on stderr would overwrite the

@@ -139,6 +139,78 @@ import TestSupport
         #expect(Self.metric("switchboard_callbacks_pending", port: h.port) == 1)
     }
 
+    /// What the gateway logs (`warn`) when it starts under a file-size limit that a
+    /// default journal segment could outgrow.
+    static let smallerSegmentsMessage = "file-size limit (RLIMIT_FSIZE) below what a journal segment may grow to: smaller segments are used"
+
+    /// Started under a file-size limit (`ulimit -f`) of 20 MiB, below what a 64 MiB
+    /// segment grows to: the gateway says so once (`warn`) and uses segments of
+    /// 20 − 16 MiB (room for one record of the largest size above each), so jobs whose
+    /// records add up to more than the limit are all accepted, spread over several
+    /// segments, none past the limit, and all there after a restart. (Before, every
+    /// write once the first segment reached the limit failed: `503` until it was raised.)
+    @Test func fileSizeLimitBelowSegmentSize_UsesSmallerSegments_AcceptsEveryJob() throws {
+        let limit = 20 << 20
+        let up = try ScriptedServer.answering(body: "{\"blob\":\"" + String(repeating: "x", count: 1 << 20) + "\"}")
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for (name, text) in Self.routes(upstream: up.port) {
+            try text.write(toFile: "\(dir)/\(name)", atomically: true, encoding: .utf8)
+        }
+        // Its log goes through a pipe, which the limit does not apply to.
+        var server = try CLITests.Server(routesDir: dir, env: [:], throughPipe: true, fileSizeLimit: limit)
+        let warnings = server.logLines.filter { $0["msg"] as? String == Self.smallerSegmentsMessage }
+        #expect(warnings.count == 1, "\(server.log)")
+        let warning = warnings.first ?? [:]
+        #expect(warning["level"] as? String == "warn")
+        #expect(warning["file_size_limit"] as? Int == limit)
+        #expect(warning["segment_bytes"] as? Int == limit - (16 << 20))
+        #expect(warning["default_segment_bytes"] as? Int == 64 << 20)
+
+        var ids: [String] = []
+        for n in 0..<26 {
+            let accepted = try #require(RawConnection(port: server.port).request("POST", "/slow"))
+            #expect(accepted.status == 202, "job \(n): \(accepted.text.prefix(500))\n\(server.log.suffix(2000))")
+            guard let id = accepted.object["job_id"] as? String else { break }
+            let done = try #require(RawConnection(port: server.port).request("GET", "/jobs/\(id)?wait=10"))
+            #expect(done.object["status"] as? String == "succeeded", "job \(n): \(done.text.prefix(500))")
+            ids.append(id)
+        }
+        #expect(!server.log.contains("journal write failed"), "\(server.log.suffix(3000))")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir + "/data").filter { $0.hasSuffix(".log") }
+        let sizes = try files.map { try #require((try FileManager.default.attributesOfItem(atPath: "\(dir)/data/\($0)")[.size] as? NSNumber)?.intValue) }
+        #expect(sizes.reduce(0, +) > limit, "the jobs wrote more than the limit: \(files) \(sizes)")
+        #expect(files.filter { $0.hasPrefix("segment-") }.count >= 2, "\(files)")
+        #expect(sizes.allSatisfy { $0 <= limit }, "\(files) \(sizes)")
+
+        kill(server.process.processIdentifier, SIGTERM)
+        server.process.waitUntilExit()
+        #expect(server.process.terminationStatus == 0, "\(server.log.suffix(3000))")
+        server = try CLITests.Server(routesDir: dir, env: [:], throughPipe: true, fileSizeLimit: limit)
+        for id in ids {
+            let job = try #require(RawConnection(port: server.port).request("GET", "/jobs/\(id)"))
+            #expect(job.object["status"] as? String == "succeeded", "job \(id) after a restart: \(job.text.prefix(500))")
+        }
+        kill(server.process.processIdentifier, SIGTERM)
+        server.process.waitUntilExit()
+    }
+
+    /// A file-size limit too small for one journal record of the largest size (16 MiB)
+    /// in a segment: `serve` refuses to start (exit 1) and says why, instead of failing
+    /// every write of such a record.
+    @Test func fileSizeLimitTooSmallForARecord_RefusesToStart() throws {
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for (name, text) in Self.routes(upstream: 9) {
+            try text.write(toFile: "\(dir)/\(name)", atomically: true, encoding: .utf8)
+        }
+        let (code, out, err) = try CLITests.run(["serve", "--routes", dir, "--data", dir + "/data", "--listen", "127.0.0.1:0", "--event-loops", "1"],
+                                                timeout: .seconds(30), fileSizeLimit: 16 << 20)
+        #expect(code == 1, "\(out)\n\(err)")
+        #expect(err.contains("the file-size limit (ulimit -f, RLIMIT_FSIZE) is \(16 << 20) bytes; the journal needs at least \((16 << 20) + 17)"), "\(err)")
+        #expect(!out.contains("\"msg\":\"listening\""), "\(out)")
+    }
+
     /// Where util-linux's `prlimit(1)` is, when installed: it sets another process's
     /// file-size limit without privileges (same user).
     static let prlimitPath = ["/usr/bin/prlimit", "/bin/prlimit"].first { FileManager.default.isExecutableFile(atPath: $0) }

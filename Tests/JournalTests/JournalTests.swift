@@ -128,6 +128,43 @@ struct JournalBasicsTests {
         #expect(try reopened.replay() == expected.keys)
     }
 
+    /// Appends queued faster than they are written reach the writer as large batches;
+    /// a segment still takes appends only while it is below `segmentBytes`, so none
+    /// outgrows `segmentBytes + maxRecordBytes`, the bound a file-size limit is sized
+    /// against (`segmentBytes(fittingFileSizeLimit:)`). Everything replays.
+    @Test func segments_StayWithinSegmentPlusOneRecord_WhenBatchesAreLarge() async throws {
+        let dir = TempDirectory()
+        var options = testOptions(segmentBytes: 2048)
+        options.maxRecordBytes = 1024
+        var expected = ExpectedState()
+        do {
+            let journal = try Journal.open(directory: dir.path, options: options)
+            let done = LockedBox(0)
+            for i in 0..<400 {
+                let batch: [JournalRecord] = [.put("key/\(i)", payload: payload(i, count: 300 + i % 400))]
+                expected.apply(batch)
+                journal.append(batch, durable: i % 7 == 0) { result in
+                    if case .success = result { done.withLock { $0 += 1 } }
+                }
+            }
+            try journal.sync()
+            #expect(done.withLock { $0 } == 400)
+            journal.close()
+        }
+        let sizes = dir.logFiles().map { dir.size($0) }
+        #expect(sizes.count >= 40)
+        #expect(sizes.allSatisfy { $0 <= 2048 + 1024 }, "\(sizes)")
+        let reopened = try Journal.open(directory: dir.path, options: options)
+        #expect(try reopened.replay() == expected.keys)
+
+        #expect(options.segmentBytes(fittingFileSizeLimit: 1 << 20) == 2048)
+        #expect(options.segmentBytes(fittingFileSizeLimit: 2048 + 1024) == 2048)
+        #expect(options.segmentBytes(fittingFileSizeLimit: 2047 + 1024) == 2047)
+        #expect(options.smallestFileSizeLimit == 16 + 1024 + 1)
+        #expect(options.segmentBytes(fittingFileSizeLimit: options.smallestFileSizeLimit) == 17)
+        #expect(options.segmentBytes(fittingFileSizeLimit: options.smallestFileSizeLimit - 1) == nil)
+    }
+
     /// Non-durable appends complete without any fsync; `sync()` then makes them durable with one.
     @Test func append_DoesNotSync_WhenNotDurable() async throws {
         let dir = TempDirectory()
