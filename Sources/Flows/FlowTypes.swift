@@ -1,6 +1,6 @@
 import EventLoop
 import JSON
-import Synchronization
+import Locking
 import Upstream
 
 /// What a run's templates may read from the caller's request.
@@ -161,11 +161,13 @@ public struct StepOutcome: Sendable {
 }
 
 /// An upstream body as received, parsed to JSON on first use (at most once).
+/// Any thread: the cache is behind a `Locked` (in practice a run's outcomes are read on
+/// its own loop, so the lock is uncontended).
 final class LazyBody: @unchecked Sendable {
     let raw: [UInt8]
     /// `raw` is exactly what serializing its parsed value gives.
     let canonical: Bool
-    private let parsed = Mutex<JSON?>(nil)
+    private let parsed = Locked<JSON?>(nil)
 
     init(raw: [UInt8]) {
         self.raw = raw

@@ -2,6 +2,7 @@ import CLinux
 import Dispatch
 import EventLoop
 import Glibc
+import Locking
 import Synchronization
 
 /// A request, or a connection, the server refused on its own, without its
@@ -344,7 +345,7 @@ public final class HTTPServer: @unchecked Sendable {
             throw error
         }
         boundPort.store(Int(port), ordering: .releasing)
-        let failure = Mutex<SystemError?>(nil)
+        let failure = Locked<SystemError?>(nil)
         let listenFDs = fds
         let indexOf = Dictionary(uniqueKeysWithValues: contexts.enumerated().map { (ObjectIdentifier($0.element), $0.offset) })
         onEachLoop { ctx in

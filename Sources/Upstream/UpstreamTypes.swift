@@ -1,5 +1,5 @@
 import EventLoop
-import Synchronization
+import Locking
 
 /// One outbound HTTP request to a third-party API.
 public struct UpstreamRequest: Sendable {
@@ -84,11 +84,13 @@ public struct UpstreamResponse: Sendable {
 /// RFC 9112 §5.2 asks of a recipient, or ignored before any field (§2.2). A CR or NUL
 /// inside a line (libcurl passes a bare CR through) is replaced by a space, as
 /// RFC 9110 §5.5 allows a recipient to do, so no name or value holds CR, LF or NUL.
+/// Any thread: the parsed pairs are cached behind a `Locked`.
 public final class UpstreamHeaderBlock: @unchecked Sendable {
     /// The header lines, each terminated by LF.
     public let raw: [UInt8]
-    private let parsed = Mutex<[(String, String)]?>(nil)
+    private let parsed = Locked<[(String, String)]?>(nil)
 
+    /// Keeps `raw` (header lines, each ending in LF) as is; nothing is parsed yet.
     public init(raw: [UInt8]) { self.raw = raw }
 
     /// The fields, in order, names as sent.
