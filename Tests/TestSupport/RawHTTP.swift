@@ -212,7 +212,12 @@ public final class ScriptedServer: @unchecked Sendable {
         listen(fd, 512)
         listenFD = fd
         port = Socket.boundPort(fd)
+        // The accept thread owns the listening descriptor and closes it when it ends
+        // (`stop()` only shuts it down): were it closed under the thread, the thread's
+        // next `accept` could take a connection from whatever socket got that number
+        // next in this process (another test's server) and close it unanswered.
         let t = Thread { [weak self] in
+            defer { close(fd) }
             while true {
                 let c = accept(fd, nil, nil)
                 guard let server = self else { if c >= 0 { close(c) }; return }
@@ -280,8 +285,9 @@ public final class ScriptedServer: @unchecked Sendable {
             return !stopped
         }
         guard first else { return }
+        // Refuses new connections and wakes the accept thread, which closes the
+        // descriptor on its way out (see `init`).
         shutdown(listenFD, Int32(SHUT_RDWR))
-        close(listenFD)
     }
 
     deinit { stop() }
