@@ -160,28 +160,20 @@ public struct StepOutcome: Sendable {
     }
 }
 
-/// An upstream body as received, parsed to JSON on first use (at most once).
-/// Any thread: the cache is behind a `Locked` (in practice a run's outcomes are read on
-/// its own loop, so the lock is uncontended).
-final class LazyBody: @unchecked Sendable {
+/// An upstream body as received, parsed to JSON on first use (and kept).
+/// Any thread (`ComputedOnce`; in practice a run's outcomes are read on its own loop).
+final class LazyBody: Sendable {
     let raw: [UInt8]
     /// `raw` is exactly what serializing its parsed value gives.
     let canonical: Bool
-    private let parsed = Locked<JSON?>(nil)
+    private let parsed = ComputedOnce<JSON>()
 
     init(raw: [UInt8]) {
         self.raw = raw
         self.canonical = JSON.isCanonicalCompact(raw)
     }
 
-    var json: JSON {
-        parsed.withLock { cached -> JSON in
-            if let cached { return cached }
-            let j = FlowRun.parseBody(raw)
-            cached = j
-            return j
-        }
-    }
+    var json: JSON { parsed.value { FlowRun.parseBody(raw) } }
 }
 
 /// The response a run produced: exactly what a synchronous caller receives.

@@ -84,24 +84,17 @@ public struct UpstreamResponse: Sendable {
 /// RFC 9112 §5.2 asks of a recipient, or ignored before any field (§2.2). A CR or NUL
 /// inside a line (libcurl passes a bare CR through) is replaced by a space, as
 /// RFC 9110 §5.5 allows a recipient to do, so no name or value holds CR, LF or NUL.
-/// Any thread: the parsed pairs are cached behind a `Locked`.
-public final class UpstreamHeaderBlock: @unchecked Sendable {
+/// Any thread: the parsed pairs are kept in a `ComputedOnce`.
+public final class UpstreamHeaderBlock: Sendable {
     /// The header lines, each terminated by LF.
     public let raw: [UInt8]
-    private let parsed = Locked<[(String, String)]?>(nil)
+    private let parsed = ComputedOnce<[(String, String)]>()
 
     /// Keeps `raw` (header lines, each ending in LF) as is; nothing is parsed yet.
     public init(raw: [UInt8]) { self.raw = raw }
 
     /// The fields, in order, names as sent.
-    public var pairs: [(String, String)] {
-        parsed.withLock { cached in
-            if let cached { return cached }
-            let p = UpstreamHeaderBlock.parse(raw)
-            cached = p
-            return p
-        }
-    }
+    public var pairs: [(String, String)] { parsed.value { UpstreamHeaderBlock.parse(raw) } }
 
     /// Calls `field` with the UTF-8 bytes of each field's name and value, in order —
     /// exactly the bytes of the strings in `pairs` — and returns true, when the block is
