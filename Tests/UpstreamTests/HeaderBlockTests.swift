@@ -1,3 +1,4 @@
+import Dispatch
 import Testing
 import Upstream
 
@@ -36,5 +37,24 @@ import Upstream
     ])
     func otherBlock_IsNotPlain(_ text: String) {
         #expect(Self.plainFields(UpstreamHeaderBlock(raw: Array(text.utf8))) == nil)
+    }
+
+    /// `pairs` is parsed once and kept (`ComputedOnce`): threads reading one block at the
+    /// same moment all get the same fields, and later reads return that kept array. Run
+    /// under the thread sanitizer in CI (`make test-tsan`).
+    @Test func pairs_ReadFromManyThreadsAtOnce_AreTheSame() {
+        for round in 0..<50 {
+            let block = UpstreamHeaderBlock(raw: Array("A: \(round)\r\nB: two\r\n folded\r\nC:\r\n".utf8))
+            // Each thread writes its own slot only.
+            nonisolated(unsafe) let results = UnsafeMutableBufferPointer<String>.allocate(capacity: 8)
+            results.initialize(repeating: "")
+            defer { _ = results.deinitialize(); results.deallocate() }
+            DispatchQueue.concurrentPerform(iterations: results.count) { i in
+                results[i] = block.pairs.map { "\($0.0)=\($0.1)" }.joined(separator: ";")
+            }
+            #expect(Set(results).count == 1)
+            #expect(results[0] == "A=\(round);B=two folded;C=")
+            #expect(block.pairs.map(\.1) == ["\(round)", "two folded", ""])
+        }
     }
 }
