@@ -14,13 +14,7 @@ import TestSupport
     static func run(_ args: [String], env: [String: String] = [:], timeout: Duration? = nil,
                     fileSizeLimit: Int? = nil) throws -> (Int32, String, String) {
         let p = Process()
-        if let fileSizeLimit {
-            p.executableURL = URL(fileURLWithPath: "/bin/sh")
-            p.arguments = ["-c", "ulimit -S -f \(fileSizeLimit / 512) && exec \"$0\" \"$@\"", try switchboardBinary()] + args
-        } else {
-            p.executableURL = URL(fileURLWithPath: try switchboardBinary())
-            p.arguments = args
-        }
+        try setCommand(of: p, args, fileSizeLimit: fileSizeLimit)
         p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
@@ -99,6 +93,19 @@ import TestSupport
         #expect(port.map { $0 > 0 } == true, "\(raw)")
     }
 
+    /// Makes `p` run the binary with `args`; with a `fileSizeLimit` (bytes, a multiple of
+    /// 512) under that soft `RLIMIT_FSIZE`, through `/bin/sh`'s `ulimit -S -f` and then
+    /// `exec`, which keeps the process id: signals sent to `p` reach the binary.
+    static func setCommand(of p: Process, _ args: [String], fileSizeLimit: Int?) throws {
+        if let fileSizeLimit {
+            p.executableURL = URL(fileURLWithPath: "/bin/sh")
+            p.arguments = ["-c", "ulimit -S -f \(fileSizeLimit / 512) && exec \"$0\" \"$@\"", try switchboardBinary()] + args
+        } else {
+            p.executableURL = URL(fileURLWithPath: try switchboardBinary())
+            p.arguments = args
+        }
+    }
+
     /// A server process for one test, its output captured to a file.
     final class Server {
         let process = Process()
@@ -117,14 +124,7 @@ import TestSupport
             logPath = routesDir + "/out.log"
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
             let arguments = ["serve", "--routes", routesDir, "--listen", "127.0.0.1:0", "--data", routesDir + "/data", "--event-loops", "1"] + extra
-            if let fileSizeLimit {
-                // `exec` keeps the process id: signals sent to `process` reach the gateway.
-                process.executableURL = URL(fileURLWithPath: "/bin/sh")
-                process.arguments = ["-c", "ulimit -S -f \(fileSizeLimit / 512) && exec \"$0\" \"$@\"", try switchboardBinary()] + arguments
-            } else {
-                process.executableURL = URL(fileURLWithPath: try switchboardBinary())
-                process.arguments = arguments
-            }
+            try CLITests.setCommand(of: process, arguments, fileSizeLimit: fileSizeLimit)
             process.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
             // One open file for both streams (one shared offset): two separate opens would
             // each write from offset 0, so a sanitizer report on stderr would overwrite the
