@@ -1318,6 +1318,14 @@ public final class Gateway: @unchecked Sendable {
             r.headers.append(("WWW-Authenticate", challenge))
             return .failure(r)
         }
+        // Authorization is a singleton field (RFC 9110 §11.6.2): with two, which one names
+        // the caller would depend on their order (a proxy appending its own after the
+        // client's). Refused as RFC 6750 §3.1's invalid_request, whatever they hold.
+        if req.headers.values("authorization").count > 1 {
+            var r = Problem(status: 400, detail: "send exactly one Authorization header").httpResponse
+            r.headers.append(("WWW-Authenticate", "Bearer error=\"invalid_request\""))
+            return .failure(r)
+        }
         guard let h = req.headers["authorization"], h.count > 7, h.prefix(7).lowercased() == "bearer " else {
             return refuse("send Authorization: Bearer <api key>", "Bearer")
         }

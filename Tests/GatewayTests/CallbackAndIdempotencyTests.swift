@@ -391,4 +391,24 @@ import TestSupport
         #expect(try h.request("GET", "/callbacks/\(epID)", headers: [("Authorization", "Bearer key-crm")]).status == 404)
         #expect(try h.request("GET", "/metrics").status == 401)
     }
+
+    /// Two `Authorization` headers are refused (`400`, RFC 6750 `invalid_request`) in
+    /// either order, even when one holds a valid key: the first one must not decide
+    /// whose jobs the request sees.
+    @Test func apiKeys_TwoAuthorizationHeaders_AreRefused() throws {
+        let up = try ScriptedServer.answering(delay: .milliseconds(300))
+        let h = try Self.harness(up, keys: [("shop", "key-shop"), ("crm", "key-crm")])
+        let r = try h.request("POST", "/slow", headers: [("Authorization", "Bearer key-shop")], body: "{\"n\":1}")
+        #expect(r.status == 202)
+        let id = try #require(r.object["job_id"] as? String)
+        for pair in [("key-shop", "key-crm"), ("key-crm", "key-shop"), ("key-shop", "key-shop")] {
+            let twice = try h.request("GET", "/jobs/\(id)", headers: [("Authorization", "Bearer \(pair.0)"), ("Authorization", "Bearer \(pair.1)")])
+            #expect(twice.status == 400, "\(pair)")
+            #expect(twice.header("www-authenticate") == "Bearer error=\"invalid_request\"")
+        }
+        let run = try h.request("POST", "/slow", headers: [("Authorization", "Bearer key-crm"), ("Authorization", "Bearer key-shop")], body: "{\"n\":2}")
+        #expect(run.status == 400)
+        #expect(try h.request("GET", "/jobs/\(id)", headers: [("Authorization", "Bearer key-shop")]).status == 200)
+        #expect(up.requests.count == 1)
+    }
 }
