@@ -593,6 +593,11 @@ public final class Gateway: @unchecked Sendable {
     /// Step 2 (SPEC §5): a request with `Idempotency-Key` starts a run only when
     /// the key is new; a finished one is replayed, a running one attached to.
     private func applyIdempotency(_ call: RouteCall, retried: Bool = false) {
+        // One key per request: with two, which one the record is kept under would
+        // depend on their order, and a retry sending either alone would run again.
+        if call.req.headers.values("idempotency-key").count > 1 {
+            return refuse(call, Problem(status: 400, detail: "send exactly one Idempotency-Key header"))
+        }
         if let key = call.req.headers["idempotency-key"], key.isEmpty {
             return refuse(call, Problem(status: 400, detail: "Idempotency-Key must not be empty"))
         }

@@ -260,6 +260,20 @@ import TestSupport
         #expect(up.requests.isEmpty)
     }
 
+    /// Two `Idempotency-Key` headers are a 400 before any upstream call, not the first
+    /// key silently: a retry sending the second alone must not find a run it never started.
+    @Test func idempotency_TwoKeyHeaders_Is400() throws {
+        let up = try ScriptedServer.answering()
+        let h = try Self.harness(up)
+        let r = try h.request("POST", "/slow", headers: [("Idempotency-Key", "a"), ("Idempotency-Key", "b"), ("Prefer", "wait=5")], body: "{\"n\":1}")
+        #expect(r.status == 400)
+        #expect(up.requests.isEmpty)
+        // Neither key was recorded: each alone starts its own run.
+        #expect(try h.request("POST", "/slow", headers: [("Idempotency-Key", "a"), ("Prefer", "wait=5")], body: "{\"n\":1}").header("idempotent-replayed") == nil)
+        #expect(try h.request("POST", "/slow", headers: [("Idempotency-Key", "b"), ("Prefer", "wait=5")], body: "{\"n\":1}").header("idempotent-replayed") == nil)
+        #expect(up.requests.count == 2)
+    }
+
     /// Same key, different body: 422, and no new upstream call.
     @Test func idempotency_DifferentRequest_Is422() throws {
         let up = try ScriptedServer.answering()
