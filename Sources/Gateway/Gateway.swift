@@ -661,12 +661,13 @@ public final class Gateway: @unchecked Sendable {
             if retried { return refuse(call, Problem(status: 409, detail: "the request with this Idempotency-Key changed state; retry")) }
             applyIdempotency(call, retried: true)
         case .attached:
-            let budget = waitBudget(call).budget
+            // This caller's own preference decides its budget: its 202 says so (SPEC §3).
+            let (budget, applied, _) = waitBudget(call)
             let owner = states[min(max(loopIndex, 0), states.count - 1)]
             let answerOnLoop = LoopBound(answer)
             timer = state.loop.schedule(at: call.start + budget) { [unowned self] in
                 timer = nil
-                let accepted = LoopBound(self.acceptedResponse(jobID: jobID, applied: []))
+                let accepted = LoopBound(self.acceptedResponse(jobID: jobID, applied: applied))
                 owner.loop.execute {
                     guard let promote = owner.promotions[jobID] else {
                         // Not waiting there any more: a registered job (went async or

@@ -274,6 +274,29 @@ import TestSupport
         #expect(up.requests.count == 2)
     }
 
+    /// An attached duplicate's `202` says which of its own preferences was honoured
+    /// (`Preference-Applied`, SPEC §3), as the first caller's does.
+    @Test func idempotency_AttachedDuplicate_202_SaysPreferenceApplied() throws {
+        let gate = Gate()
+        defer { gate.open() }
+        let up = try ScriptedServer.answering(heldBy: gate)
+        let h = try Self.harness(up)
+        let first = try h.request("POST", "/slow", headers: [("Idempotency-Key", "pa"), ("Prefer", "respond-async")], body: "{\"n\":1}")
+        #expect(first.status == 202)
+        #expect(first.header("preference-applied") == "respond-async")
+        for (prefer, applied) in [("respond-async", "respond-async"), ("wait=1", "wait=1")] {
+            let dup = try h.request("POST", "/slow", headers: [("Idempotency-Key", "pa"), ("Prefer", prefer)], body: "{\"n\":1}")
+            #expect(dup.status == 202)
+            #expect(dup.object["job_id"] as? String == first.object["job_id"] as? String)
+            #expect(dup.header("preference-applied") == applied, "\(prefer)")
+        }
+        let plain = try h.request("POST", "/slow", headers: [("Idempotency-Key", "pa")], body: "{\"n\":1}")
+        #expect(plain.status == 202)
+        #expect(plain.header("preference-applied") == nil)
+        gate.open()
+        #expect(up.requests.count == 1)
+    }
+
     /// Same key, different body: 422, and no new upstream call.
     @Test func idempotency_DifferentRequest_Is422() throws {
         let up = try ScriptedServer.answering()
