@@ -595,7 +595,7 @@ public final class Gateway: @unchecked Sendable {
     private func applyIdempotency(_ call: RouteCall, retried: Bool = false) {
         // One key per request: with two, which one the record is kept under would
         // depend on their order, and a retry sending either alone would run again.
-        if call.req.headers.values("idempotency-key").count > 1 {
+        if call.req.headers.count(named: "idempotency-key") > 1 {
             return refuse(call, Problem(status: 400, detail: "send exactly one Idempotency-Key header"))
         }
         if let key = call.req.headers["idempotency-key"], key.isEmpty {
@@ -1327,7 +1327,7 @@ public final class Gateway: @unchecked Sendable {
         // Authorization is a singleton field (RFC 9110 §11.6.2): with two, which one names
         // the caller would depend on their order (a proxy appending its own after the
         // client's). Refused as RFC 6750 §3.1's invalid_request, whatever they hold.
-        if req.headers.values("authorization").count > 1 {
+        if req.headers.count(named: "authorization") > 1 {
             var r = Problem(status: 400, detail: "send exactly one Authorization header").httpResponse
             r.headers.append(("WWW-Authenticate", "Bearer error=\"invalid_request\""))
             return .failure(r)

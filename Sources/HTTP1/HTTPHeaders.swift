@@ -51,6 +51,14 @@ public struct HTTPHeaders: Sendable, Sequence {
         storage.compactMap { HTTPHeaders.nameEquals($0.name, name) ? $0.value : nil }
     }
 
+    /// How many fields are named `name` (case-insensitive): more than one for a field
+    /// that may appear once shows a request to refuse. Does not allocate.
+    public func count(named name: String) -> Int {
+        var n = 0
+        for f in storage where HTTPHeaders.nameEquals(f.name, name) { n += 1 }
+        return n
+    }
+
     /// Whether a field named `name` is present (case-insensitive).
     public func contains(_ name: String) -> Bool { self[name] != nil }
 
