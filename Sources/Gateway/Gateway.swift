@@ -24,6 +24,9 @@ final class LoopState: @unchecked Sendable {
     /// Sync callers still waiting for their run, by request number: calling the
     /// closure hands the run to async mode (used by drain).
     var waiting: [UInt64: () -> Void] = [:]
+    /// The keys of `waiting` that are job long-polls (`GET /jobs/{id}?wait=N`): a drain
+    /// answers them at once, as they wait for nothing the drain could finish.
+    var longPolls: Set<UInt64> = []
     var requestCounter: UInt64 = 0
     /// `<process prefix><loop index>-`: request ids are this plus the counter; nil when
     /// the access log is off (the ids are only for its lines).
@@ -334,6 +337,11 @@ public final class Gateway: @unchecked Sendable {
         server.stopAccepting()
         server.closeIdleConnections()
         adminServer?.stopAccepting()
+        // Long-polls first, with their jobs as they stand: holding them would hold the
+        // restart for the whole timeout (they leave `waiting` once their answer is out).
+        for s in states {
+            s.loop.execute { for token in s.longPolls { s.waiting[token]?() } }
+        }
         let end = ContinuousClock.now + timeout
         while ContinuousClock.now < end, waitingCount() > 0 { usleep(10_000) }
         for s in states {
@@ -374,6 +382,7 @@ public final class Gateway: @unchecked Sendable {
             s.deliverer.cancelAll()
             s.client.cancelAll()
             s.waiting.removeAll()
+            s.longPolls.removeAll()
             s.writeAhead.removeAll()
             s.promotions.removeAll()
         }
@@ -1141,21 +1150,24 @@ public final class Gateway: @unchecked Sendable {
             }
         }
         // A long-poll is registered with this loop's waiting callers, so a drain
-        // answers it (with the job as it stands) instead of closing it.
+        // answers it at once (with the job as it stands) instead of closing it; one
+        // that comes during a drain is answered at once.
         state.waitToken &+= 1
         let token = state.waitToken
         let reply: @Sendable (JSON) -> Void = { [unowned self] status in
             state.loop.execute {
                 state.waiting.removeValue(forKey: token)
+                state.longPolls.remove(token)
                 let r = HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: status.serialized)
                 self.finishRequest(state, w, req, r, route: nil, outcome: "sync", requestID: requestID, start: start)
             }
         }
         // Read the run on its own loop, then answer on ours.
-        let waitFor = waitSeconds
+        let waitFor = draining.load(ordering: .relaxed) ? 0 : waitSeconds
         let poll = LongPoll()
-        if waitFor > 0 && !draining.load(ordering: .relaxed) {
+        if waitFor > 0 {
             state.waiting[token] = { entry.loop.execute { poll.answer(entry, reply) } }
+            state.longPolls.insert(token)
         }
         entry.loop.execute {
             if entry.run.isFinished || waitFor == 0 {
