@@ -35,6 +35,7 @@ let package = Package(
         // Shared by the test targets only: raw socket clients and scripted upstream servers.
         .target(name: "TestSupport", dependencies: ["EventLoop", "Gateway", "Routes"], path: "Tests/TestSupport"),
         .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
+        .testTarget(name: "EventLoopTests", dependencies: ["EventLoop"]),
         .testTarget(name: "FlowsTests", dependencies: ["Flows", "JSON"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "JournalTests", dependencies: ["Journal"]),

@@ -64,6 +64,16 @@ public final class EventLoop: @unchecked Sendable {
     private let threadID = Atomic<UInt>(0)
     private var cachedNow = Instant.now()
     private var deferred: [() -> Void] = []
+    /// Output queued by `deferWrite`, written in one burst (see there).
+    private var writes: [() -> Void] = []
+    private var spareWrites: [() -> Void] = []
+    /// When the oldest queued write is due (monotonic nanoseconds; see `writeBatchWindowNs`).
+    private var writesDueNs: UInt64 = 0
+
+    /// How long a queued write may wait for the end of a long iteration, in
+    /// nanoseconds (2 ms): past this, it goes out at the next check between events
+    /// (every 4 events).
+    public static let writeBatchWindowNs: UInt64 = 2_000_000
 
     /// Creates a loop (the epoll and eventfd descriptors); call `run()` or
     /// `EventLoopGroup` to drive it.
@@ -118,6 +128,24 @@ public final class EventLoop: @unchecked Sendable {
     /// the loop waits again. Loop thread only. Used to batch work per iteration.
     public func deferUntilEndOfIteration(_ task: @escaping () -> Void) {
         deferred.append(task)
+    }
+
+    /// Runs `write` — a task that writes output already prepared, e.g. an HTTP
+    /// response encoded into a connection's buffer — together with every other write
+    /// queued in this iteration, after its events and deferred tasks, or at the next
+    /// check between events once the oldest has waited `writeBatchWindowNs` (a long
+    /// iteration under load). Loop thread only.
+    ///
+    /// Why: a send to a peer that sleeps on another CPU wakes it, and on a virtual
+    /// machine the inter-processor interrupt of that wake-up costs more than the send
+    /// itself. Writes made one by one between events each find the peer asleep again
+    /// (it handled the last one while this loop worked on the next event); written in
+    /// one burst, all but the first find it awake. Measured on the proxy benchmark:
+    /// 0.4–0.6 instead of 1.1–1.6 function-call interrupts (wake-ups of an idle CPU)
+    /// per request on the load generator's CPU, and about a fifth less system time.
+    public func deferWrite(_ write: @escaping () -> Void) {
+        if writes.isEmpty { writesDueNs = cachedNow.nanoseconds &+ EventLoop.writeBatchWindowNs }
+        writes.append(write)
     }
 
     /// Asks `run()` to return after the current iteration. Safe from any thread.
@@ -209,7 +237,7 @@ public final class EventLoop: @unchecked Sendable {
             // Nanoseconds (epoll_pwait2): a timer is neither rounded up to the next
             // millisecond nor fired early.
             var timeoutNs: Int64 = -1
-            if !deferred.isEmpty {
+            if !deferred.isEmpty || !writes.isEmpty {
                 timeoutNs = 0
             } else if let first = timers.first {
                 timeoutNs = first.deadline <= cachedNow ? 0
@@ -229,6 +257,7 @@ public final class EventLoop: @unchecked Sendable {
                         cachedNow = Instant.now()
                         if let first = timers.first, first.deadline <= cachedNow { runExpiredTimers() }
                         if wakePending.load(ordering: .acquiring) { drainWakeups() }
+                        if !writes.isEmpty && cachedNow.nanoseconds >= writesDueNs { runWrites() }
                     }
                     let data = CLinux_event_data(events + k)
                     let ev = IOEvents(rawValue: CLinux_event_events(events + k))
@@ -244,6 +273,7 @@ public final class EventLoop: @unchecked Sendable {
             }
             runExpiredTimers()
             runDeferred()
+            runWrites()
         }
         releaseAfterStop()
         threadID.store(0, ordering: .releasing)
@@ -273,7 +303,9 @@ public final class EventLoop: @unchecked Sendable {
         handlers = [IOHandler?](repeating: nil, count: oldHandlers.count)
         let oldDeferred = deferred
         deferred = []
-        withExtendedLifetime((tasks, oldTimers, oldCallbacks, oldHandlers, oldDeferred)) {}
+        let oldWrites = writes
+        writes = []
+        withExtendedLifetime((tasks, oldTimers, oldCallbacks, oldHandlers, oldDeferred, oldWrites)) {}
     }
 
     private func drainWakeups() {
@@ -295,6 +327,20 @@ public final class EventLoop: @unchecked Sendable {
             let callback = first.callback
             first.callback = nil
             callback?()
+        }
+    }
+
+    /// Runs the queued writes, and those they queue (a connection that goes on to a
+    /// pipelined request answered at once). The two arrays trade storage, so queueing
+    /// allocates nothing once they have grown.
+    private func runWrites() {
+        while !writes.isEmpty {
+            var batch = spareWrites
+            spareWrites = []
+            swap(&batch, &writes)
+            for w in batch { w() }
+            batch.removeAll(keepingCapacity: true)
+            spareWrites = batch
         }
     }
 

@@ -84,6 +84,11 @@ final class HTTPConnection: IOHandler {
     private var outStart = 0
     /// Output is waiting for the socket to become writable.
     private var outPending = false
+    /// A response is in `out`, to be written with the loop's write burst (`flushQueued`).
+    private var flushQueued = false
+    /// Output not written yet: queued for the loop's write burst, or waiting for the
+    /// socket. No further request is parsed meanwhile.
+    private var outputBusy: Bool { outPending || flushQueued }
     private var closeAfterFlush = false
     private var lingering = false
 
@@ -243,7 +248,7 @@ final class HTTPConnection: IOHandler {
         }
         if events.contains(.read) {
             drained = false
-            if awaiting || outPending {
+            if awaiting || outputBusy {
                 busyRead()
             } else {
                 drive()
@@ -262,7 +267,7 @@ final class HTTPConnection: IOHandler {
         var yielded = false
         let buf = context.readBuffer
         let bufSize = LoopContext.readBufferSize
-        loop: while !closed && !awaiting && !outPending && !lingering {
+        loop: while !closed && !awaiting && !outputBusy && !lingering {
             if pendStart < pend.count {
                 let r = pend.withUnsafeBytes { parser.parse(UnsafeRawBufferPointer(rebasing: $0[pendStart...])) }
                 switch r {
@@ -316,7 +321,7 @@ final class HTTPConnection: IOHandler {
                 }
                 // A short read means the socket is drained; epoll reports any more
                 // (but not bytes a TLS session already took from the socket).
-                if n < bufSize && pendStart == pend.count && !awaiting && !outPending {
+                if n < bufSize && pendStart == pend.count && !awaiting && !outputBusy {
                     if _slowPath(tls != nil) && tlsHasDecrypted() { continue }
                     drained = tls == nil
                     break loop
@@ -337,12 +342,12 @@ final class HTTPConnection: IOHandler {
                 return
             }
         }
-        if yielded && tls != nil && !closed && !awaiting && !outPending && !lingering && tlsHasDecrypted() {
+        if yielded && tls != nil && !closed && !awaiting && !outputBusy && !lingering && tlsHasDecrypted() {
             // Yielded after `requestsPerTurn` with decrypted bytes waiting that
             // epoll cannot report: come back after this round of events.
             loop.deferUntilEndOfIteration { [weak self] in self?.drive() }
         }
-        if !closed && !awaiting && !outPending && !lingering { armReadTimer() }
+        if !closed && !awaiting && !outputBusy && !lingering { armReadTimer() }
     }
 
     /// Chooses the timer while waiting for request bytes.
@@ -420,6 +425,18 @@ final class HTTPConnection: IOHandler {
         closeAfterFlush = close
         ResponseEncoder.encode(response, into: &out, isHEAD: requestIsHEAD, keepAlive: !close,
                                versionMinor: requestVersionMinor, dateLine: context.dateCache.line())
+        // Written with the loop's other output of this iteration (`EventLoop.deferWrite`);
+        // the connection goes on with its next request once it is out.
+        if !flushQueued {
+            flushQueued = true
+            loop.deferWrite { self.queuedFlush() }
+        }
+    }
+
+    /// The loop's write burst: writes the queued response (and any output before it).
+    private func queuedFlush() {
+        flushQueued = false
+        guard !closed, !outPending else { return }
         if flush() { outputFlushed() }
     }
 
@@ -476,6 +493,8 @@ final class HTTPConnection: IOHandler {
             finishClose()
         } else {
             drive()
+            // A drain that began while the response was queued found this connection busy.
+            if draining { closeIfIdle() }
         }
     }
 
@@ -545,7 +564,7 @@ final class HTTPConnection: IOHandler {
     func closeIfIdle() {
         guard !closed else { return }
         draining = true
-        if !awaiting && !outPending && !lingering && parser.phase == .idle && pendStart == pend.count {
+        if !awaiting && !outputBusy && !lingering && parser.phase == .idle && pendStart == pend.count {
             close()
         }
     }

@@ -1,0 +1,127 @@
+import EventLoop
+import Foundation
+import Glibc
+import Testing
+
+/// `EventLoop.deferWrite`: output of an iteration goes out in one burst, after the
+/// iteration's events and deferred tasks, or between events once a long iteration has
+/// held it for `writeBatchWindowNs`. A real loop on its own thread, real pipes.
+@Suite struct WriteBatchTests {
+    /// Runs `body` on a fresh loop's thread, then stops the loop and returns what the
+    /// loop-side code recorded.
+    private func onLoop(_ body: @escaping @Sendable (EventLoop, Recorder) -> Void) throws -> [String] {
+        let loop = try EventLoop()
+        let recorder = Recorder()
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread { loop.run(); done.signal() }
+        thread.start()
+        loop.execute { body(loop, recorder) }
+        let finished = DispatchSemaphore(value: 0)
+        // Stopped once the recorder says the scenario is over (or after 10 s).
+        DispatchQueue.global().async {
+            _ = recorder.over.wait(timeout: .now() + 10)
+            loop.stop()
+            finished.signal()
+        }
+        finished.wait()
+        done.wait()
+        return recorder.entries
+    }
+
+    /// Writes run after the iteration's deferred tasks, in the order queued; a write
+    /// queued by a write runs in the same burst, before anything of the next iteration,
+    /// and a task a write defers runs at the end of the next iteration.
+    @Test func writes_RunAfterDeferredTasks_InOrder_IncludingThoseTheyQueue() throws {
+        let entries = try onLoop { loop, r in
+            r.add("task")
+            loop.deferWrite {
+                r.add("w1")
+                loop.deferWrite { r.add("w3") }
+                loop.deferUntilEndOfIteration { r.add("deferred by w1") }
+            }
+            loop.deferUntilEndOfIteration { r.add("deferred") }
+            loop.deferWrite { r.add("w2") }
+            loop.execute {
+                r.add("next iteration")
+                r.finish()
+            }
+        }
+        #expect(entries == ["task", "deferred", "w1", "w2", "w3", "next iteration", "deferred by w1"])
+    }
+
+    /// Eight descriptors ready at once are handled in one iteration. When handling them is
+    /// quick, a write queued by the first goes out after the last; when each takes 1 ms,
+    /// it goes out at the check after the fourth event (the window of 2 ms has passed),
+    /// before the rest.
+    @Test(arguments: [false, true])
+    func write_WaitsForTheIterationsEnd_UnlessTheWindowHasPassed(slowEvents: Bool) throws {
+        let entries = try onLoop { loop, r in
+            let count = 8
+            var pipes: [(Int32, Int32)] = []
+            var handled = 0
+            var queued = false
+            for _ in 0..<count {
+                var fds: [Int32] = [-1, -1]
+                _ = pipe(&fds)
+                pipes.append((fds[0], fds[1]))
+            }
+            let handlers = pipes.map { p in
+                PipeReader(fd: p.0) {
+                    handled += 1
+                    r.add("event")
+                    if !queued {
+                        queued = true
+                        loop.deferWrite { r.add("write") }
+                    }
+                    if slowEvents {
+                        let end = Instant.now().nanoseconds + 1_000_000
+                        while Instant.now().nanoseconds < end {}
+                    }
+                    if handled == count {
+                        loop.deferUntilEndOfIteration {
+                            for p in pipes { loop.unregister(fd: p.0); close(p.0); close(p.1) }
+                            r.finish()
+                        }
+                    }
+                }
+            }
+            for (h, p) in zip(handlers, pipes) {
+                try! loop.register(fd: p.0, events: .read, handler: h)
+                var b: UInt8 = 1
+                _ = write(p.1, &b, 1)
+            }
+            r.keep(handlers)
+        }
+        let events = Array(repeating: "event", count: 8)
+        if slowEvents {
+            #expect(entries == Array(events[0..<3]) + ["write"] + Array(events[3...]))
+        } else {
+            #expect(entries == events + ["write"])
+        }
+    }
+}
+
+/// Reads its pipe dry and calls `onReady`.
+private final class PipeReader: IOHandler {
+    let fd: Int32
+    let onReady: () -> Void
+    init(fd: Int32, onReady: @escaping () -> Void) {
+        self.fd = fd
+        self.onReady = onReady
+    }
+    func ioReady(_ events: IOEvents) {
+        var b: UInt8 = 0
+        _ = read(fd, &b, 1)
+        onReady()
+    }
+}
+
+/// What the loop-side code saw, in order; written on the loop thread, read after it stopped.
+private final class Recorder: @unchecked Sendable {
+    private(set) var entries: [String] = []
+    private var kept: [AnyObject] = []
+    let over = DispatchSemaphore(value: 0)
+    func add(_ s: String) { entries.append(s) }
+    func keep(_ objects: [AnyObject]) { kept += objects }
+    func finish() { over.signal() }
+}
