@@ -84,7 +84,7 @@ final class HTTPConnection: IOHandler {
     private var outStart = 0
     /// Output is waiting for the socket to become writable.
     private var outPending = false
-    /// A response is in `out`, to be written with the loop's write burst (`flushQueued`).
+    /// A response is in `out`, to be written with the loop's write burst (`queuedFlush`).
     private var flushQueued = false
     /// Output not written yet: queued for the loop's write burst, or waiting for the
     /// socket. No further request is parsed meanwhile.
