@@ -74,6 +74,10 @@ public final class EventLoop: @unchecked Sendable {
     /// nanoseconds (2 ms): past this, it goes out at the next check between events
     /// (every 4 events).
     public static let writeBatchWindowNs: UInt64 = 2_000_000
+    /// How many writes a long iteration gathers before the next check between events
+    /// sends them (8): a burst that size already wakes a peer once per 8 sends, and
+    /// the first response of a busy iteration waits for a few events, not all of them.
+    public static let writeBatchLimit = 8
 
     /// Creates a loop (the epoll and eventfd descriptors); call `run()` or
     /// `EventLoopGroup` to drive it.
@@ -132,9 +136,10 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Runs `write` — a task that writes output already prepared, e.g. an HTTP
     /// response encoded into a connection's buffer — together with every other write
-    /// queued in this iteration, after its events and deferred tasks, or at the next
-    /// check between events once the oldest has waited `writeBatchWindowNs` (a long
-    /// iteration under load). Loop thread only.
+    /// queued in this iteration, after its events and deferred tasks — or, in a long
+    /// iteration under load, at the next check between events (every 4 events) once
+    /// `writeBatchLimit` writes are queued or the oldest has waited
+    /// `writeBatchWindowNs`. Loop thread only.
     ///
     /// Why: a send to a peer that sleeps on another CPU wakes it, and on a virtual
     /// machine the inter-processor interrupt of that wake-up costs more than the send
@@ -257,7 +262,9 @@ public final class EventLoop: @unchecked Sendable {
                         cachedNow = Instant.now()
                         if let first = timers.first, first.deadline <= cachedNow { runExpiredTimers() }
                         if wakePending.load(ordering: .acquiring) { drainWakeups() }
-                        if !writes.isEmpty && cachedNow.nanoseconds >= writesDueNs { runWrites() }
+                        if !writes.isEmpty && (writes.count >= EventLoop.writeBatchLimit || cachedNow.nanoseconds >= writesDueNs) {
+                            runWrites()
+                        }
                     }
                     let data = CLinux_event_data(events + k)
                     let ev = IOEvents(rawValue: CLinux_event_events(events + k))

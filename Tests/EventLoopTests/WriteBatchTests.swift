@@ -49,17 +49,27 @@ import Testing
         #expect(entries == ["task", "deferred", "w1", "w2", "w3", "next iteration", "deferred by w1"])
     }
 
-    /// Eight descriptors ready at once are handled in one iteration. When handling them is
-    /// quick, a write queued by the first goes out after the last; when each takes 1 ms,
-    /// it goes out at the check after the fourth event (the window of 2 ms has passed),
-    /// before the rest.
-    @Test(arguments: [false, true])
-    func write_WaitsForTheIterationsEnd_UnlessTheWindowHasPassed(slowEvents: Bool) throws {
+    /// How the events of `write_GoesOutAtTheIterationsEnd_OrWhenALongIterationHasGatheredEnough`
+    /// behave.
+    enum Scenario: CaseIterable, Sendable {
+        /// Eight quick events; the first queues one write.
+        case quickEvents
+        /// Eight events of 1 ms each; the first queues one write.
+        case slowEvents
+        /// Twelve quick events, each queueing a write.
+        case manyWrites
+    }
+
+    /// Descriptors ready at once are handled in one iteration. A write waits for the
+    /// iteration's end while the iteration is short; in a long one it goes out at the
+    /// check between events (every 4) once the window of 2 ms has passed, or once 8
+    /// writes are queued — before the rest of the events.
+    @Test(arguments: Scenario.allCases)
+    func write_GoesOutAtTheIterationsEnd_OrWhenALongIterationHasGatheredEnough(_ scenario: Scenario) throws {
+        let count = scenario == .manyWrites ? 12 : 8
         let entries = try onLoop { loop, r in
-            let count = 8
             var pipes: [(Int32, Int32)] = []
             var handled = 0
-            var queued = false
             for _ in 0..<count {
                 var fds: [Int32] = [-1, -1]
                 _ = pipe(&fds)
@@ -69,11 +79,10 @@ import Testing
                 PipeReader(fd: p.0) {
                     handled += 1
                     r.add("event")
-                    if !queued {
-                        queued = true
+                    if handled == 1 || scenario == .manyWrites {
                         loop.deferWrite { r.add("write") }
                     }
-                    if slowEvents {
+                    if scenario == .slowEvents {
                         let end = Instant.now().nanoseconds + 1_000_000
                         while Instant.now().nanoseconds < end {}
                     }
@@ -92,11 +101,17 @@ import Testing
             }
             r.keep(handlers)
         }
-        let events = Array(repeating: "event", count: 8)
-        if slowEvents {
-            #expect(entries == Array(events[0..<3]) + ["write"] + Array(events[3...]))
-        } else {
-            #expect(entries == events + ["write"])
+        func times(_ n: Int, _ s: String) -> [String] { Array(repeating: s, count: n) }
+        switch scenario {
+        case .quickEvents:
+            #expect(entries == times(8, "event") + ["write"])
+        case .slowEvents:
+            // Checked before the fourth event: 3 ms have passed since the write was queued.
+            #expect(entries == times(3, "event") + ["write"] + times(5, "event"))
+        case .manyWrites:
+            // Before the fourth and eighth events 3 and 7 writes are queued; before the
+            // twelfth, 11.
+            #expect(entries == times(11, "event") + times(11, "write") + ["event", "write"])
         }
     }
 }
