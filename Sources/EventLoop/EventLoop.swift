@@ -300,6 +300,8 @@ public final class EventLoop: @unchecked Sendable {
             return t
         }
         for t in tasks { t() }
+        // Their writes (a response given off the loop just before the stop) go out too.
+        runWrites()
         let oldTimers = timers.removeAll()
         // Their owners may still hold these timers: the callbacks go, not just the heap.
         let oldCallbacks = oldTimers.map { t -> (() -> Void)? in

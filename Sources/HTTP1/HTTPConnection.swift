@@ -102,6 +102,10 @@ final class HTTPConnection: IOHandler {
     /// epoll is level-triggered, so a wrong `true` costs one loop iteration, never a hang.
     private var drained = false
     private var interest: IOEvents = [.read]
+    /// Requests dispatched since the socket was last reported readable: `drive` runs
+    /// again after each write burst, and a pipeline answered at once would otherwise
+    /// never yield to other connections.
+    private var turnServed = 0
     private var processing = false
 
     private var timer: LoopTimer? = nil
@@ -111,6 +115,8 @@ final class HTTPConnection: IOHandler {
     /// Most bytes buffered from a client while its previous request is in progress.
     private static let pendingCap = 65536
     /// Most requests served from the socket in one go before yielding to other connections.
+    /// A turn begins with a readiness event and spans the write bursts that answer its
+    /// requests (`turnServed`).
     private static let requestsPerTurn = 32
     /// How long a closing connection drains the client's input (see `finishClose`).
     private static let lingerTime: Duration = .seconds(2)
@@ -248,6 +254,7 @@ final class HTTPConnection: IOHandler {
         }
         if events.contains(.read) {
             drained = false
+            turnServed = 0
             if awaiting || outputBusy {
                 busyRead()
             } else {
@@ -263,7 +270,6 @@ final class HTTPConnection: IOHandler {
         if processing || closed { return }
         processing = true
         defer { processing = false }
-        var served = 0
         var yielded = false
         let buf = context.readBuffer
         let bufSize = LoopContext.readBufferSize
@@ -276,7 +282,7 @@ final class HTTPConnection: IOHandler {
                 case .request(let req, let consumed):
                     pendStart += consumed
                     if pendStart == pend.count { clearPending() }
-                    served += 1
+                    turnServed += 1
                     dispatch(req)
                 case .expectContinue(let consumed):
                     pendStart += consumed
@@ -286,7 +292,7 @@ final class HTTPConnection: IOHandler {
                 }
                 continue
             }
-            if served >= HTTPConnection.requestsPerTurn {
+            if turnServed >= HTTPConnection.requestsPerTurn {
                 yielded = true
                 break
             }
@@ -307,7 +313,7 @@ final class HTTPConnection: IOHandler {
                         off += consumed
                         keepPending(buf + off, n - off)
                         off = n
-                        served += 1
+                        turnServed += 1
                         dispatch(req)
                     case .expectContinue(let consumed):
                         off += consumed
@@ -423,6 +429,9 @@ final class HTTPConnection: IOHandler {
         writer = nil
         awaiting = false
         closeAfterFlush = close
+        // No head or body deadline while the response is queued (a continue check that
+        // refused a head at once leaves the head timer armed): the flush sets the next.
+        timerKind = .none
         ResponseEncoder.encode(response, into: &out, isHEAD: requestIsHEAD, keepAlive: !close,
                                versionMinor: requestVersionMinor, dateLine: context.dateCache.line())
         // Written with the loop's other output of this iteration (`EventLoop.deferWrite`);
@@ -452,7 +461,7 @@ final class HTTPConnection: IOHandler {
             requestVersionMinor = head.versionMinor
             if check(head, w) {
                 // To be answered later: no head or body timeout meanwhile. (Answered
-                // already, the connection is closing under its own linger timer.)
+                // already, `respond` cleared the timer; the flush sets the linger timer.)
                 if awaiting { timerKind = .none }
                 return
             }
@@ -569,9 +578,24 @@ final class HTTPConnection: IOHandler {
         }
     }
 
+    /// Writes what the socket takes of a queued response, without waiting or closing.
+    private func writeQueuedBestEffort() {
+        flushQueued = false
+        while outStart < out.count {
+            let n = out.withUnsafeBytes { b in transmit(b.baseAddress! + outStart, b.count - outStart) }
+            if n <= 0 { return }
+            outStart += n
+        }
+    }
+
     /// Closes the descriptor at once; the responder's writer stops accepting a response.
     func close() {
         guard !closed else { return }
+        // A response already given but still queued for the loop's write burst goes out
+        // first, as it did when responses were written at once (shutdown, a client's end
+        // of input or a reset seen in the same iteration): best effort, what the socket
+        // takes now.
+        if flushQueued { writeQueuedBestEffort() }
         closed = true
         loop.cancel(timer)
         timer = nil
