@@ -63,6 +63,10 @@ public final class EventLoop: @unchecked Sendable {
     /// Atomic: `inEventLoop` reads it from any thread.
     private let threadID = Atomic<UInt>(0)
     private var cachedNow = Instant.now()
+    /// See `eventsReadySince`.
+    private var readySince = Instant.now()
+    /// When the last `epoll_wait` returned.
+    private var lastWaitReturn = Instant.now()
     private var deferred: [() -> Void] = []
     /// Output queued by `deferWrite`, written in one burst (see there).
     private var writes: [() -> Void] = []
@@ -109,6 +113,14 @@ public final class EventLoop: @unchecked Sendable {
     /// The monotonic time cached at the start of the current loop iteration
     /// (cheap; at most one iteration stale). Loop thread only.
     public var now: Instant { cachedNow }
+
+    /// About when the events this iteration handles became ready: when its wait
+    /// blocked, the moment it woke (they woke it); when the loop found them at once,
+    /// the moment its previous wait returned (they came while the last iteration ran —
+    /// under load, milliseconds before the loop gets to them). At most `now`. Loop
+    /// thread only. A request's wait budget counts from it (`HTTPRequest.receivedAt`),
+    /// not from when a busy loop got to the request.
+    public var eventsReadySince: Instant { readySince }
 
     // MARK: - Cross-thread tasks
 
@@ -248,8 +260,14 @@ public final class EventLoop: @unchecked Sendable {
                 timeoutNs = first.deadline <= cachedNow ? 0
                     : min(Int64(first.deadline.nanoseconds - cachedNow.nanoseconds), 3_600_000_000_000)
             }
-            let n = CLinux_epoll_wait_ns(epfd, events, maxEvents, timeoutNs)
+            // A look without blocking first: events found at once became ready while the
+            // last iteration ran; events that end a blocking wait, when it woke.
+            var n = CLinux_epoll_wait_ns(epfd, events, maxEvents, 0)
+            let blocked = n == 0 && timeoutNs != 0
+            if blocked { n = CLinux_epoll_wait_ns(epfd, events, maxEvents, timeoutNs) }
             cachedNow = Instant.now()
+            readySince = blocked ? cachedNow : lastWaitReturn
+            lastWaitReturn = cachedNow
             // Timers that came due while the last iteration ran go before its events.
             if let first = timers.first, first.deadline <= cachedNow { runExpiredTimers() }
             if n > 0 {

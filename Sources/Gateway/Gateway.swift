@@ -471,7 +471,9 @@ public final class Gateway: @unchecked Sendable {
     private func handle(_ req: HTTPRequest, _ w: HTTPResponseWriter) {
         let state = states[w.loop.index]
         let requestID = state.nextRequestID()
-        let start = w.loop.now
+        // From the request's arrival, not from when a busy loop got to it: its wait
+        // budget, step deadlines and logged duration include that queueing.
+        let start = req.receivedAt ?? w.loop.now
         if draining.load(ordering: .relaxed) { w.closeAfterResponse = true }
 
         let target = target(of: req, routes: state.routes)
@@ -1450,8 +1452,10 @@ struct RequestHeaders: FlowHeaderSource {
 }
 
 /// The wait-budget deadlines of one budget length on one loop, in arrival order.
-/// Runs start in time order, so their deadlines (start + budget) are already
-/// sorted: a FIFO replaces a timer per run. One loop timer fires at the first
+/// Runs start in time order (a request's arrival, `HTTPRequest.receivedAt`), so their
+/// deadlines (start + budget) are already sorted — a pipelined request read before an
+/// earlier-dispatched one is the exception, and gets a timer of its own
+/// (`addBudgetDeadline`): a FIFO replaces a timer per run. One loop timer fires at the first
 /// deadline of a run still waiting; runs that answered in time are skipped (their
 /// token is gone from `LoopState.waiting`), so a burst of fast runs costs two
 /// appends each and no timer.

@@ -106,6 +106,9 @@ final class HTTPConnection: IOHandler {
     /// again after each write burst, and a pipeline answered at once would otherwise
     /// never yield to other connections.
     private var turnServed = 0
+    /// When the bytes of the latest read became ready (`EventLoop.eventsReadySince`);
+    /// a request dispatched from them is stamped with it (`HTTPRequest.receivedAt`).
+    private var readAt = Instant(nanoseconds: 0)
     private var processing = false
 
     private var timer: LoopTimer? = nil
@@ -304,6 +307,7 @@ final class HTTPConnection: IOHandler {
             if drained { break loop }
             let n = receive(buf, bufSize)
             if n > 0 {
+                readAt = loop.eventsReadySince
                 var off = 0
                 while off < n {
                     switch parser.parse(UnsafeRawBufferPointer(start: buf + off, count: n - off)) {
@@ -392,6 +396,7 @@ final class HTTPConnection: IOHandler {
             }
             let n = receive(buf, bufSize)
             if n > 0 {
+                readAt = loop.eventsReadySince
                 keepPending(buf, n)
                 // Bytes a TLS session keeps are read when the connection is free again.
                 if n < bufSize {
@@ -413,6 +418,8 @@ final class HTTPConnection: IOHandler {
     // MARK: - Requests and responses
 
     private func dispatch(_ request: HTTPRequest) {
+        var request = request
+        request.receivedAt = readAt
         awaiting = true
         timerKind = .none
         requestIsHEAD = request.method == "HEAD"

@@ -1,3 +1,5 @@
+import EventLoop
+
 /// A complete HTTP/1.x request as parsed by `HTTPRequestParser`: the request line,
 /// the header fields as received and the fully buffered body. A value type; safe
 /// to send between threads.
@@ -20,6 +22,11 @@ public struct HTTPRequest: Sendable {
     public var keepAlive: Bool
     /// The minor HTTP version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     public var versionMinor: Int
+    /// When the server had the whole request: the loop's `EventLoop.eventsReadySince`
+    /// at the read that completed it (for a pipelined request read with earlier ones,
+    /// at the connection's latest read) — under load, earlier than when the loop got to
+    /// it. Nil for a request not read by `HTTPServer`. Monotonic clock.
+    public var receivedAt: Instant?
 
     /// Creates a request; `path` and `query` are derived from `target` as the parser does.
     public init(method: String, target: String, headers: HTTPHeaders = HTTPHeaders(),

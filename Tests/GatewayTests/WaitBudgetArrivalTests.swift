@@ -1,0 +1,47 @@
+import EventLoop
+import Foundation
+@testable import Gateway
+import Glibc
+import Testing
+import TestSupport
+
+/// The wait budget counts from the request's arrival (`HTTPRequest.receivedAt`), not
+/// from when a busy loop got to it (SPEC §3: the caller's wait is what the budget bounds).
+@Suite struct WaitBudgetArrivalTests {
+    /// A request that arrives while the gateway's loop is busy for 600 ms, on a route
+    /// with a 300 ms budget over an upstream that holds its answer: its budget is over
+    /// by the time the loop reads it, so the `202` follows at once — about 600 ms after
+    /// the request was sent, not 600 + 300 as when the budget started at the read.
+    @Test func requestThatWaitedForABusyLoop_Gets202ByItsArrivalPlusBudget() throws {
+        let gate = Gate()
+        defer { gate.open() }
+        let up = try ScriptedServer.answering(heldBy: gate)
+        let h = try GatewayHarness(routes: ["s.json": AsyncEndToEndTests.slowRoute(wait: "300ms")],
+                                   env: ["U": "http://127.0.0.1:\(up.port)"])
+        // An accepted keep-alive connection (the block below must not hold the accept).
+        let c = try h.connect()
+        #expect(c.write("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+        #expect(c.readResponse()?.status == 200)
+
+        // Every loop busy (the connection is on one of them).
+        let busy = DispatchSemaphore(value: 0)
+        let loops = h.gateway.states.map(\.loop)
+        for loop in loops {
+            loop.execute {
+                busy.signal()
+                usleep(600_000)
+            }
+        }
+        for _ in loops { busy.wait() }
+        let sent = ContinuousClock.now
+        #expect(c.write("POST /slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{\"n\": 1}"))
+        let r = try #require(c.readResponse())
+        let elapsed = ContinuousClock.now - sent
+        #expect(r.status == 202)
+        #expect(up.answered == 0)
+        // Held by the busy loop, then answered without a second wait for the budget
+        // (which alone would put it at 900 ms or more).
+        #expect(elapsed >= .milliseconds(500))
+        #expect(elapsed < .milliseconds(850))
+    }
+}
