@@ -95,6 +95,11 @@ final class HTTPConnection: IOHandler {
     /// Bytes received but not parsed yet (pipelined requests read while busy).
     private var pend: [UInt8] = []
     private var pendStart = 0
+    /// When the bytes of `pend` were read, in order: each entry covers `pend` up to
+    /// `end` (exclusive) and holds that read's `readAt`. A request parsed from `pend`
+    /// is dated by the read that brought its last byte, not by a later one.
+    private var pendReads: [(end: Int, at: Instant)] = []
+    private var pendReadIndex = 0
     private var readPaused = false
     /// The last read came back short or would have blocked, and epoll has not
     /// reported the socket readable since: reading now would be a wasted system
@@ -107,7 +112,8 @@ final class HTTPConnection: IOHandler {
     /// never yield to other connections.
     private var turnServed = 0
     /// When the bytes of the latest read became ready (`EventLoop.eventsReadySince`);
-    /// a request dispatched from them is stamped with it (`HTTPRequest.receivedAt`).
+    /// a request completed by them is stamped with it (`HTTPRequest.receivedAt`), one
+    /// completed by buffered bytes with the time of their own read (`pendReads`).
     private var readAt = Instant(nanoseconds: 0)
     private var processing = false
 
@@ -284,9 +290,10 @@ final class HTTPConnection: IOHandler {
                     clearPending()
                 case .request(let req, let consumed):
                     pendStart += consumed
+                    let at = pendReadTime(endingAt: pendStart)
                     if pendStart == pend.count { clearPending() }
                     turnServed += 1
-                    dispatch(req)
+                    dispatch(req, receivedAt: at)
                 case .expectContinue(let consumed):
                     pendStart += consumed
                     expectContinue()
@@ -318,7 +325,7 @@ final class HTTPConnection: IOHandler {
                         keepPending(buf + off, n - off)
                         off = n
                         turnServed += 1
-                        dispatch(req)
+                        dispatch(req, receivedAt: readAt)
                     case .expectContinue(let consumed):
                         off += consumed
                         keepPending(buf + off, n - off)
@@ -373,14 +380,28 @@ final class HTTPConnection: IOHandler {
         }
     }
 
+    /// Buffers bytes of the latest read (dated `readAt`).
     private func keepPending(_ p: UnsafeMutableRawPointer, _ count: Int) {
         guard count > 0 else { return }
         pend.append(contentsOf: UnsafeRawBufferPointer(start: p, count: count))
+        if let last = pendReads.last, last.at == readAt {
+            pendReads[pendReads.count - 1].end = pend.count
+        } else {
+            pendReads.append((pend.count, readAt))
+        }
+    }
+
+    /// When the buffered byte before offset `end` of `pend` was read.
+    private func pendReadTime(endingAt end: Int) -> Instant {
+        while pendReadIndex < pendReads.count - 1 && pendReads[pendReadIndex].end < end { pendReadIndex += 1 }
+        return pendReadIndex < pendReads.count ? pendReads[pendReadIndex].at : readAt
     }
 
     private func clearPending() {
         if pend.capacity > HTTPConnection.pendingCap * 2 { pend = [] } else { pend.removeAll(keepingCapacity: true) }
         pendStart = 0
+        pendReads.removeAll(keepingCapacity: true)
+        pendReadIndex = 0
     }
 
     /// Reads while a request is in progress: buffers pipelined bytes up to a cap,
@@ -417,9 +438,9 @@ final class HTTPConnection: IOHandler {
 
     // MARK: - Requests and responses
 
-    private func dispatch(_ request: HTTPRequest) {
+    private func dispatch(_ request: HTTPRequest, receivedAt: Instant) {
         var request = request
-        request.receivedAt = readAt
+        request.receivedAt = receivedAt
         awaiting = true
         timerKind = .none
         requestIsHEAD = request.method == "HEAD"
