@@ -114,6 +114,7 @@ import Testing
         let (s, seen) = try server()
         defer { s.stop() }
         let c = try TestClient(port: s.port, timeoutSeconds: 10)
+        usleep(200_000)  // the accept is handled and the loop waits again
         let before = Instant.now()
         c.send("GET /ten HTTP/1.0\r\n\r\n")
         #expect(c.readResponse()?.status == 200)
