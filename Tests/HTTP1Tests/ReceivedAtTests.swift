@@ -123,4 +123,58 @@ import Testing
         #expect(at >= before)
         #expect(at <= one.dispatchedAt)
     }
+
+    /// The pipelined case on a TLS listener: `/hold` and `/second` in one write, the
+    /// start of a third request 400 ms later. `/second` is dated by the read that
+    /// decrypted it, as on a plain connection.
+    @Test func pipelinedRequest_OnTLS_IsDatedByTheReadThatCompletedIt() throws {
+        let dir = try CertificateDirectory()
+        defer { dir.remove() }
+        let tls = try dir.make("server", commonName: "localhost")
+        let seen = Recorder<[Seen]>([])
+        let s = try TestServer(loops: 1, tls: tls, responder: { req, w in
+            seen.update { $0.append(Seen(path: req.path, receivedAt: req.receivedAt, dispatchedAt: w.loop.now)) }
+            if req.path == "/hold" {
+                w.loop.schedule(at: w.loop.now + .milliseconds(800)) { w.respond(HTTPResponse(status: 200)) }
+            } else {
+                w.respond(HTTPResponse(status: 200))
+            }
+        })
+        defer { s.stop() }
+        let script = #"""
+        import socket, ssl, sys, time
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10))
+        time.sleep(0.2)
+        sent = time.monotonic_ns()
+        s.sendall(b"GET /hold HTTP/1.1\r\nHost: h\r\n\r\nGET /second HTTP/1.1\r\nHost: h\r\n\r\n")
+        time.sleep(0.4)
+        s.sendall(b"GET /thi")
+        data = b""
+        while data.count(b"HTTP/1.1 200") < 2:
+            data += s.recv(65536)
+        s.sendall(b"rd HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        print(sent)
+        print(data.count(b"HTTP/1.1 200"))
+        """#
+        let r = try runProcess(["python3", "-W", "ignore", "-c", script, String(s.port)], in: dir.path)
+        #expect(r.status == 0, "python: \(r.stderr)")
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.count == 2 && lines[1] == "3")
+        let sent = Instant(nanoseconds: UInt64(lines.first ?? "") ?? 0)
+        let all = seen.get
+        #expect(all.map(\.path) == ["/hold", "/second", "/third"])
+        guard all.count == 3 else { return }
+        let first = try #require(all[0].receivedAt), second = try #require(all[1].receivedAt)
+        print("TLS receivedAt after the send: /hold \(ms(first, sent)) ms, /second \(ms(second, sent)) ms")
+        #expect(ms(second, sent) < 300)
+        #expect(ms(all[2].receivedAt!, sent) >= 700)
+    }
 }
