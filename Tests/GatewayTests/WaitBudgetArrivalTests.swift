@@ -45,4 +45,37 @@ import TestSupport
         #expect(elapsed >= .milliseconds(1900))
         #expect(elapsed < .milliseconds(3000))
     }
+
+    /// A request that arrives at the end of a 600 ms stall of the loop (500 ms into it),
+    /// on a route with a 400 ms budget over an upstream that answers in 50 ms: it
+    /// waited ~100 ms for the loop, so its run has most of its budget left and the
+    /// caller gets the run's `200`. Dating it by the wait before the stall (the lower
+    /// bound of when its bytes came) counts the 500 ms before it was even sent, and
+    /// answers `202` at once.
+    @Test func requestThatArrivedLateInABusyIteration_KeepsMostOfItsBudget() throws {
+        let up = try ScriptedServer.answering(delay: .milliseconds(50))
+        let h = try GatewayHarness(routes: ["s.json": AsyncEndToEndTests.slowRoute(wait: "400ms")],
+                                   env: ["U": "http://127.0.0.1:\(up.port)"])
+        let c = try h.connect()
+        #expect(c.write("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+        #expect(c.readResponse()?.status == 200)
+
+        let busy = DispatchSemaphore(value: 0)
+        let loops = h.gateway.states.map(\.loop)
+        for loop in loops {
+            loop.execute {
+                busy.signal()
+                usleep(600_000)
+            }
+        }
+        for _ in loops { busy.wait() }
+        usleep(500_000)
+        let sent = ContinuousClock.now
+        #expect(c.write("POST /slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{\"n\": 1}"))
+        let r = try #require(c.readResponse())
+        let elapsed = ContinuousClock.now - sent
+        print("late arrival in a busy iteration: \(r.status) after \(elapsed)")
+        #expect(r.status == 200)
+        #expect(elapsed < .milliseconds(400))
+    }
 }
