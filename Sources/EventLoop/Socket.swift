@@ -121,6 +121,17 @@ public enum Socket {
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
     }
 
+    /// Milliseconds since the kernel last received data on TCP socket `fd`
+    /// (`TCP_INFO`'s `tcpi_last_data_recv`, counted in jiffies: 1–10 ms resolution);
+    /// nil when `fd` is not a TCP socket or the call fails. A system call: for when
+    /// the loop cannot tell on its own (see `HTTPConnection`'s request dates).
+    public static func millisecondsSinceLastDataReceived(_ fd: Int32) -> Int? {
+        var info = tcp_info()
+        var len = socklen_t(MemoryLayout<tcp_info>.size)
+        guard getsockopt(fd, Int32(IPPROTO_TCP), TCP_INFO, &info, &len) == 0 else { return nil }
+        return Int(info.tcpi_last_data_recv)
+    }
+
     /// Connects a blocking TCP client socket to `address` (for tests and tools, not the loop).
     /// - Throws: `SystemError` from `socket` or `connect`.
     public static func connectBlocking(_ address: SocketAddress) throws -> Int32 {

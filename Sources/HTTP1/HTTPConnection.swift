@@ -314,7 +314,7 @@ final class HTTPConnection: IOHandler {
             if drained { break loop }
             let n = receive(buf, bufSize)
             if n > 0 {
-                readAt = loop.eventsReadySince
+                readAt = arrivalOfLatestRead()
                 var off = 0
                 while off < n {
                     switch parser.parse(UnsafeRawBufferPointer(start: buf + off, count: n - off)) {
@@ -380,6 +380,26 @@ final class HTTPConnection: IOHandler {
         }
     }
 
+    /// When the bytes just read arrived. The loop's `eventsReadySince` bounds it from
+    /// below, within one iteration; when the loop ran longer than
+    /// `arrivalUncertaintyLimit` since its last wait (a stall, or a very long iteration
+    /// under load), that bound may be far earlier than the bytes — dating a request by
+    /// it would spend its wait budget before it was sent —, and the kernel's time of
+    /// the socket's last received data (`TCP_INFO`, 1–10 ms resolution) dates them
+    /// instead. A system call only then.
+    private func arrivalOfLatestRead() -> Instant {
+        let since = loop.eventsReadySince
+        guard loop.now.nanoseconds &- since.nanoseconds > HTTPConnection.arrivalUncertaintyLimit,
+              let ms = Socket.millisecondsSinceLastDataReceived(fd) else { return since }
+        let now = Instant.now()
+        let estimate = Instant(nanoseconds: now.nanoseconds &- min(UInt64(ms) &* 1_000_000, now.nanoseconds))
+        return max(since, estimate)
+    }
+
+    /// How far (in nanoseconds, 5 ms) `EventLoop.eventsReadySince` may lie before the
+    /// loop's time for a read to be dated by it alone (see `arrivalOfLatestRead`).
+    static let arrivalUncertaintyLimit: UInt64 = 5_000_000
+
     /// Buffers bytes of the latest read (dated `readAt`).
     private func keepPending(_ p: UnsafeMutableRawPointer, _ count: Int) {
         guard count > 0 else { return }
@@ -417,7 +437,7 @@ final class HTTPConnection: IOHandler {
             }
             let n = receive(buf, bufSize)
             if n > 0 {
-                readAt = loop.eventsReadySince
+                readAt = arrivalOfLatestRead()
                 keepPending(buf, n)
                 // Bytes a TLS session keeps are read when the connection is free again.
                 if n < bufSize {

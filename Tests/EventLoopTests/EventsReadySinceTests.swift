@@ -79,7 +79,7 @@ import Testing
     /// written, and no later than the loop's time when handling it.
     @Test func eventsThatWakeAnIdleLoop_DateFromTheWakeUp() throws {
         let (loop, writeEnd, seen, stopped) = try start()
-        usleep(100_000)  // the loop is blocked in its wait
+        usleep(300_000)  // the loop is blocked in its wait (long since, even on a busy machine)
         let written = Instant.now()
         var b: UInt8 = 1
         _ = write(writeEnd, &b, 1)
