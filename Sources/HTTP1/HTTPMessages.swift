@@ -22,10 +22,12 @@ public struct HTTPRequest: Sendable {
     public var keepAlive: Bool
     /// The minor HTTP version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     public var versionMinor: Int
-    /// When the server had the whole request: the loop's `EventLoop.eventsReadySince`
-    /// at the read that completed it (for a pipelined request buffered while an earlier
-    /// one was answered, that read too, not a later one) — under load, earlier than when
-    /// the loop got to it. Nil for a request not read by `HTTPServer`. Monotonic clock.
+    /// When the server had the whole request, as dated at the read that completed it
+    /// (for a pipelined request buffered while an earlier one was answered, that read
+    /// too, not a later one): the loop's `EventLoop.eventsReadySince`, or — after an
+    /// iteration longer than 5 ms — the kernel's time of the socket's last received data
+    /// (`TCP_INFO`). Under load, earlier than when the loop got to it. Nil for a request
+    /// not read by `HTTPServer`. Monotonic clock.
     public var receivedAt: Instant?
 
     /// Creates a request; `path` and `query` are derived from `target` as the parser does.
