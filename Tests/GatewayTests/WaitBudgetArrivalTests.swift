@@ -8,6 +8,29 @@ import TestSupport
 /// The wait budget counts from the request's arrival (`HTTPRequest.receivedAt`), not
 /// from when a busy loop got to it (SPEC §3: the caller's wait is what the budget bounds).
 @Suite struct WaitBudgetArrivalTests {
+    /// A keep-alive connection the gateway has accepted and served once (a stall of its
+    /// loops must not hold the accept).
+    private func acceptedConnection(_ h: GatewayHarness) throws -> RawConnection {
+        let c = try h.connect()
+        #expect(c.write("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+        #expect(c.readResponse()?.status == 200)
+        return c
+    }
+
+    /// Makes every loop of the gateway (the connection is on one of them) sleep for
+    /// `microseconds`; returns once all of them have started to.
+    private func stallLoops(_ h: GatewayHarness, microseconds: UInt32) {
+        let busy = DispatchSemaphore(value: 0)
+        let loops = h.gateway.states.map(\.loop)
+        for loop in loops {
+            loop.execute {
+                busy.signal()
+                usleep(microseconds)
+            }
+        }
+        for _ in loops { busy.wait() }
+    }
+
     /// A request that arrives while the gateway's loop is busy for 2 s, on a route with
     /// a 1.5 s budget over an upstream that holds its answer: its budget is over by the
     /// time the loop reads it, so the `202` follows at once — about 2 s after the request
@@ -19,21 +42,8 @@ import TestSupport
         let up = try ScriptedServer.answering(heldBy: gate)
         let h = try GatewayHarness(routes: ["s.json": AsyncEndToEndTests.slowRoute(wait: "1500ms")],
                                    env: ["U": "http://127.0.0.1:\(up.port)"])
-        // An accepted keep-alive connection (the block below must not hold the accept).
-        let c = try h.connect()
-        #expect(c.write("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
-        #expect(c.readResponse()?.status == 200)
-
-        // Every loop busy (the connection is on one of them).
-        let busy = DispatchSemaphore(value: 0)
-        let loops = h.gateway.states.map(\.loop)
-        for loop in loops {
-            loop.execute {
-                busy.signal()
-                usleep(2_000_000)
-            }
-        }
-        for _ in loops { busy.wait() }
+        let c = try acceptedConnection(h)
+        stallLoops(h, microseconds: 2_000_000)
         let sent = ContinuousClock.now
         #expect(c.write("POST /slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{\"n\": 1}"))
         let r = try #require(c.readResponse())
@@ -56,19 +66,8 @@ import TestSupport
         let up = try ScriptedServer.answering(delay: .milliseconds(50))
         let h = try GatewayHarness(routes: ["s.json": AsyncEndToEndTests.slowRoute(wait: "400ms")],
                                    env: ["U": "http://127.0.0.1:\(up.port)"])
-        let c = try h.connect()
-        #expect(c.write("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
-        #expect(c.readResponse()?.status == 200)
-
-        let busy = DispatchSemaphore(value: 0)
-        let loops = h.gateway.states.map(\.loop)
-        for loop in loops {
-            loop.execute {
-                busy.signal()
-                usleep(600_000)
-            }
-        }
-        for _ in loops { busy.wait() }
+        let c = try acceptedConnection(h)
+        stallLoops(h, microseconds: 600_000)
         usleep(500_000)
         let sent = ContinuousClock.now
         #expect(c.write("POST /slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{\"n\": 1}"))

@@ -16,6 +16,15 @@ import Testing
 
     /// A server whose `/hold` answers after `hold`; every other path at once. Records
     /// each request's `receivedAt` and when it was dispatched.
+    /// The first request seen is dated no earlier than `notBefore` (when its last bytes
+    /// were sent) and no later than its dispatch.
+    private func expectFirstDated(_ seen: Recorder<[Seen]>, notBefore: Instant) throws {
+        let one = try #require(seen.get.first)
+        let at = try #require(one.receivedAt)
+        #expect(at >= notBefore)
+        #expect(at <= one.dispatchedAt)
+    }
+
     private func server(hold: Duration = .milliseconds(800)) throws -> (TestServer, Recorder<[Seen]>) {
         let seen = Recorder<[Seen]>([])
         let s = try TestServer(loops: 1, responder: { req, w in
@@ -82,10 +91,7 @@ import Testing
         let last = Instant.now()
         c.send("st: h\r\n\r\n")
         #expect(c.readResponse()?.status == 200)
-        let one = try #require(seen.get.first)
-        let at = try #require(one.receivedAt)
-        #expect(at >= last)
-        #expect(at <= one.dispatchedAt)
+        try expectFirstDated(seen, notBefore: last)
     }
 
     /// `Expect: 100-continue`: the head comes first, the body ~300 ms after the `100`.
@@ -103,10 +109,7 @@ import Testing
         let bodySent = Instant.now()
         c.send("hello")
         #expect(c.readResponse()?.status == 200)
-        let one = try #require(seen.get.first)
-        let at = try #require(one.receivedAt)
-        #expect(at >= bodySent)
-        #expect(at <= one.dispatchedAt)
+        try expectFirstDated(seen, notBefore: bodySent)
     }
 
     /// An HTTP/1.0 request (no keep-alive) is dated too.
@@ -118,10 +121,7 @@ import Testing
         let before = Instant.now()
         c.send("GET /ten HTTP/1.0\r\n\r\n")
         #expect(c.readResponse()?.status == 200)
-        let one = try #require(seen.get.first)
-        let at = try #require(one.receivedAt)
-        #expect(at >= before)
-        #expect(at <= one.dispatchedAt)
+        try expectFirstDated(seen, notBefore: before)
     }
 
     /// The pipelined case on a TLS listener: `/hold` and `/second` in one write, the
