@@ -458,8 +458,7 @@ final class HTTPConnection: IOHandler {
 
     // MARK: - Requests and responses
 
-    private func dispatch(_ request: HTTPRequest, receivedAt: Instant) {
-        var request = request
+    private func dispatch(_ request: consuming HTTPRequest, receivedAt: Instant) {
         request.receivedAt = receivedAt
         awaiting = true
         timerKind = .none
