@@ -472,7 +472,8 @@ public final class Gateway: @unchecked Sendable {
         let state = states[w.loop.index]
         let requestID = state.nextRequestID()
         // From the request's arrival, not from when a busy loop got to it: its wait
-        // budget, step deadlines and logged duration include that queueing.
+        // budget (with its job record's write-ahead) and logged duration include that
+        // queueing. Step deadlines count from each step's own start, as before.
         let start = req.receivedAt ?? w.loop.now
         if draining.load(ordering: .relaxed) { w.closeAfterResponse = true }
 
@@ -1453,9 +1454,10 @@ struct RequestHeaders: FlowHeaderSource {
 
 /// The wait-budget deadlines of one budget length on one loop, in arrival order.
 /// Runs start in time order (a request's arrival, `HTTPRequest.receivedAt`), so their
-/// deadlines (start + budget) are already sorted — a pipelined request read before an
-/// earlier-dispatched one is the exception, and gets a timer of its own
-/// (`addBudgetDeadline`): a FIFO replaces a timer per run. One loop timer fires at the first
+/// deadlines (start + budget) are nearly sorted — a pipelined request read before an
+/// earlier-dispatched one, or one dated by the kernel after a long iteration, can come
+/// out of order and gets a timer of its own (`addBudgetDeadline`): a FIFO replaces a
+/// timer per run. One loop timer fires at the first
 /// deadline of a run still waiting; runs that answered in time are skipped (their
 /// token is gone from `LoopState.waiting`), so a burst of fast runs costs two
 /// appends each and no timer.
