@@ -33,6 +33,15 @@ public final class FlowRun {
     public let loop: EventLoop
     /// Per-step outcomes, indexed like `route.steps`.
     public private(set) var outcomes: [StepOutcome]
+
+    /// `body` given a pointer to step `index`'s outcome, valid during the call only.
+    /// `outcomes[index].x`, or a computed property of the outcome, copies the whole
+    /// outcome (retaining everything it holds); a stored property read through
+    /// `pointee` does not. Loop thread only.
+    @inline(__always)
+    public func withOutcome<R>(_ index: Int, _ body: (UnsafePointer<StepOutcome>) -> R) -> R {
+        outcomes.withUnsafeBufferPointer { body($0.baseAddress! + index) }
+    }
     /// The final response, once finished.
     public private(set) var response: FlowResponse?
     /// When the run started (monotonic).
@@ -172,9 +181,17 @@ public final class FlowRun {
 
     private func finishIfDone() {
         guard response == nil else { return }
-        // By index: a closure over the elements would copy each outcome (and retain
-        // everything it holds) once per settled step.
-        for i in outcomes.indices where !outcomes[i].isTerminal { return }
+        // In place, by index: iterating (or `outcomes[i].isTerminal`) copies each outcome.
+        let done = outcomes.withUnsafeBufferPointer { o in
+            for k in o.indices {
+                switch o[k].state {
+                case .succeeded, .failed, .skipped: continue
+                default: return false
+                }
+            }
+            return true
+        }
+        guard done else { return }
         finish(with: composeResponse())
     }
 
@@ -505,9 +522,12 @@ private struct RunContext: TemplateContext {
     func resolveSerialized(_ ref: TemplateRef) -> [UInt8]? {
         // A whole upstream body received in canonical form: pass its bytes through.
         guard case .stepBody(let i, let path) = ref, path.isEmpty else { return nil }
-        let state = run.outcomes[i].state
-        if state == .skipped || (state == .failed && run.outcomes[i].status == nil) { return nil }
-        return run.outcomes[i].serializedBodyIfCanonical
+        return run.withOutcome(i) { o in
+            let state = o.pointee.state
+            if state == .skipped || (state == .failed && o.pointee.status == nil) { return nil }
+            guard let l = o.pointee.lazyBody, l.canonical else { return nil }  // `serializedBodyIfCanonical`
+            return l.raw
+        }
     }
 
     func resolve(_ ref: TemplateRef) -> JSON? {

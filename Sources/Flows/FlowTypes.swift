@@ -156,7 +156,7 @@ public struct StepOutcome: Sendable {
     /// Time from first attempt to finish, in seconds; nil when it never ran to an end.
     public var durationSeconds: Double? {
         guard let s = startedAt, let f = finishedAt else { return nil }
-        return Double((f - s).nanosecondsClamped) / 1e9
+        return f.seconds(since: s)
     }
 }
 

@@ -21,9 +21,12 @@ final class LoopState: @unchecked Sendable {
     let deliverer: CallbackDeliverer
     var routes: RouteTable
     let log: LogBuffer
-    /// Sync callers still waiting for their run, by request number: calling the
-    /// closure hands the run to async mode (used by drain).
-    var waiting: [UInt64: () -> Void] = [:]
+    /// Sync callers still waiting for their run (and job long-polls), by wait token:
+    /// `handOff` hands the run to async mode (its budget ended, or a drain), and
+    /// `writeAhead` journals its job record shortly before the budget ends, so the
+    /// `202` need not wait for an fsync. The waiter itself, not closures: no
+    /// allocation per request.
+    var waiting: [UInt64: any BudgetWaiter] = [:]
     /// The keys of `waiting` that are job long-polls (`GET /jobs/{id}?wait=N`): a drain
     /// answers them at once, as they wait for nothing the drain could finish.
     var longPolls: Set<UInt64> = []
@@ -35,9 +38,6 @@ final class LoopState: @unchecked Sendable {
     var waitToken: UInt64 = 0
     /// Wait-budget deadlines of synchronous runs, one FIFO per budget length.
     var budgetQueues: [BudgetQueue] = []
-    /// Write-ahead hooks of waiting runs, by wait token: each journals its run's job
-    /// record shortly before the budget ends, so the `202` need not wait for an fsync.
-    var writeAhead: [UInt64: () -> Void] = [:]
     /// Runs with an idempotency key, by job id: a duplicate request attached to one
     /// (SPEC §5) calls `whenJob` when its own budget ends, to have the run become a
     /// durable job — its own caller may still be waiting — and learn whether its record
@@ -340,7 +340,7 @@ public final class Gateway: @unchecked Sendable {
         // Long-polls first, with their jobs as they stand: holding them would hold the
         // restart for the whole timeout (they leave `waiting` once their answer is out).
         for s in states {
-            s.loop.execute { for token in s.longPolls { s.waiting[token]?() } }
+            s.loop.execute { for token in s.longPolls { s.waiting[token]?.handOff() } }
         }
         let end = ContinuousClock.now + timeout
         while ContinuousClock.now < end, waitingCount() > 0 { usleep(10_000) }
@@ -348,7 +348,7 @@ public final class Gateway: @unchecked Sendable {
             s.loop.execute {
                 let w = s.waiting
                 s.waiting.removeAll()
-                for (_, handOff) in w { handOff() }
+                for (_, waiter) in w { waiter.handOff() }
             }
         }
         // Give the 202s a moment to be written.
@@ -383,7 +383,6 @@ public final class Gateway: @unchecked Sendable {
             s.client.cancelAll()
             s.waiting.removeAll()
             s.longPolls.removeAll()
-            s.writeAhead.removeAll()
             s.promotions.removeAll()
         }
     }
@@ -747,7 +746,7 @@ public final class Gateway: @unchecked Sendable {
             }
         }
         state.waitToken &+= 1
-        let w = WaitingRun(gateway: self, call: call, run: run, input: input, trace: trace, idempotencyToken: token,
+        let w = WaitingRun(gateway: self, call: call, run: run, trace: trace, idempotencyToken: token,
                            applied: applied, respondAsync: respondAsync, token: state.waitToken)
         // Weak: the run must not keep its waiter, which holds the run (a run still going
         // when the loops stop would keep both, and the gateway's loops with them). While
@@ -766,8 +765,7 @@ public final class Gateway: @unchecked Sendable {
         if budget <= .zero {
             w.goAsync()
         } else {
-            state.waiting[w.token] = w.goAsync
-            state.writeAhead[w.token] = w.writeJobRecord
+            state.waiting[w.token] = w
             // Usually a FIFO append (no timer of its own); plain timers when out of order.
             if !state.addBudgetDeadline(call.start + budget, token: w.token, budget: budget) {
                 w.budgetTimer = state.loop.schedule(at: call.start + budget, w.goAsync)
@@ -776,7 +774,7 @@ public final class Gateway: @unchecked Sendable {
                     w.writeJobRecord()
                 } else {
                     let token = w.token
-                    let t = state.loop.schedule(at: ahead) { state.writeAhead.removeValue(forKey: token)?() }
+                    let t = state.loop.schedule(at: ahead) { state.waiting[token]?.writeAhead() }
                     run.onFinish { _ in state.loop.cancel(t) }
                 }
             }
@@ -789,16 +787,15 @@ public final class Gateway: @unchecked Sendable {
     /// before the budget ends, or when the run goes async, whichever comes first —
     /// and the `202` is sent once it is durable. One object per request instead of a
     /// closure and a box per piece of state. Loop thread only.
-    private final class WaitingRun: JobPromotion {
+    private final class WaitingRun: JobPromotion, BudgetWaiter {
         unowned let gateway: Gateway
         let call: RouteCall
         let run: FlowRun
-        let input: FlowInput
         let trace: TraceContext
         let idempotencyToken: IdempotencyToken?
         let applied: [String]
         let respondAsync: Bool
-        /// The key of this run in `LoopState.waiting` and `writeAhead`.
+        /// The key of this run in `LoopState.waiting`.
         let token: UInt64
         /// Whether the caller has been answered (or the answer is decided).
         var answered = false
@@ -816,12 +813,11 @@ public final class Gateway: @unchecked Sendable {
         /// (`registerJob`): a run answered in time never needs one.
         var acceptance: AcceptanceGate?
 
-        init(gateway: Gateway, call: RouteCall, run: FlowRun, input: FlowInput, trace: TraceContext,
+        init(gateway: Gateway, call: RouteCall, run: FlowRun, trace: TraceContext,
              idempotencyToken: IdempotencyToken?, applied: [String], respondAsync: Bool, token: UInt64) {
             self.gateway = gateway
             self.call = call
             self.run = run
-            self.input = input
             self.trace = trace
             self.idempotencyToken = idempotencyToken
             self.applied = applied
@@ -829,13 +825,19 @@ public final class Gateway: @unchecked Sendable {
             self.token = token
         }
 
+        /// `BudgetWaiter`: the budget ended (or a drain), the run becomes a job.
+        func handOff() { goAsync() }
+
+        /// `BudgetWaiter`: the budget ends within the write-ahead lead.
+        func writeAhead() { writeJobRecord() }
+
         /// Journals the job record (and the steps already settled) unless the caller
         /// was answered, or it is written or being written: a write that failed is
         /// tried again (the disk may have room again).
         func writeJobRecord() {
             guard !answered else { return }
             if record == nil {
-                record = JobRecordWrite(run: run, input: input, routeName: call.route.name, caller: call.caller,
+                record = JobRecordWrite(run: run, input: run.input, routeName: call.route.name, caller: call.caller,
                                         traceID: trace.traceID, callback: call.callback,
                                         idempotency: idempotencyToken.map { ($0.scope, $0.key) }, journal: call.state.journal!)
             }
@@ -884,7 +886,6 @@ public final class Gateway: @unchecked Sendable {
             state.loop.cancel(budgetTimer)
             budgetTimer = nil  // the timer holds this object: break the cycle
             state.waiting.removeValue(forKey: token)
-            state.writeAhead.removeValue(forKey: token)
             registerJob()
             let jobID = run.jobID
             let answer: (Bool) -> Void = { [self] ok in
@@ -911,7 +912,6 @@ public final class Gateway: @unchecked Sendable {
             state.loop.cancel(budgetTimer)
             budgetTimer = nil  // the timer holds this object: break the cycle
             state.waiting.removeValue(forKey: token)
-            state.writeAhead.removeValue(forKey: token)
             let resp = run.response!
             var r = HTTPResponse(status: resp.status, headers: resp.headers, body: resp.body)
             if !applied.isEmpty && !respondAsync { r.headers.append(("Preference-Applied", applied.joined(separator: ", "))) }
@@ -1169,7 +1169,7 @@ public final class Gateway: @unchecked Sendable {
         let waitFor = draining.load(ordering: .relaxed) ? 0 : waitSeconds
         let poll = LongPoll()
         if waitFor > 0 {
-            state.waiting[token] = { entry.loop.execute { poll.answer(entry, reply) } }
+            state.waiting[token] = ClosureWaiter { entry.loop.execute { poll.answer(entry, reply) } }
             state.longPolls.insert(token)
         }
         entry.loop.execute {
@@ -1230,11 +1230,14 @@ public final class Gateway: @unchecked Sendable {
     /// Adds a finished run's step durations and upstream errors to this loop's counters.
     static func recordSteps(_ run: FlowRun, into m: inout MetricsSnapshot) {
         for (i, step) in run.route.steps.enumerated() {
-            // Field by field: a copy of the outcome would retain everything it holds.
-            if let d = run.outcomes[i].durationSeconds {
-                m.step(route: run.route.name, step: step.id, seconds: d)
+            // In place: a copy of the outcome would retain everything it holds.
+            let (seconds, failure) = run.withOutcome(i) { o -> (Double?, StepErrorKind?) in
+                // `durationSeconds`, from stored fields.
+                let d = o.pointee.startedAt.flatMap { s in o.pointee.finishedAt.map { $0.seconds(since: s) } }
+                return (d, o.pointee.state == .failed ? o.pointee.errorKind : nil)
             }
-            if run.outcomes[i].state == .failed, let k = run.outcomes[i].errorKind, k != .template {
+            if let seconds { m.step(route: run.route.name, step: step.id, seconds: seconds) }
+            if let k = failure, k != .template {
                 m.upstreamError(route: run.route.name, step: step.id, kind: k.rawValue)
             }
         }
@@ -1378,7 +1381,7 @@ public final class Gateway: @unchecked Sendable {
     private func record(_ state: LoopState, method: String?, path: String?, status: Int, bytes: Int, route: String?,
                         outcome: String, requestID: String, start: Instant, detail: String? = nil,
                         jobID: String? = nil, traceID: String? = nil) {
-        let seconds = Double((Instant.now() - start).nanosecondsClamped) / 1e9
+        let seconds = Instant.now().seconds(since: start)
         let ms = seconds * 1000
         state.metrics.request(route: route ?? "", outcome: outcome, status: status, seconds: seconds)
         guard config.accessLog else { return }
@@ -1452,6 +1455,27 @@ struct RequestHeaders: FlowHeaderSource {
     var headerPairs: [(String, String)] { headers.pairs }
 }
 
+/// A caller waiting on this loop (`LoopState.waiting`): a synchronous run under its
+/// wait budget, or a job long-poll. Loop thread only.
+protocol BudgetWaiter: AnyObject {
+    /// Ends the wait now: the run goes async and its caller gets its `202` (a
+    /// long-poll is answered with the job as it stands). Called once, at the budget's
+    /// end or by a drain, after which the waiter is no longer in `waiting`.
+    func handOff()
+    /// Prepares for `handOff` shortly before the budget ends (the run's job record is
+    /// journaled ahead); may be called more than once, or not at all.
+    func writeAhead()
+}
+
+/// A `BudgetWaiter` whose hand-off is a closure and which prepares nothing (a job
+/// long-poll, answered at once by a drain).
+final class ClosureWaiter: BudgetWaiter {
+    private let action: () -> Void
+    init(_ action: @escaping () -> Void) { self.action = action }
+    func handOff() { action() }
+    func writeAhead() {}
+}
+
 /// The wait-budget deadlines of one budget length on one loop, in arrival order.
 /// Runs start in time order (a request's arrival, `HTTPRequest.receivedAt`), so their
 /// deadlines (start + budget) are nearly sorted — a pipelined request read before an
@@ -1463,7 +1487,7 @@ struct RequestHeaders: FlowHeaderSource {
 /// appends each and no timer.
 ///
 /// The same timer also fires `writeAheadLead` before each deadline of a run still
-/// waiting, to call its write-ahead hook (`LoopState.writeAhead`): the job record is
+/// waiting, to call its `BudgetWaiter.writeAhead`: the job record is
 /// then durable by the time the budget ends, and the `202` goes out at once.
 final class BudgetQueue {
     let budget: Duration
@@ -1504,15 +1528,15 @@ extension LoopState {
         q.timer = nil
         let now = loop.now
         while q.head < q.deadlines.count {
-            guard let handOff = waiting[q.tokens[q.head]] else { q.head += 1; continue }
+            guard let waiter = waiting[q.tokens[q.head]] else { q.head += 1; continue }
             if q.deadlines[q.head] > now { break }
             q.head += 1
-            handOff()
+            waiter.handOff()
         }
         if q.ahead < q.head { q.ahead = q.head }
         let lead = writeAheadLead()
         while q.ahead < q.deadlines.count, q.deadlines[q.ahead] + (.zero - lead) <= now {
-            writeAhead.removeValue(forKey: q.tokens[q.ahead])?()
+            waiting[q.tokens[q.ahead]]?.writeAhead()
             q.ahead += 1
         }
         if q.head == q.deadlines.count {

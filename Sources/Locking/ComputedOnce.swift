@@ -13,18 +13,20 @@ import Synchronization
 ///
 /// Store it as a `let` property of a class (it is not copyable).
 public struct ComputedOnce<Value: Sendable>: ~Copyable, Sendable {
-    private final class Box: Sendable {
-        let value: Value
-        init(_ value: Value) { self.value = value }
+    // Inlinable, so that each use is specialized for its `Value`: unspecialized, every
+    // `init` and `value` looked up `Box<Value>`'s type metadata in the runtime's cache.
+    @usableFromInline final class Box: Sendable {
+        @usableFromInline let value: Value
+        @inlinable init(_ value: Value) { self.value = value }
     }
 
-    private let cell = AtomicLazyReference<Box>()
+    @usableFromInline let cell = AtomicLazyReference<Box>()
 
     /// Nothing computed yet.
-    public init() {}
+    @inlinable public init() {}
 
     /// The value: the one already computed, or `compute()`'s, kept for later calls.
-    public func value(_ compute: () -> Value) -> Value {
+    @inlinable public func value(_ compute: () -> Value) -> Value {
         if let box = cell.load() { return box.value }
         return cell.storeIfNil(Box(compute())).value
     }
