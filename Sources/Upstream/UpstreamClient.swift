@@ -255,11 +255,13 @@ public final class UpstreamClient: @unchecked Sendable {
     /// never before `send` returns — unless the transfer is cancelled first.
     /// - Returns: the transfer, which can be cancelled.
     @discardableResult
-    public func send(_ request: UpstreamRequest, completion: @escaping (UpstreamResult) -> Void) -> UpstreamTransfer {
+    public func send(_ request: consuming UpstreamRequest, completion: @escaping (UpstreamResult) -> Void) -> UpstreamTransfer {
         let pooled = freeHandles.popLast() ?? makeHandle()
         let easy = pooled.easy
+        let deadline = request.deadline.nanoseconds
+        // Moved into the transfer, not copied (a copy retains every header string).
         let t = UpstreamTransfer(client: self, pooled: pooled, request: request, completion: completion)
-        let now = loop.now.nanoseconds, deadline = request.deadline.nanoseconds
+        let now = loop.now.nanoseconds
         let remainingMs = deadline > now ? Int64((deadline - now) / 1_000_000) : 0
         if remainingMs <= 0 {
             // Already past the deadline: fail without touching the network.
@@ -809,7 +811,7 @@ public final class UpstreamTransfer {
     private var tooLarge = false
     private var selfRetain: Unmanaged<UpstreamTransfer>?
 
-    fileprivate init(client: UpstreamClient, pooled: PooledEasy, request: UpstreamRequest, completion: @escaping (UpstreamResult) -> Void) {
+    fileprivate init(client: UpstreamClient, pooled: PooledEasy, request: consuming UpstreamRequest, completion: @escaping (UpstreamResult) -> Void) {
         self.client = client
         self.pooled = pooled
         self.easy = pooled.easy
