@@ -19,9 +19,6 @@ public struct UpstreamHandleStats: Sendable, Equatable, CustomStringConvertible 
     public var inFlight: Int
     /// Handles waiting in a client's pool for the next transfer.
     public var idle: Int
-    /// Handles replaced by a fresh one after a transfer (libcurl before 8.1.0, see
-    /// `UpstreamClient.handlesReusable`); not part of `created`/`cleanedUp`.
-    public var renewed: Int
 
     /// Handles that exist now: `created - cleanedUp`.
     public var live: Int { created - cleanedUp }
@@ -29,16 +26,15 @@ public struct UpstreamHandleStats: Sendable, Equatable, CustomStringConvertible 
     public var unaccounted: Int { live - inFlight - idle }
 
     /// Creates a snapshot from its counts.
-    public init(created: Int, cleanedUp: Int, inFlight: Int, idle: Int, renewed: Int = 0) {
+    public init(created: Int, cleanedUp: Int, inFlight: Int, idle: Int) {
         self.created = created
         self.cleanedUp = cleanedUp
         self.inFlight = inFlight
         self.idle = idle
-        self.renewed = renewed
     }
 
     public var description: String {
-        "easy handles: \(live) live (\(created) created, \(cleanedUp) cleaned up, \(renewed) renewed), \(inFlight) in flight, \(idle) idle, \(unaccounted) unaccounted"
+        "easy handles: \(live) live (\(created) created, \(cleanedUp) cleaned up), \(inFlight) in flight, \(idle) idle, \(unaccounted) unaccounted"
     }
 }
 
@@ -50,7 +46,6 @@ final class UpstreamHandleCounters: Sendable {
     private let cleanedUpCount = Atomic<Int>(0)
     private let inFlightCount = Atomic<Int>(0)
     private let idleCount = Atomic<Int>(0)
-    private let renewedCount = Atomic<Int>(0)
 
     /// The client's loop (which outlives the client, so the identifier stays unique
     /// while these counters are registered).
@@ -84,15 +79,12 @@ final class UpstreamHandleCounters: Sendable {
     func setInFlight(_ n: Int) { inFlightCount.store(n, ordering: .relaxed) }
     /// The number of pooled idle handles is now `n`.
     func setIdle(_ n: Int) { idleCount.store(n, ordering: .relaxed) }
-    /// One handle was replaced by a fresh one after its transfer.
-    func handleRenewed() { renewedCount.add(1, ordering: .relaxed) }
 
     var snapshot: UpstreamHandleStats {
         UpstreamHandleStats(created: createdCount.load(ordering: .relaxed),
                             cleanedUp: cleanedUpCount.load(ordering: .relaxed),
                             inFlight: inFlightCount.load(ordering: .relaxed),
-                            idle: idleCount.load(ordering: .relaxed),
-                            renewed: renewedCount.load(ordering: .relaxed))
+                            idle: idleCount.load(ordering: .relaxed))
     }
 }
 
@@ -139,7 +131,6 @@ extension UpstreamClient {
                 let s = c.snapshot
                 total.created += s.created
                 total.cleanedUp += s.cleanedUp
-                total.renewed += s.renewed
                 total.inFlight += s.inFlight
                 total.idle += s.idle
             }

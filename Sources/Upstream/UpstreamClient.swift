@@ -95,11 +95,10 @@ public final class UpstreamClient: @unchecked Sendable {
     /// `CURLOPT_CAINFO` for every handle (see `init`).
     private let caFile: String?
     /// The TLS session cache all handles of this client share (a `CURLSH` sharing TLS
-    /// sessions only; curl keeps the 8 most recently used). A handle's own cache would
-    /// go with it when it is renewed after its transfer (see `handlesReusable`), so no
-    /// new connection to an HTTPS upstream or callback receiver could resume a
-    /// session. Used on the loop thread only (or after the loop has stopped), so it
-    /// needs no lock callbacks. Nil if curl could not make one.
+    /// sessions only; curl keeps the 8 most recently used): a new connection resumes a
+    /// session whichever handle got it, also after a handle was replaced
+    /// (`PooledEasy.renewAfterUse`). Used on the loop thread only (or after the loop has
+    /// stopped), so it needs no lock callbacks. Nil if curl could not make one.
     private let tlsSessions: UnsafeMutableRawPointer?
     /// URLs parsed by curl, by their bytes, shared by every handle given the same one
     /// (see `parsedURL(_:)`).
@@ -166,17 +165,31 @@ public final class UpstreamClient: @unchecked Sendable {
         if let tlsSessions { curl_share_cleanup(tlsSessions) }  // no handle uses it any more
     }
 
-    /// Whether an easy handle may serve another transfer once one has finished. Not
-    /// with libcurl before 8.1.0 (curl issue #11101): it frees a handle's stored
-    /// response fields when the next transfer starts but keeps pointing at the last
-    /// one, and a response whose first field line is folded (starts with a space or a
-    /// tab) then makes it write to freed memory — any upstream, or callback receiver,
-    /// could abort the process. There each handle is replaced by a fresh one after its
-    /// transfer (`renew`); connections stay pooled in the multi handle either way.
-    public static let handlesReusable: Bool = {
-        guard let info = curl_version_info(CURLVERSION_FIRST) else { return false }  // version_num is in every age
-        return info.pointee.version_num >= 0x08_01_00
+    /// Whether head lines are screened before curl stores them (`CURLOPT_HEADER`, see
+    /// `UpstreamTransfer.received(write:)`): with libcurl before 8.1.0 (curl issue
+    /// #11101). There a handle frees its stored response fields when its next transfer
+    /// starts but keeps pointing at the last one, and a first field line that starts
+    /// with a space or a tab (a "folded" line, RFC 9112 §2.2 forbids it there) is then
+    /// appended to that freed field — any upstream, or callback receiver, could make a
+    /// reused handle write to freed memory. With `CURLOPT_HEADER` curl hands every head
+    /// line to the write callback before it stores the line, and a count short of the
+    /// line's length stops it there: the line is refused, never stored, and handles are
+    /// reused safely. (They were renewed after every transfer instead — ~10 % of a
+    /// proxied request's CPU.) From 8.1.0 on, curl forgets the pointer itself.
+    public static let screensHeadLines: Bool = {
+        guard let info = curl_version_info(CURLVERSION_FIRST) else { return true }  // version_num is in every age
+        return info.pointee.version_num < 0x08_01_00
     }()
+
+    /// Gives `pooled` a fresh curl handle in place of the one its last transfer used; it
+    /// keeps its own buffers. Counted as one handle cleaned up and one created.
+    private func renew(_ pooled: PooledEasy) {
+        curl_easy_cleanup(pooled.easy)
+        handleCounters.handlesCleanedUp(1)
+        pooled.replaceHandle(with: curl_easy_init()!)
+        handleCounters.handleCreated()
+        setSharedOptions(pooled)
+    }
 
     /// A new pooled easy handle with the options every transfer shares; the
     /// per-transfer ones are set by `UpstreamTransfer.configure` (no `curl_easy_reset`
@@ -187,15 +200,6 @@ public final class UpstreamClient: @unchecked Sendable {
         setSharedOptions(pooled)
         allHandles.append(pooled)
         return pooled
-    }
-
-    /// Gives `pooled` a fresh curl handle in place of the one its last transfer used
-    /// (see `handlesReusable`); it keeps its own buffers.
-    private func renew(_ pooled: PooledEasy) {
-        curl_easy_cleanup(pooled.easy)
-        pooled.replaceHandle(with: curl_easy_init()!)
-        setSharedOptions(pooled)
-        handleCounters.handleRenewed()
     }
 
     /// Sets the options every transfer of `pooled`'s handle shares.
@@ -222,10 +226,17 @@ public final class UpstreamClient: @unchecked Sendable {
         // Proxies as configured by the environment, without curl reading it per transfer
         // (set per transfer, in `configure`, only when they differ by scheme).
         if proxies.http == proxies.https { proxies.apply(to: h, https: false) }
+        if UpstreamClient.screensHeadLines {
+            // Each head line reaches the write callback before curl stores it (see
+            // `screensHeadLines`). A proxy's answer to `CONNECT` is then left out: its
+            // head would reach the write callback too, as if it were the response's.
+            _ = CCurl_easy_setopt_long(h, CURLOPT_HEADER, 1)
+            _ = CCurl_easy_setopt_long(h, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1)
+        }
         // Both reach the transfer without retaining anything (one call per header line).
         _ = CCurl_easy_setopt_datafunction(h, CURLOPT_WRITEFUNCTION, { ptr, size, n, ud in
             Unmanaged<PooledEasy>.fromOpaque(ud!)._withUnsafeGuaranteedRef { p in
-                p.transfer?._withUnsafeGuaranteedRef { $0.received(body: UnsafeRawBufferPointer(start: ptr, count: size * n)) } ?? 0
+                p.transfer?._withUnsafeGuaranteedRef { $0.received(write: UnsafeRawBufferPointer(start: ptr, count: size * n)) } ?? 0
             }
         })
         _ = CCurl_easy_setopt_datafunction(h, CURLOPT_HEADERFUNCTION, { ptr, size, n, ud in
@@ -290,8 +301,7 @@ public final class UpstreamClient: @unchecked Sendable {
         for h in allHandles { if let t = h.transfer { release(t.takeUnretainedValue()) } }
     }
 
-    /// Takes `t` out of curl and puts its handle back in the pool (renewed first when
-    /// handles are not reusable).
+    /// Takes `t` out of curl and puts its handle back in the pool.
     fileprivate func release(_ t: UpstreamTransfer) {
         guard let pooled = detach(t) else { return }
         repool(pooled)
@@ -308,10 +318,10 @@ public final class UpstreamClient: @unchecked Sendable {
         return t.pooled
     }
 
-    /// Puts a detached handle back in the pool, renewed first when handles are not reusable.
+    /// Puts a detached handle back in the pool, for its next transfer — a fresh one in
+    /// its place when its transfer left it holding much (`PooledEasy.renewAfterUse`).
     private func repool(_ pooled: PooledEasy) {
-        if !UpstreamClient.handlesReusable { renew(pooled) }
-        pooled.forgetLongURL()
+        if pooled.renewAfterUse { renew(pooled) }
         freeHandles.append(pooled)
         activeTransfers -= 1
     }
@@ -494,8 +504,8 @@ public final class UpstreamClient: @unchecked Sendable {
             _ = CCurl_easy_getinfo_pointer(easy, CURLINFO_PRIVATE, &ptr)
             guard let ptr, let t = Unmanaged<PooledEasy>.fromOpaque(ptr).takeUnretainedValue().transfer?.takeUnretainedValue() else { continue }
             let result = t.result(code: code)
-            // The completion (which usually answers the caller) goes first; the handle's
-            // renewal after it, off that path. Transfers the completion starts take
+            // The completion (which usually answers the caller) goes first; the handle
+            // goes back to the pool after it. Transfers the completion starts take
             // another handle meanwhile.
             let pooled = detach(t)
             t.finish(result)
@@ -587,6 +597,14 @@ private final class ParsedURL {
 /// A pooled easy handle and which per-transfer options its last use left set.
 private final class PooledEasy {
     private(set) var easy: UnsafeMutableRawPointer
+    /// Whether the last transfer left curl holding much in this handle until its next
+    /// transfer — a URL longer than `ParsedURL.keptBytes` (curl keeps its parsed parts
+    /// and its text), or a head of more than `PooledEasy.keptHeadBytes` (its stored
+    /// fields, its longest line's buffer): the client replaces the handle with a fresh
+    /// one, so an idle pool holds none of it.
+    var renewAfterUse = false
+    /// See `renewAfterUse`: 16 KiB.
+    static let keptHeadBytes = 16 * 1024
     var customRequest = false
     var noBody = false
     var postFields = false
@@ -632,21 +650,6 @@ private final class PooledEasy {
         errorBuffer[0] = 0
     }
 
-    /// Takes `fresh` (all options at their defaults) in place of the handle it had;
-    /// forgets what was set on the old one, keeps its buffers.
-    func replaceHandle(with fresh: UnsafeMutableRawPointer) {
-        easy = fresh
-        customRequest = false
-        noBody = false
-        postFields = false
-        resolve = false
-        connectMsSet = -1
-        maxFileSize = -1
-        proxyIsHTTPS = nil
-        url = nil
-        headerListSet = nil
-    }
-
     deinit {
         // After the easy handle that may point at `url` is cleaned up (the client does
         // that before letting go of its pooled handles).
@@ -656,14 +659,20 @@ private final class PooledEasy {
         bodyBuffer?.deallocate()
     }
 
-    /// Lets go of a URL longer than `ParsedURL.keptBytes` (it was parsed for its
-    /// transfer only). Between transfers only.
-    func forgetLongURL() {
-        guard let u = url, u.text.utf8.count > ParsedURL.keptBytes else { return }
-        // Both: a reused handle also keeps curl's copy of the text as `CURLOPT_URL`.
-        _ = CCurl_easy_setopt_pointer(easy, CURLOPT_CURLU, nil)
-        _ = CCurl_easy_setopt_string(easy, CURLOPT_URL, nil)
+    /// Takes `fresh` (all options at their defaults) in place of the handle it had;
+    /// forgets what was set on the old one, keeps its buffers.
+    func replaceHandle(with fresh: UnsafeMutableRawPointer) {
+        easy = fresh
+        renewAfterUse = false
+        customRequest = false
+        noBody = false
+        postFields = false
+        resolve = false
+        connectMsSet = -1
+        maxFileSize = -1
+        proxyIsHTTPS = nil
         url = nil
+        headerListSet = nil
     }
 
     /// Whether the host of the URL the handle was last given (as curl parsed it, with
@@ -806,8 +815,15 @@ public final class UpstreamTransfer {
     private var headTransferEncoding = false
     /// The current head's last field line was `Content-Length` (a folded line continues it).
     private var lastFieldWasContentLength = false
-    /// Why the header callback stopped the transfer; nil: it did not.
+    /// Why the header (or write) callback stopped the transfer; nil: it did not.
     private var framingError: FramingError?
+    /// When head lines are screened (`received(write:)`): the line of the current head
+    /// the next one is (0: its status line), and whether the heads are over (what comes
+    /// to the write callback now is the body).
+    private var headLine = 0
+    private var headsDone = false
+    /// Bytes of head lines (and trailers) received, for `PooledEasy.renewAfterUse`.
+    private var headBytes = 0
     private var tooLarge = false
     private var selfRetain: Unmanaged<UpstreamTransfer>?
 
@@ -873,6 +889,7 @@ public final class UpstreamTransfer {
                 }
             }
         }
+        if request.url.utf8.count > ParsedURL.keptBytes { p.renewAfterUse = true }
         if p.customRequest { _ = CCurl_easy_setopt_pointer(h, CURLOPT_CUSTOMREQUEST, nil); p.customRequest = false }
         if p.noBody { _ = CCurl_easy_setopt_long(h, CURLOPT_NOBODY, 0); p.noBody = false }
         if p.postFields {
@@ -960,6 +977,35 @@ public final class UpstreamTransfer {
         return n == 6
     }
 
+    /// Takes what curl hands the write callback: the body's bytes and — when head
+    /// lines are screened (`UpstreamClient.screensHeadLines`, `CURLOPT_HEADER`) — first
+    /// each line of every head, one line per call, before curl stores it and before
+    /// `received(headerLine:)` sees it. A head's first field line that starts with a
+    /// space or a tab is refused (RFC 9112 §2.2: whitespace before the first field;
+    /// curl would append it to a freed field of the handle's previous transfer): the
+    /// transfer stops with `framingError` set and the line is never stored. A head
+    /// ends at its blank line; it is the last one unless curl read its status as
+    /// interim (1xx other than 101: another head follows). Returns the count taken;
+    /// fewer than given stops the transfer (CURLE_WRITE_ERROR). Loop thread (curl's
+    /// callback).
+    fileprivate func received(write chunk: UnsafeRawBufferPointer) -> Int {
+        guard UpstreamClient.screensHeadLines && !headsDone else { return received(body: chunk) }
+        guard let first = chunk.first else { return 0 }
+        if first == 0x0D || first == 0x0A {  // the blank line ending a head (curl's test)
+            headLine = 0
+            var code = 0
+            if let h = easy { _ = CCurl_easy_getinfo_long(h, CURLINFO_RESPONSE_CODE, &code) }
+            if !(100...199).contains(code) || code == 101 { headsDone = true }
+            return chunk.count
+        }
+        if headLine == 1 && (first == 0x20 || first == 0x09) {
+            framingError = .whitespaceBeforeFirstField
+            return 0
+        }
+        headLine += 1
+        return chunk.count
+    }
+
     fileprivate func received(body chunk: UnsafeRawBufferPointer) -> Int {
         if body.count + chunk.count > request.maxBodyBytes {
             tooLarge = true
@@ -979,6 +1025,8 @@ public final class UpstreamTransfer {
     /// closes the connection (RFC 9112 §6.3: the response is discarded, the connection not
     /// reused). Loop thread (curl's callback); allocates only to store the line.
     fileprivate func received(headerLine raw: UnsafeRawBufferPointer) -> Bool {
+        headBytes += raw.count
+        if headBytes > PooledEasy.keptHeadBytes { pooled.renewAfterUse = true }
         var end = raw.count
         while end > 0 && (raw[end - 1] == 0x0A || raw[end - 1] == 0x0D) { end -= 1 }
         if end == 0 {  // the blank line ending a header block
@@ -1180,6 +1228,9 @@ private enum FramingError {
     /// `101 Switching Protocols`, which no step requests (RFC 9110 §15.2.2: a server
     /// switches only to a protocol the request's `Upgrade` names).
     case switchedProtocols
+    /// A head's first field line starts with whitespace (RFC 9112 §2.2; screened only
+    /// with libcurl before 8.1.0, see `UpstreamClient.screensHeadLines`).
+    case whitespaceBeforeFirstField
 
     var message: String {
         switch self {
@@ -1187,6 +1238,7 @@ private enum FramingError {
         case .invalidLength: "invalid response framing: Content-Length is not a decimal number (RFC 9112 §6.3)"
         case .lengthWithTransferEncoding: "invalid response framing: both Transfer-Encoding and Content-Length (RFC 9112 §6.3)"
         case .switchedProtocols: "upstream switched protocols (101); only HTTP responses are accepted"
+        case .whitespaceBeforeFirstField: "invalid response head: whitespace before the first header field (RFC 9112 §2.2)"
         }
     }
 }

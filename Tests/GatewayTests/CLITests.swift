@@ -623,7 +623,7 @@ import TestSupport
 
     /// New connections to an HTTPS upstream resume the TLS session an earlier one got
     /// (each event loop's client keeps one session cache for all its easy handles,
-    /// which are renewed after every transfer). `openssl s_server -www` closes each
+    /// whichever handle a connection is made on). `openssl s_server -www` closes each
     /// connection after its answer and says in it whether the session was new or reused.
     @Test func upstreamTLS_NewConnectionsResumeTheSession() throws {
         let upDir = try makeTempDir(), dir = try makeTempDir()

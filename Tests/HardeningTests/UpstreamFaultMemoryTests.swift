@@ -242,6 +242,43 @@ struct UpstreamFaultMemoryProbe {
         #expect(gw.upstreamHandles.live >= stormConcurrency / 2, "the storm ran concurrently: \(gw.upstreamHandles)")
     }
 
+    /// An upstream answering with a 200 KB head (four 50 KB fields, under curl's 100 KB per
+    /// line and 300 KB per head), 20 requests at a time: once the transfers are over, no
+    /// idle pooled handle keeps such a head (curl holds a handle's last stored fields and
+    /// its longest line's buffer until the next transfer: a handle that received a head
+    /// over `PooledEasy.keptHeadBytes` is replaced by a fresh one), so the heap returns to
+    /// its baseline.
+    @Test func largeHeadStorm_ThePoolKeepsNoHead() throws {
+        let pad = String(repeating: "a", count: 50_000)
+        let head = "HTTP/1.1 200 OK\r\n" + (1...4).map { "X-Pad-\($0): \(pad)\r\n" }.joined()
+            + "Content-Length: 2\r\nConnection: close\r\n\r\nok"
+        let up = try ScriptedServer { conn, _ in
+            _ = conn.readRequest()
+            _ = conn.write(head)
+            shutdown(conn.fd, Int32(SHUT_WR))
+            _ = conn.isClosedByPeer()
+        }
+        let gw = try HardeningGateway(routes: [
+            "big.json": jsonText(["name": "big", "method": "GET", "path": "/big", "wait": "30s",
+                                  "steps": [["id": "up", "timeout": "5s",
+                                             "request": ["method": "GET", "url": "http://127.0.0.1:\(up.port)/h"]]]]),
+        ])
+        func idle() -> Bool {
+            eventually(timeout: .seconds(15)) { gw.upstreamHandles.inFlight == 0 && gw.metric("switchboard_jobs_running") == 0 }
+        }
+        let warm = storm(gw, path: "/big", count: 60, concurrency: stormConcurrency)
+        #expect(idle(), "\(gw.upstreamHandles)")
+        let before = steadyHeapBytes()
+        let measured = storm(gw, path: "/big", count: 60, concurrency: stormConcurrency)
+        #expect(idle(), "\(gw.upstreamHandles)")
+        let after = steadyHeapBytes()
+        print("memory-probe large heads: heap \(before) -> \(after) bytes (\(after - before)); \(gw.upstreamHandles)")
+        #expect((warm + measured).allSatisfy { $0 == 200 }, "\(Set(warm + measured))")
+        // 20 idle handles each keeping a 200 KB head (fields and line buffer) would be ~8 MB.
+        #expect(after - before < heapTolerance, "the idle pool kept large heads: heap grew by \(after - before) bytes")
+        #expect(gw.upstreamHandles.live >= stormConcurrency / 2, "the storm ran concurrently: \(gw.upstreamHandles)")
+    }
+
     /// The measurement is sharp enough: a deliberate leak of 2 KiB per request (in the upstream, same process) shows up as heap growth above the tolerance.
     @Test func selfTest_ADeliberate2KiBPerRequestLeak_IsCaught() throws {
         let fault = try #require(upstreamFaults.first { $0.name == "closes before answering" })
@@ -277,6 +314,6 @@ struct UpstreamFaultMemoryProbe {
         for l in lines { print(l) }
         #expect(finished, "the probe did not finish within 300 s")
         #expect(p.terminationStatus == 0, "the probe failed:\n\(text.suffix(6000))")
-        #expect(lines.count == upstreamFaults.count + 2, "every fault mode, the long URLs and the self-test reported (\(lines.count)):\n\(text.suffix(3000))")
+        #expect(lines.count == upstreamFaults.count + 3, "every fault mode, the long URLs, the large heads and the self-test reported (\(lines.count)):\n\(text.suffix(3000))")
     }
 }

@@ -1,0 +1,124 @@
+import Dispatch
+import EventLoop
+import Glibc
+import Locking
+import Testing
+import TestSupport
+import Upstream
+
+/// Easy handles are reused with libcurl 7.88 because head lines are screened before
+/// curl stores them (`UpstreamClient.screensHeadLines`, curl issue #11101): these drive
+/// one client through a real upstream answering scripted bytes, transfer after
+/// transfer, and check what reaches the step — heads refused, bodies intact, one
+/// handle serving them all.
+@Suite struct HeadScreeningTests {
+    /// Runs `answers.count` GETs in turn through one client on one loop, against an
+    /// upstream that answers the n-th connection with `answers[n]` and closes it.
+    /// Returns the results and the client's handle stats after the last one.
+    static func run(_ answers: [String]) throws -> ([UpstreamResult?], UpstreamHandleStats) {
+        let next = Locked(0)
+        let up = try ScriptedServer { conn, _ in
+            _ = conn.readRequest()
+            let i = next.withLock { n -> Int in n += 1; return n - 1 }
+            _ = conn.write(answers[min(i, answers.count - 1)])
+            shutdown(conn.fd, Int32(SHUT_WR))
+            _ = conn.isClosedByPeer()
+        }
+        let group = try EventLoopGroup(count: 1)
+        defer { group.shutdown() }
+        let loop = group.loops[0]
+        nonisolated(unsafe) var client: UpstreamClient?
+        loop.execute { client = UpstreamClient(loop: loop) }
+        var results: [UpstreamResult?] = []
+        for _ in answers {
+            let done = DispatchSemaphore(value: 0)
+            nonisolated(unsafe) var result: UpstreamResult?
+            loop.execute {
+                client!.send(UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: loop.now + .seconds(10))) { r in
+                    result = r
+                    done.signal()
+                }
+            }
+            _ = done.wait(timeout: .now() + 20)
+            results.append(result)
+        }
+        // The handle goes back to the pool right after the completion ran.
+        _ = eventually { UpstreamClient.handleStats(onLoops: [loop]).idle == 1 }
+        let stats = UpstreamClient.handleStats(onLoops: [loop])
+        loop.execute { client = nil }
+        return (results, stats)
+    }
+
+    static let ok = "HTTP/1.1 200 OK\r\nA: b\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+
+    static func expectRefused(_ r: UpstreamResult?, sourceLocation: SourceLocation = #_sourceLocation) {
+        guard case .failure(let f)? = r else {
+            Issue.record("expected a refused head, got \(String(describing: r))", sourceLocation: sourceLocation)
+            return
+        }
+        #expect(f.kind == .protocol, sourceLocation: sourceLocation)
+        if UpstreamClient.screensHeadLines {
+            #expect(f.message.contains("whitespace before the first header field"), "\(f.message)", sourceLocation: sourceLocation)
+        }
+    }
+
+    /// The case curl #11101 needs: a first field line starting with a tab (or a
+    /// space) on a handle whose previous transfer stored fields. It is refused with
+    /// its reason; the same handle serves the transfers after it.
+    @Test(arguments: ["\t", " "])
+    func whitespaceBeforeFirstField_OnAReusedHandle_IsRefused(_ ws: String) throws {
+        let folded = "HTTP/1.1 200 OK\r\n\(ws)X: y\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+        let (results, stats) = try Self.run([Self.ok, folded, Self.ok, folded, Self.ok])
+        for i in [0, 2, 4] { #expect(try results[i]?.get().body == Array("ok".utf8)) }
+        Self.expectRefused(results[1])
+        Self.expectRefused(results[3])
+        #expect(stats.created == 1 && stats.cleanedUp == 0 && stats.inFlight == 0 && stats.unaccounted == 0, "\(stats)")
+    }
+
+    /// After an interim head with no fields (`100 Continue`), the final head's first
+    /// field line is the first one of the transfer: refused when it starts with
+    /// whitespace — and so it is after an interim head with fields.
+    @Test func whitespaceBeforeFirstField_AfterAnInterimHead_IsRefused() throws {
+        let afterBare = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n X: y\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+        let afterFields = "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n\tX: y\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+        let interimFolded = "HTTP/1.1 103 Early Hints\r\n Link: </a>\r\n\r\nHTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+        let (results, stats) = try Self.run([Self.ok, afterBare, afterFields, interimFolded, Self.ok])
+        Self.expectRefused(results[1])
+        Self.expectRefused(results[2])
+        Self.expectRefused(results[3])
+        #expect(try results[4]?.get().body == Array("ok".utf8))
+        #expect(stats.created == 1 && stats.unaccounted == 0, "\(stats)")
+    }
+
+    /// What is not a first field line passes as before: an interim head then the
+    /// final one (its fields, not the interim's), a folded line after the first field
+    /// (obs-fold, RFC 9112 §5.2: joined to the field before it), and bodies whose
+    /// bytes look like head lines — starting with whitespace, or holding a status
+    /// line and a folded field — reach the step exactly, chunked or not, with
+    /// trailers left out of the fields.
+    @Test func otherHeadsAndBodies_PassUnchanged() throws {
+        let lookalike = "HTTP/1.1 200 OK\r\n\tX: y\r\n\r\n"
+        let answers = [
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nA: 1\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
+            "HTTP/1.1 200 OK\r\nA: b\r\n c\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: \(lookalike.utf8.count + 2)\r\n\r\n \t\(lookalike)",
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n \t\r\n\(String(lookalike.utf8.count, radix: 16))\r\n\(lookalike)\r\n0\r\nT: v\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+            Self.ok,
+        ]
+        let (results, stats) = try Self.run(answers)
+        let first = try #require(try results[0]?.get())
+        #expect(first.status == 201 && first.body == Array("hi".utf8) && first.header("a") == "1")
+        let folded = try #require(try results[1]?.get())
+        #expect(folded.status == 200 && folded.body == Array("ok".utf8))
+        #expect(folded.header("a").map { $0.hasPrefix("b") && $0.hasSuffix("c") } == true, "\(String(describing: folded.header("a")))")
+        #expect(try results[2]?.get().body == Array((" \t" + lookalike).utf8))
+        let chunked = try #require(try results[3]?.get())
+        #expect(chunked.body == Array((" \t" + lookalike).utf8))
+        #expect(chunked.header("t") == nil)
+        let empty = try #require(try results[4]?.get())
+        #expect(empty.status == 204 && empty.body.isEmpty)
+        #expect(try results[5]?.get().body == Array("ok".utf8))
+        #expect(stats.created == 1 && stats.unaccounted == 0, "\(stats)")
+    }
+}
