@@ -71,7 +71,7 @@ def classify(frames):
 # time included (the send of the request, the recv of the response, the polls).
 CURL_PHASES = [  # the innermost marker on the call chain decides
     ({"curl_easy_init", "curl_easy_cleanup", "curl_easy_setopt", "curl_easy_reset"},
-     "handle renewal and per-transfer options (init, cleanup, setopt)"),
+     "per-transfer options and handle replacement (setopt; init, cleanup)"),
     ({"Curl_connect", "create_conn"}, "choosing a connection (URL into a connection, pool lookup, liveness poll)"),
     ({"Curl_http_bodysend"}, "sending the request (kernel send included)"),
     ({"Curl_http", "multi_do"}, "building the request (headers, printf engine)"),
