@@ -33,7 +33,7 @@ let package = Package(
         .executableTarget(name: "switchboard", dependencies: ["Gateway", "Sandbox", "Routes", "EventLoop", "HTTP1", "JSON", "Locking", "CLinux"]),
 
         // Shared by the test targets only: raw socket clients and scripted upstream servers.
-        .target(name: "TestSupport", dependencies: ["EventLoop", "Gateway", "Routes"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["EventLoop", "Gateway", "Routes", "Upstream", "Locking"], path: "Tests/TestSupport"),
         .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop"]),
         .testTarget(name: "FlowsTests", dependencies: ["Flows", "JSON"]),

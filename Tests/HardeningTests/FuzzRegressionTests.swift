@@ -106,51 +106,18 @@ import Upstream
     /// the folded response is an ordinary failure (or answer, with a libcurl that unfolds it safely), and the one
     /// handle goes on serving.
     @Test func upstreamResponse_FoldedFirstFieldAfterAnotherTransfer_DoesNotCrash() throws {
-        let answers = ["HTTP/1.1 200 OK\r\nA: b\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
-                       "HTTP/1.1 200 OK\r\n\tX: y\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
-                       "HTTP/1.1 200 OK\r\nC: d\r\nConnection: close\r\nContent-Length: 4\r\n\r\nfine"]
-        let n = Counter()
-        let up = try ScriptedServer { conn, _ in
-            _ = conn.readRequest()
-            conn.write(answers[min(n.increment() - 1, answers.count - 1)])
-            shutdown(conn.fd, Int32(SHUT_WR))
-            _ = conn.isClosedByPeer()
-        }
-        let group = try EventLoopGroup(count: 1)
-        defer { group.shutdown() }
-        let loop = group.loops[0]
-        nonisolated(unsafe) var client: UpstreamClient?
-        loop.execute { client = UpstreamClient(loop: loop) }
-        func send() -> UpstreamResult? {
-            let done = DispatchSemaphore(value: 0)
-            nonisolated(unsafe) var result: UpstreamResult?
-            loop.execute {
-                client!.send(UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: loop.now + .seconds(10))) { r in
-                    result = r
-                    done.signal()
-                }
-            }
-            _ = done.wait(timeout: .now() + 20)
-            return result
-        }
-        #expect(try send()?.get().status == 200)
-        switch send() {
+        let (results, stats) = try runScriptedTransfers([
+            "HTTP/1.1 200 OK\r\nA: b\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\n\tX: y\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\nC: d\r\nConnection: close\r\nContent-Length: 4\r\n\r\nfine"])
+        #expect(try results[0]?.get().status == 200)
+        switch results[1] {
         case .success(let r): #expect(r.status == 200)
         case .failure(let f): #expect(f.kind == .protocol, "\(f)")
         case nil: Issue.record("no result")
         }
-        let third = try #require(try send()?.get())
+        let third = try #require(try results[2]?.get())
         #expect(third.body == Array("fine".utf8))
-        // The handle goes back to the pool once its completion ran.
-        #expect(eventually { UpstreamClient.handleStats(onLoops: [loop]).idle == 1 })
-        let stats = UpstreamClient.handleStats(onLoops: [loop])
         #expect(stats.created == 1 && stats.cleanedUp == 0 && stats.inFlight == 0 && stats.unaccounted == 0, "\(stats)")
-        loop.execute { client = nil }
     }
-}
-
-/// A thread-safe counter for scripted upstreams.
-private final class Counter: @unchecked Sendable {
-    private let lock = Locked<Int>(0)
-    func increment() -> Int { lock.withLock { $0 += 1; return $0 } }
 }

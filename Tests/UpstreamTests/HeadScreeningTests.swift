@@ -1,7 +1,3 @@
-import Dispatch
-import EventLoop
-import Glibc
-import Locking
 import Testing
 import TestSupport
 import Upstream
@@ -12,43 +8,6 @@ import Upstream
 /// transfer, and check what reaches the step — heads refused, bodies intact, one
 /// handle serving them all.
 @Suite struct HeadScreeningTests {
-    /// Runs `answers.count` GETs in turn through one client on one loop, against an
-    /// upstream that answers the n-th connection with `answers[n]` and closes it.
-    /// Returns the results and the client's handle stats after the last one.
-    static func run(_ answers: [String]) throws -> ([UpstreamResult?], UpstreamHandleStats) {
-        let next = Locked(0)
-        let up = try ScriptedServer { conn, _ in
-            _ = conn.readRequest()
-            let i = next.withLock { n -> Int in n += 1; return n - 1 }
-            _ = conn.write(answers[min(i, answers.count - 1)])
-            shutdown(conn.fd, Int32(SHUT_WR))
-            _ = conn.isClosedByPeer()
-        }
-        let group = try EventLoopGroup(count: 1)
-        defer { group.shutdown() }
-        let loop = group.loops[0]
-        nonisolated(unsafe) var client: UpstreamClient?
-        loop.execute { client = UpstreamClient(loop: loop) }
-        var results: [UpstreamResult?] = []
-        for _ in answers {
-            let done = DispatchSemaphore(value: 0)
-            nonisolated(unsafe) var result: UpstreamResult?
-            loop.execute {
-                client!.send(UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/", deadline: loop.now + .seconds(10))) { r in
-                    result = r
-                    done.signal()
-                }
-            }
-            _ = done.wait(timeout: .now() + 20)
-            results.append(result)
-        }
-        // The handle goes back to the pool right after the completion ran.
-        _ = eventually { UpstreamClient.handleStats(onLoops: [loop]).idle == 1 }
-        let stats = UpstreamClient.handleStats(onLoops: [loop])
-        loop.execute { client = nil }
-        return (results, stats)
-    }
-
     static let ok = "HTTP/1.1 200 OK\r\nA: b\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
 
     static func expectRefused(_ r: UpstreamResult?, sourceLocation: SourceLocation = #_sourceLocation) {
@@ -68,7 +27,7 @@ import Upstream
     @Test(arguments: ["\t", " "])
     func whitespaceBeforeFirstField_OnAReusedHandle_IsRefused(_ ws: String) throws {
         let folded = "HTTP/1.1 200 OK\r\n\(ws)X: y\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
-        let (results, stats) = try Self.run([Self.ok, folded, Self.ok, folded, Self.ok])
+        let (results, stats) = try runScriptedTransfers([Self.ok, folded, Self.ok, folded, Self.ok])
         for i in [0, 2, 4] { #expect(try results[i]?.get().body == Array("ok".utf8)) }
         Self.expectRefused(results[1])
         Self.expectRefused(results[3])
@@ -82,7 +41,7 @@ import Upstream
         let afterBare = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n X: y\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
         let afterFields = "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n\tX: y\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
         let interimFolded = "HTTP/1.1 103 Early Hints\r\n Link: </a>\r\n\r\nHTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
-        let (results, stats) = try Self.run([Self.ok, afterBare, afterFields, interimFolded, Self.ok])
+        let (results, stats) = try runScriptedTransfers([Self.ok, afterBare, afterFields, interimFolded, Self.ok])
         Self.expectRefused(results[1])
         Self.expectRefused(results[2])
         Self.expectRefused(results[3])
@@ -106,7 +65,7 @@ import Upstream
             "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
             Self.ok,
         ]
-        let (results, stats) = try Self.run(answers)
+        let (results, stats) = try runScriptedTransfers(answers)
         let first = try #require(try results[0]?.get())
         #expect(first.status == 201 && first.body == Array("hi".utf8) && first.header("a") == "1")
         let folded = try #require(try results[1]?.get())
