@@ -49,6 +49,37 @@ import Upstream
         #expect(stats.created == 1 && stats.unaccounted == 0, "\(stats)")
     }
 
+    /// curl hands a head line longer than `CURL_MAX_WRITE_SIZE` (16 KiB) to the write
+    /// callback in pieces, one call each (sendf.c chop_write), but stores it once, after
+    /// the last piece. A status line of 16.5 KB counted as two lines, so the first field
+    /// line after it went unscreened — and a long "blank" line (CR, then bytes, then LF:
+    /// curl ends a head at a line whose first byte is CR) of an interim head counted its
+    /// tail as the next head's status line. Either way a folded first field line reached
+    /// curl's store on a reused handle (curl #11101: heap use-after-free, the process
+    /// aborts). Both are refused.
+    @Test func whitespaceBeforeFirstField_AfterAHeadLineOfSeveralWrites_IsRefused() throws {
+        let pad = String(repeating: "a", count: 16_500)
+        let longStatus = "HTTP/1.1 200 \(pad)\r\n X: y\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+        let longInterimEnd = "HTTP/1.1 100 Continue\r\n\r\(pad)\nHTTP/1.1 200 OK\r\n\tX: y\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+        let (results, stats) = try Self.run([Self.ok, longStatus, Self.ok, longInterimEnd, Self.ok])
+        Self.expectRefused(results[1])
+        Self.expectRefused(results[3])
+        for i in [0, 2, 4] { #expect(try results[i]?.get().body == Array("ok".utf8)) }
+        #expect(stats.inFlight == 0 && stats.unaccounted == 0, "\(stats)")
+    }
+
+    /// A status line whose reason phrase has a space right where curl cuts the line
+    /// into write-callback pieces (byte 16,384) is one line, not a status line then a
+    /// field line starting with whitespace: the response is taken as sent.
+    @Test func statusLineCutAtASpace_IsAcceptedWhole() throws {
+        let reason = String(repeating: "a", count: 16_384 - "HTTP/1.1 200 ".utf8.count) + " b"
+        let answer = "HTTP/1.1 200 \(reason)\r\nA: 1\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+        let (results, _) = try Self.run([Self.ok, answer, Self.ok])
+        let r = try #require(try results[1]?.get())
+        #expect(r.status == 200 && r.body == Array("ok".utf8) && r.header("a") == "1")
+        #expect(try results[2]?.get().body == Array("ok".utf8))
+    }
+
     /// What is not a first field line passes as before: an interim head then the
     /// final one (its fields, not the interim's), a folded line after the first field
     /// (obs-fold, RFC 9112 §5.2: joined to the field before it), and bodies whose
