@@ -822,6 +822,14 @@ public final class UpstreamTransfer {
     /// to the write callback now is the body).
     private var headLine = 0
     private var headsDone = false
+    /// When head lines are screened: the last piece the write callback took did not end
+    /// its line. curl hands a head line longer than `CURL_MAX_WRITE_SIZE` (16 KiB) to the
+    /// write callback in pieces, one call each (sendf.c chop_write), and stores it once,
+    /// after the last one: the pieces after the first continue that line. Every head
+    /// line curl writes ends in LF.
+    private var midLine = false
+    /// The line in progress (see `midLine`) is a head's blank line.
+    private var inBlankLine = false
     /// Bytes of head lines (and trailers) received, for `PooledEasy.renewAfterUse`.
     private var headBytes = 0
     private var tooLarge = false
@@ -985,24 +993,32 @@ public final class UpstreamTransfer {
     /// curl would append it to a freed field of the handle's previous transfer): the
     /// transfer stops with `framingError` set and the line is never stored. A head
     /// ends at its blank line; it is the last one unless curl read its status as
-    /// interim (1xx other than 101: another head follows). Returns the count taken;
+    /// interim (1xx other than 101: another head follows). A line longer than 16 KiB
+    /// comes in several calls (`midLine`); only its first piece starts a line. Returns the count taken;
     /// fewer than given stops the transfer (CURLE_WRITE_ERROR). Loop thread (curl's
     /// callback).
     fileprivate func received(write chunk: UnsafeRawBufferPointer) -> Int {
         guard UpstreamClient.screensHeadLines && !headsDone else { return received(body: chunk) }
         guard let first = chunk.first else { return 0 }
-        if first == 0x0D || first == 0x0A {  // the blank line ending a head (curl's test)
+        if !midLine {  // a line starts (else: the next piece of a long one, `midLine`)
+            if first == 0x0D || first == 0x0A {  // the blank line ending a head (curl's test)
+                inBlankLine = true
+            } else {
+                if headLine == 1 && (first == 0x20 || first == 0x09) {
+                    framingError = .whitespaceBeforeFirstField
+                    return 0
+                }
+                headLine += 1
+            }
+        }
+        midLine = chunk[chunk.count - 1] != 0x0A
+        if inBlankLine && !midLine {  // the head ends with its blank line's last piece
+            inBlankLine = false
             headLine = 0
             var code = 0
             if let h = easy { _ = CCurl_easy_getinfo_long(h, CURLINFO_RESPONSE_CODE, &code) }
             if !(100...199).contains(code) || code == 101 { headsDone = true }
-            return chunk.count
         }
-        if headLine == 1 && (first == 0x20 || first == 0x09) {
-            framingError = .whitespaceBeforeFirstField
-            return 0
-        }
-        headLine += 1
         return chunk.count
     }
 
