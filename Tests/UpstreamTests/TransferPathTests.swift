@@ -60,6 +60,42 @@ import TestSupport
         }
     }
 
+    /// What curl keeps in a reused handle between transfers does not reach the next
+    /// one: URL credentials (an `Authorization` line), `HEAD` (`CURLOPT_NOBODY`), a
+    /// body, a custom method. With libcurl 7.88 handles were renewed after every
+    /// transfer until they were reused with screened heads.
+    @Test func reusedHandle_CarriesNoCredentialsMethodOrBodyOver() throws {
+        let up = try ScriptedServer { conn, server in
+            while let req = conn.readRequest() {
+                server.record(req)
+                let head = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+                guard conn.write(req.method == "HEAD" ? head : head + "ok") else { return }
+            }
+        }
+        let h = try ClientHarness()
+        let base = "http://127.0.0.1:\(up.port)"
+        let requests: [(String, String, [UInt8])] = [
+            ("GET", "http://user:secret@127.0.0.1:\(up.port)/cred", []),
+            ("GET", base + "/plain", []),
+            ("HEAD", base + "/head", []),
+            ("GET", base + "/after-head", []),
+            ("PATCH", base + "/patch", Array("p".utf8)),
+            ("GET", base + "/after-patch", []),
+        ]
+        for (method, url, body) in requests {
+            let r = try h.send { UpstreamRequest(method: method, url: url, body: body, deadline: $0 + .seconds(5)) }.get()
+            #expect(r.status == 200 && r.body == (method == "HEAD" ? [] : Array("ok".utf8)), "\(method) \(url)")
+        }
+        let seen = up.requests
+        #expect(seen.map(\.method) == requests.map(\.0))
+        guard seen.count == requests.count else { return }
+        #expect(seen[0].header("authorization") != nil)
+        for i in 1..<seen.count { #expect(seen[i].header("authorization") == nil, "request \(i)") }
+        #expect(seen[3].body.isEmpty && seen[3].header("content-length") == nil)
+        #expect(seen[4].body == Array("p".utf8))
+        #expect(seen[5].body.isEmpty && seen[5].header("content-length") == nil)
+    }
+
     /// A body of several reads arrives complete, with a Content-Length (allocated at
     /// that size) and chunked (grown).
     @Test(arguments: [true, false])
