@@ -87,7 +87,7 @@ import TestSupport
             #expect(r.status == 200 && r.body == (method == "HEAD" ? [] : Array("ok".utf8)), "\(method) \(url)")
         }
         let seen = up.requests
-        #expect(seen.map(\.method) == requests.map(\.0))
+        #expect(seen.map { $0.method } == requests.map { $0.0 })
         guard seen.count == requests.count else { return }
         #expect(seen[0].header("authorization") != nil)
         for i in 1..<seen.count { #expect(seen[i].header("authorization") == nil, "request \(i)") }
