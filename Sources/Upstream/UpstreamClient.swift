@@ -1006,6 +1006,9 @@ public final class UpstreamTransfer {
             } else {
                 if headLine == 1 && (first == 0x20 || first == 0x09) {
                     framingError = .whitespaceBeforeFirstField
+                    // curl keeps the refused line's buffer (`headerb`): when the line is
+                    // longer than one piece, the handle is replaced after the transfer.
+                    if chunk.count >= 16 * 1024 { pooled.renewAfterUse = true }
                     return 0
                 }
                 headLine += 1
@@ -1191,6 +1194,13 @@ public final class UpstreamTransfer {
     }
 
     fileprivate func result(code: CURLcode) -> UpstreamResult {
+        if code != CURLE_OK && framingError == nil && !tooLarge {
+            // curl may have refused a head line no callback saw (a NUL byte, no colon, a
+            // bad status line) or stopped within one (timeout, closed connection): it keeps
+            // that line's buffer (up to 100 KB, `headerb`) for good, so the handle is
+            // replaced (`PooledEasy.renewAfterUse`). Refusals of ours counted their lines.
+            pooled.renewAfterUse = true
+        }
         if let framingError {
             // The header callback stopped the transfer (curl says only CURLE_WRITE_ERROR).
             return .failure(UpstreamFailure(kind: .protocol, message: framingError.message))

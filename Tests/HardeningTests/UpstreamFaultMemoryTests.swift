@@ -279,6 +279,43 @@ struct UpstreamFaultMemoryProbe {
         #expect(gw.upstreamHandles.live >= stormConcurrency / 2, "the storm ran concurrently: \(gw.upstreamHandles)")
     }
 
+    /// An upstream whose head has a 90 KB line that never reaches the header callback —
+    /// one curl refuses itself (a NUL byte) or the head screening refuses (whitespace
+    /// before the first field) — 20 requests at a time, after a warm-up of ordinary
+    /// answers that filled the pool: no idle pooled handle keeps that line (curl keeps a
+    /// handle's longest head line's buffer, `headerb`, for good), so the heap returns to
+    /// its baseline.
+    @Test(arguments: ["nul", "folded"])
+    func refusedLongHeadLineStorm_ThePoolKeepsNoLine(_ kind: String) throws {
+        let pad = String(repeating: "a", count: 90_000)
+        let bad = kind == "nul" ? "HTTP/1.1 200 OK\r\nX-Pad: \(pad)\u{0}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            : "HTTP/1.1 200 OK\r\n X-Pad: \(pad)\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        let up = try ScriptedServer { conn, _ in
+            guard let req = conn.readRequest() else { return }
+            _ = conn.write(req.target == "/bad" ? bad : "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            shutdown(conn.fd, Int32(SHUT_WR))
+            _ = conn.isClosedByPeer()
+        }
+        func route(_ name: String) -> String {
+            jsonText(["name": name, "method": "GET", "path": "/\(name)", "wait": "30s",
+                      "steps": [["id": "up", "timeout": "5s",
+                                 "request": ["method": "GET", "url": "http://127.0.0.1:\(up.port)/\(name)"]]]])
+        }
+        let gw = try HardeningGateway(routes: ["good.json": route("good"), "bad.json": route("bad")])
+        func idle() -> Bool {
+            eventually(timeout: .seconds(15)) { gw.upstreamHandles.inFlight == 0 && gw.metric("switchboard_jobs_running") == 0 }
+        }
+        let warm = storm(gw, path: "/good", count: 60, concurrency: stormConcurrency)
+        #expect(idle(), "\(gw.upstreamHandles)")
+        let before = steadyHeapBytes()
+        let measured = storm(gw, path: "/bad", count: 60, concurrency: stormConcurrency)
+        #expect(idle(), "\(gw.upstreamHandles)")
+        let after = steadyHeapBytes()
+        print("memory-probe refused long head line (\(kind)): heap \(before) -> \(after) bytes (\(after - before)); \(gw.upstreamHandles)")
+        #expect(warm.allSatisfy { $0 == 200 } && measured.allSatisfy { $0 == 502 }, "\(Set(warm)) \(Set(measured))")
+        #expect(after - before < heapTolerance, "the idle pool kept refused head lines: heap grew by \(after - before) bytes")
+    }
+
     /// The measurement is sharp enough: a deliberate leak of 2 KiB per request (in the upstream, same process) shows up as heap growth above the tolerance.
     @Test func selfTest_ADeliberate2KiBPerRequestLeak_IsCaught() throws {
         let fault = try #require(upstreamFaults.first { $0.name == "closes before answering" })
