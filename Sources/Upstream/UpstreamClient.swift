@@ -1194,12 +1194,15 @@ public final class UpstreamTransfer {
     }
 
     fileprivate func result(code: CURLcode) -> UpstreamResult {
-        if code != CURLE_OK && framingError == nil && !tooLarge {
+        if code != CURLE_OK && framingError == nil && !tooLarge, let h = easy {
             // curl may have refused a head line no callback saw (a NUL byte, no colon, a
             // bad status line) or stopped within one (timeout, closed connection): it keeps
             // that line's buffer (up to 100 KB, `headerb`) for good, so the handle is
-            // replaced (`PooledEasy.renewAfterUse`). Refusals of ours counted their lines.
-            pooled.renewAfterUse = true
+            // replaced (`PooledEasy.renewAfterUse`) — once a request was sent (before
+            // that nothing was read). Refusals of ours counted their lines.
+            var sent = 0
+            _ = CCurl_easy_getinfo_long(h, CURLINFO_REQUEST_SIZE, &sent)
+            if sent > 0 { pooled.renewAfterUse = true }
         }
         if let framingError {
             // The header callback stopped the transfer (curl says only CURLE_WRITE_ERROR).

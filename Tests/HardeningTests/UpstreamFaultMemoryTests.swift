@@ -351,6 +351,6 @@ struct UpstreamFaultMemoryProbe {
         for l in lines { print(l) }
         #expect(finished, "the probe did not finish within 300 s")
         #expect(p.terminationStatus == 0, "the probe failed:\n\(text.suffix(6000))")
-        #expect(lines.count == upstreamFaults.count + 3, "every fault mode, the long URLs, the large heads and the self-test reported (\(lines.count)):\n\(text.suffix(3000))")
+        #expect(lines.count == upstreamFaults.count + 5, "every fault mode, the long URLs, the large heads, the two refused long head lines and the self-test reported (\(lines.count)):\n\(text.suffix(3000))")
     }
 }
