@@ -216,7 +216,36 @@ import TestSupport
         #expect(empty.http == "http://all:1" && empty.https == "http://all:1" && empty.noProxy == "c.example")
     }
 
-    /// Requests go through the configured proxy for their scheme, unless `no_proxy`
+        /// A proxy's answer to `CONNECT` (200, then closed; or 407) whose first field line is
+    /// folded, on a handle whose previous transfer stored fields (curl #11101 with libcurl
+    /// before 8.1.0: CONNECT heads are suppressed there): the tunnel fails cleanly and the
+    /// handle goes on serving.
+    @Test func foldedConnectAnswer_OnAReusedHandle_FailsCleanly() throws {
+        let proxy = try ScriptedServer { conn, server in
+            guard let req = conn.readRequest() else { return }
+            server.record(req)
+            _ = conn.write(server.requests.count % 2 == 1 ? "HTTP/1.1 200 Connection established\r\n\tX: y\r\n\r\n"
+                           : "HTTP/1.1 407 Proxy Authentication Required\r\n X: y\r\nContent-Length: 0\r\n\r\n")
+            shutdown(conn.fd, Int32(SHUT_WR))
+            _ = conn.isClosedByPeer()
+        }
+        let direct = try ScriptedServer.answering()
+        let h = try ClientHarness()
+        let settings = ProxyEnvironment { ["https_proxy": "http://127.0.0.1:\(proxy.port)", "no_proxy": "127.0.0.1"][$0] }
+        let client = h.client
+        let set = DispatchSemaphore(value: 0)
+        h.group.loops[0].execute { client.proxies = settings; set.signal() }
+        set.wait()
+        for _ in 0..<2 {
+            #expect(try h.send { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(direct.port)/d", deadline: $0 + .seconds(5)) }.get().status == 200)
+            let tunneled = h.send { UpstreamRequest(method: "GET", url: "https://upstream.invalid/x", deadline: $0 + .seconds(5)) }
+            if case .success(let r) = tunneled { Issue.record("expected a failed tunnel, got \(r.status)") }
+        }
+        #expect(try h.send { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(direct.port)/d", deadline: $0 + .seconds(5)) }.get().status == 200)
+        #expect(proxy.requests.count == 2 && proxy.requests.allSatisfy { $0.method == "CONNECT" })
+    }
+
+/// Requests go through the configured proxy for their scheme, unless `no_proxy`
     /// covers the host; one handle switches between schemes.
     @Test func proxySettings_AreAppliedPerScheme() throws {
         let proxy = try ScriptedServer { conn, server in
