@@ -61,7 +61,7 @@ import Upstream
         let pad = String(repeating: "a", count: 16_500)
         let longStatus = "HTTP/1.1 200 \(pad)\r\n X: y\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
         let longInterimEnd = "HTTP/1.1 100 Continue\r\n\r\(pad)\nHTTP/1.1 200 OK\r\n\tX: y\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
-        let (results, stats) = try Self.run([Self.ok, longStatus, Self.ok, longInterimEnd, Self.ok])
+        let (results, stats) = try runScriptedTransfers([Self.ok, longStatus, Self.ok, longInterimEnd, Self.ok])
         Self.expectRefused(results[1])
         Self.expectRefused(results[3])
         for i in [0, 2, 4] { #expect(try results[i]?.get().body == Array("ok".utf8)) }
@@ -74,7 +74,7 @@ import Upstream
     @Test func statusLineCutAtASpace_IsAcceptedWhole() throws {
         let reason = String(repeating: "a", count: 16_384 - "HTTP/1.1 200 ".utf8.count) + " b"
         let answer = "HTTP/1.1 200 \(reason)\r\nA: 1\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
-        let (results, _) = try Self.run([Self.ok, answer, Self.ok])
+        let (results, _) = try runScriptedTransfers([Self.ok, answer, Self.ok])
         let r = try #require(try results[1]?.get())
         #expect(r.status == 200 && r.body == Array("ok".utf8) && r.header("a") == "1")
         #expect(try results[2]?.get().body == Array("ok".utf8))
