@@ -86,6 +86,22 @@ func storm(_ gw: GatewayHarness, path: String, count: Int, concurrency: Int) -> 
     return statuses.get
 }
 
+/// A warm-up storm of 60 `GET warm` requests, `stormConcurrency` at a time, then the
+/// measured storm of 60 `GET measured`, each followed by a wait until no transfer is in
+/// flight and no job runs; returns both storms' statuses and the steady heap (bytes)
+/// before and after the measured one.
+func stormsAndHeap(_ gw: HardeningGateway, warm: String, measured: String) -> (warm: [Int], measured: [Int], before: Int, after: Int) {
+    func idle() -> Bool {
+        eventually(timeout: .seconds(15)) { gw.upstreamHandles.inFlight == 0 && gw.metric("switchboard_jobs_running") == 0 }
+    }
+    let warmStatuses = storm(gw, path: warm, count: 60, concurrency: stormConcurrency)
+    #expect(idle(), "\(gw.upstreamHandles)")
+    let before = steadyHeapBytes()
+    let measuredStatuses = storm(gw, path: measured, count: 60, concurrency: stormConcurrency)
+    #expect(idle(), "\(gw.upstreamHandles)")
+    return (warmStatuses, measuredStatuses, before, steadyHeapBytes())
+}
+
 /// Waits until the gateway is idle after a storm against `upstreamPort`: no
 /// transfer in flight, every handle pooled, no run, no socket to the upstream,
 /// no upstream handler thread still running, and no caller connection but the
@@ -263,15 +279,7 @@ struct UpstreamFaultMemoryProbe {
                                   "steps": [["id": "up", "timeout": "5s",
                                              "request": ["method": "GET", "url": "http://127.0.0.1:\(up.port)/h"]]]]),
         ])
-        func idle() -> Bool {
-            eventually(timeout: .seconds(15)) { gw.upstreamHandles.inFlight == 0 && gw.metric("switchboard_jobs_running") == 0 }
-        }
-        let warm = storm(gw, path: "/big", count: 60, concurrency: stormConcurrency)
-        #expect(idle(), "\(gw.upstreamHandles)")
-        let before = steadyHeapBytes()
-        let measured = storm(gw, path: "/big", count: 60, concurrency: stormConcurrency)
-        #expect(idle(), "\(gw.upstreamHandles)")
-        let after = steadyHeapBytes()
+        let (warm, measured, before, after) = stormsAndHeap(gw, warm: "/big", measured: "/big")
         print("memory-probe large heads: heap \(before) -> \(after) bytes (\(after - before)); \(gw.upstreamHandles)")
         #expect((warm + measured).allSatisfy { $0 == 200 }, "\(Set(warm + measured))")
         // 20 idle handles each keeping a 200 KB head (fields and line buffer) would be ~8 MB.
@@ -302,15 +310,7 @@ struct UpstreamFaultMemoryProbe {
                                  "request": ["method": "GET", "url": "http://127.0.0.1:\(up.port)/\(name)"]]]])
         }
         let gw = try HardeningGateway(routes: ["good.json": route("good"), "bad.json": route("bad")])
-        func idle() -> Bool {
-            eventually(timeout: .seconds(15)) { gw.upstreamHandles.inFlight == 0 && gw.metric("switchboard_jobs_running") == 0 }
-        }
-        let warm = storm(gw, path: "/good", count: 60, concurrency: stormConcurrency)
-        #expect(idle(), "\(gw.upstreamHandles)")
-        let before = steadyHeapBytes()
-        let measured = storm(gw, path: "/bad", count: 60, concurrency: stormConcurrency)
-        #expect(idle(), "\(gw.upstreamHandles)")
-        let after = steadyHeapBytes()
+        let (warm, measured, before, after) = stormsAndHeap(gw, warm: "/good", measured: "/bad")
         print("memory-probe refused long head line (\(kind)): heap \(before) -> \(after) bytes (\(after - before)); \(gw.upstreamHandles)")
         #expect(warm.allSatisfy { $0 == 200 } && measured.allSatisfy { $0 == 502 }, "\(Set(warm)) \(Set(measured))")
         #expect(after - before < heapTolerance, "the idle pool kept refused head lines: heap grew by \(after - before) bytes")

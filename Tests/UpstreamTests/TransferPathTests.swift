@@ -231,11 +231,7 @@ import TestSupport
         }
         let direct = try ScriptedServer.answering()
         let h = try ClientHarness()
-        let settings = ProxyEnvironment { ["https_proxy": "http://127.0.0.1:\(proxy.port)", "no_proxy": "127.0.0.1"][$0] }
-        let client = h.client
-        let set = DispatchSemaphore(value: 0)
-        h.group.loops[0].execute { client.proxies = settings; set.signal() }
-        set.wait()
+        h.useProxies(["https_proxy": "http://127.0.0.1:\(proxy.port)", "no_proxy": "127.0.0.1"])
         for _ in 0..<2 {
             #expect(try h.send { UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(direct.port)/d", deadline: $0 + .seconds(5)) }.get().status == 200)
             let tunneled = h.send { UpstreamRequest(method: "GET", url: "https://upstream.invalid/x", deadline: $0 + .seconds(5)) }
@@ -245,7 +241,7 @@ import TestSupport
         #expect(proxy.requests.count == 2 && proxy.requests.allSatisfy { $0.method == "CONNECT" })
     }
 
-/// Requests go through the configured proxy for their scheme, unless `no_proxy`
+    /// Requests go through the configured proxy for their scheme, unless `no_proxy`
     /// covers the host; one handle switches between schemes.
     @Test func proxySettings_AreAppliedPerScheme() throws {
         let proxy = try ScriptedServer { conn, server in
@@ -259,11 +255,7 @@ import TestSupport
         let closedPort = closed.port
         closed.stop()
         let h = try ClientHarness()
-        let settings = ProxyEnvironment { ["https_proxy": "http://127.0.0.1:\(proxy.port)", "no_proxy": "127.0.0.1"][$0] }
-        let client = h.client
-        let set = DispatchSemaphore(value: 0)
-        h.group.loops[0].execute { client.proxies = settings; set.signal() }
-        set.wait()
+        h.useProxies(["https_proxy": "http://127.0.0.1:\(proxy.port)", "no_proxy": "127.0.0.1"])
         // https → the proxy (a CONNECT, refused with 502).
         let viaProxy = h.send { UpstreamRequest(method: "GET", url: "HTTPS://upstream.invalid/x", deadline: $0 + .seconds(5)) }
         if case .success(let r) = viaProxy { Issue.record("expected a failure through the refusing proxy, got \(r.status)") }
@@ -317,4 +309,16 @@ private final class StalledListener {
     }
 
     deinit { for fd in fds { close(fd) } }
+}
+
+extension ClientHarness {
+    /// Gives the client `variables` as its proxy environment (`https_proxy`, `no_proxy`
+    /// …), set on the loop; returns once it is set.
+    func useProxies(_ variables: [String: String]) {
+        let settings = ProxyEnvironment { variables[$0] }
+        let client = self.client
+        let set = DispatchSemaphore(value: 0)
+        group.loops[0].execute { client.proxies = settings; set.signal() }
+        set.wait()
+    }
 }
