@@ -301,8 +301,10 @@ public final class UpstreamClient: @unchecked Sendable {
         for h in allHandles { if let t = h.transfer { release(t.takeUnretainedValue()) } }
     }
 
-    /// Takes `t` out of curl and puts its handle back in the pool.
+    /// Takes `t` out of curl (it is cancelled) and puts its handle back in the pool — a
+    /// fresh one when its request had gone out (`UpstreamTransfer.renewHandleIfRequestSent`).
     fileprivate func release(_ t: UpstreamTransfer) {
+        t.renewHandleIfRequestSent()
         guard let pooled = detach(t) else { return }
         repool(pooled)
     }
@@ -1193,17 +1195,23 @@ public final class UpstreamTransfer {
         }
     }
 
+    /// Marks the handle for replacement (`PooledEasy.renewAfterUse`) when this transfer's
+    /// request went out and the transfer ended other than by a complete response: curl
+    /// keeps the buffer of a head line it refused or was reading (up to 100 KB,
+    /// `headerb`) until the handle is cleaned up. Before the request went out nothing
+    /// was read. For a failed or cancelled transfer, while it still has its handle.
+    fileprivate func renewHandleIfRequestSent() {
+        guard let h = easy else { return }
+        var sent = 0
+        _ = CCurl_easy_getinfo_long(h, CURLINFO_REQUEST_SIZE, &sent)
+        if sent > 0 { pooled.renewAfterUse = true }
+    }
+
     fileprivate func result(code: CURLcode) -> UpstreamResult {
-        if code != CURLE_OK && framingError == nil && !tooLarge, let h = easy {
-            // curl may have refused a head line no callback saw (a NUL byte, no colon, a
-            // bad status line) or stopped within one (timeout, closed connection): it keeps
-            // that line's buffer (up to 100 KB, `headerb`) for good, so the handle is
-            // replaced (`PooledEasy.renewAfterUse`) — once a request was sent (before
-            // that nothing was read). Refusals of ours counted their lines.
-            var sent = 0
-            _ = CCurl_easy_getinfo_long(h, CURLINFO_REQUEST_SIZE, &sent)
-            if sent > 0 { pooled.renewAfterUse = true }
-        }
+        // curl may have refused a head line no callback saw (a NUL byte, no colon, a bad
+        // status line) or stopped within one (timeout, closed connection). Refusals of
+        // ours counted their lines.
+        if code != CURLE_OK && framingError == nil && !tooLarge { renewHandleIfRequestSent() }
         if let framingError {
             // The header callback stopped the transfer (curl says only CURLE_WRITE_ERROR).
             return .failure(UpstreamFailure(kind: .protocol, message: framingError.message))
