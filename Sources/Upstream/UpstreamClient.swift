@@ -1010,7 +1010,7 @@ public final class UpstreamTransfer {
                     framingError = .whitespaceBeforeFirstField
                     // curl keeps the refused line's buffer (`headerb`): when the line is
                     // longer than one piece, the handle is replaced after the transfer.
-                    if chunk.count >= 16 * 1024 { pooled.renewAfterUse = true }
+                    if chunk.count >= Int(CURL_MAX_WRITE_SIZE) { pooled.renewAfterUse = true }
                     return 0
                 }
                 headLine += 1
