@@ -181,14 +181,10 @@ public final class FlowRun {
 
     private func finishIfDone() {
         guard response == nil else { return }
-        // In place, by index: iterating (or `outcomes[i].isTerminal`) copies each outcome.
+        // In place, by index, reading only `state`: iterating (or `outcomes[i].isTerminal`)
+        // copies each outcome.
         let done = outcomes.withUnsafeBufferPointer { o in
-            for k in o.indices {
-                switch o[k].state {
-                case .succeeded, .failed, .skipped: continue
-                default: return false
-                }
-            }
+            for k in o.indices where !o[k].state.isTerminal { return false }
             return true
         }
         guard done else { return }
@@ -525,8 +521,7 @@ private struct RunContext: TemplateContext {
         return run.withOutcome(i) { o in
             let state = o.pointee.state
             if state == .skipped || (state == .failed && o.pointee.status == nil) { return nil }
-            guard let l = o.pointee.lazyBody, l.canonical else { return nil }  // `serializedBodyIfCanonical`
-            return l.raw
+            return o.pointee.lazyBody?.canonicalRaw  // `serializedBodyIfCanonical`, in place
         }
     }
 

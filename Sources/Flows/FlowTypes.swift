@@ -67,6 +67,9 @@ public enum StepState: String, Sendable {
     case failed
     /// Never called: its `when` did not hold or a dependency failed or was skipped.
     case skipped
+
+    /// Whether a step in this state can no longer change.
+    public var isTerminal: Bool { self == .succeeded || self == .failed || self == .skipped }
 }
 
 /// Why a step failed: the failure kinds of `switchboard_upstream_errors_total`
@@ -134,10 +137,7 @@ public struct StepOutcome: Sendable {
     /// The body as compact JSON bytes when the upstream sent it in exactly the form
     /// serializing `body` gives (so it can be passed through, or journaled, as is,
     /// without parsing it); nil otherwise. Does not parse the body.
-    public var serializedBodyIfCanonical: [UInt8]? {
-        guard let l = lazyBody, l.canonical else { return nil }
-        return l.raw
-    }
+    public var serializedBodyIfCanonical: [UInt8]? { lazyBody?.canonicalRaw }
     /// Attempts made so far.
     public var attempts = 0
     /// Why it failed (state `.failed`) or was skipped (kind nil, message set).
@@ -151,11 +151,16 @@ public struct StepOutcome: Sendable {
     public init() {}
 
     /// Whether the step can no longer change.
-    public var isTerminal: Bool { state == .succeeded || state == .failed || state == .skipped }
+    public var isTerminal: Bool { state.isTerminal }
 
     /// Time from first attempt to finish, in seconds; nil when it never ran to an end.
-    public var durationSeconds: Double? {
-        guard let s = startedAt, let f = finishedAt else { return nil }
+    public var durationSeconds: Double? { StepOutcome.seconds(from: startedAt, to: finishedAt) }
+
+    /// Seconds from `start` to `finish`; nil unless both are set. `durationSeconds`
+    /// from the two fields, for readers that must not copy the outcome
+    /// (`FlowRun.withOutcome`).
+    public static func seconds(from start: Instant?, to finish: Instant?) -> Double? {
+        guard let s = start, let f = finish else { return nil }
         return f.seconds(since: s)
     }
 }
@@ -174,6 +179,8 @@ final class LazyBody: Sendable {
     }
 
     var json: JSON { parsed.value { FlowRun.parseBody(raw) } }
+    /// `raw` when it is canonical (`StepOutcome.serializedBodyIfCanonical`), else nil.
+    var canonicalRaw: [UInt8]? { canonical ? raw : nil }
 }
 
 /// The response a run produced: exactly what a synchronous caller receives.

@@ -1232,9 +1232,8 @@ public final class Gateway: @unchecked Sendable {
         for (i, step) in run.route.steps.enumerated() {
             // In place: a copy of the outcome would retain everything it holds.
             let (seconds, failure) = run.withOutcome(i) { o -> (Double?, StepErrorKind?) in
-                // `durationSeconds`, from stored fields.
-                let d = o.pointee.startedAt.flatMap { s in o.pointee.finishedAt.map { $0.seconds(since: s) } }
-                return (d, o.pointee.state == .failed ? o.pointee.errorKind : nil)
+                (StepOutcome.seconds(from: o.pointee.startedAt, to: o.pointee.finishedAt),
+                 o.pointee.state == .failed ? o.pointee.errorKind : nil)
             }
             if let seconds { m.step(route: run.route.name, step: step.id, seconds: seconds) }
             if let k = failure, k != .template {
