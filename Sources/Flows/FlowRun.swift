@@ -65,6 +65,8 @@ public final class FlowRun {
 
     private let client: UpstreamClient
     private let maxBodyBytes: Int
+    /// The first observer (most runs have one: no array allocated for it), then the rest.
+    private var firstObserver: ((FlowRun) -> Void)?
     private var observers: [(FlowRun) -> Void] = []
     /// Per-step `start + retry.within` deadlines; empty (no allocation) until a
     /// step with `retry.within` starts.
@@ -104,7 +106,13 @@ public final class FlowRun {
     /// Registers `observer` to be called once when the response is decided
     /// (at once if it already is).
     public func onFinish(_ observer: @escaping (FlowRun) -> Void) {
-        if response != nil { observer(self) } else { observers.append(observer) }
+        if response != nil {
+            observer(self)
+        } else if firstObserver == nil {
+            firstObserver = observer
+        } else {
+            observers.append(observer)
+        }
     }
 
     /// Starts every step that can start. Call once.
@@ -195,8 +203,11 @@ public final class FlowRun {
         guard response == nil else { return }
         response = r
         finishedAt = loop.now
+        let first = firstObserver
         let obs = observers
+        firstObserver = nil
         observers.removeAll()
+        first?(self)
         for o in obs { o(self) }
     }
 

@@ -748,12 +748,17 @@ public final class Gateway: @unchecked Sendable {
         state.waitToken &+= 1
         let w = WaitingRun(gateway: self, call: call, run: run, trace: trace, idempotencyToken: token,
                            applied: applied, respondAsync: respondAsync, token: state.waitToken)
-        // Weak: the run must not keep its waiter, which holds the run (a run still going
-        // when the loops stop would keep both, and the gateway's loops with them). While
-        // the caller waits, `state.waiting` holds it; once answered it is not needed.
-        run.onFinish { [weak w] run in
+        // By its key in `state.waiting`, which holds the waiter while the caller waits
+        // (from before the run starts: it may finish at once); once answered it is not
+        // needed. Not the waiter itself: the run must not keep it, as it holds the run (a
+        // run still going when the loops stop would keep both, and the gateway's loops
+        // with them) — and not weakly: a weak reference gives the waiter a side table
+        // (an allocation, and slower reference counting for its whole life).
+        let waitToken = w.token
+        state.waiting[waitToken] = w
+        run.onFinish { run in
             Gateway.recordSteps(run, into: &state.metrics)
-            w?.runFinished(run)
+            (state.waiting[waitToken] as? WaitingRun)?.runFinished(run)
         }
         if let token {
             let jobID = token.jobID
@@ -765,7 +770,6 @@ public final class Gateway: @unchecked Sendable {
         if budget <= .zero {
             w.goAsync()
         } else {
-            state.waiting[w.token] = w
             // Usually a FIFO append (no timer of its own); plain timers when out of order.
             if !state.addBudgetDeadline(call.start + budget, token: w.token, budget: budget) {
                 w.budgetTimer = state.loop.schedule(at: call.start + budget, w.goAsync)

@@ -82,6 +82,10 @@ public final class UpstreamClient: @unchecked Sendable {
     /// the loop iteration instead of through a timer.
     private var immediateWanted = false
     private var immediateQueued = false
+    /// Transfers `send` configured and has not handed to curl yet (see `startQueued`),
+    /// and the batch being handed over.
+    private var queued: [UpstreamTransfer] = []
+    private var starting: [UpstreamTransfer] = []
     /// Every easy handle this client made (the pool's size is bounded by the
     /// transfers ever in flight at once); read only by `deinit`.
     private var allHandles: [PooledEasy] = []
@@ -289,8 +293,30 @@ public final class UpstreamClient: @unchecked Sendable {
         }
         t.retainForCurl()
         activeTransfers += 1
-        curl_multi_add_handle(multi, easy)
+        // Handed to curl with the loop's other output (see `startQueued`).
+        queued.append(t)
+        if queued.count == 1 { loop.deferWrite { self.startQueued() } }
         return t
+    }
+
+    /// Hands the transfers `send` queued to curl, which sends their requests at once, one
+    /// after another: queued as a write (`EventLoop.deferWrite`), so the requests of an
+    /// iteration go out in one burst, as its responses do, instead of one by one as
+    /// curl got to each new transfer between events — each request alone found the
+    /// upstream asleep on its CPU and paid for waking it. A transfer cancelled while
+    /// queued (its handle already back in the pool) is skipped; its deadline counts from
+    /// now (`CURLOPT_TIMEOUT_MS` counts from the start of the transfer). Loop thread.
+    private func startQueued() {
+        swap(&queued, &starting)
+        let now = loop.now.nanoseconds
+        for t in starting {
+            guard t.easy != nil else { continue }  // cancelled while queued
+            t.setTimeout(now: now)
+            curl_multi_add_handle(multi, t.pooled.easy)
+        }
+        starting.removeAll(keepingCapacity: true)
+        // curl asked to be called at once for each: done here, within the burst.
+        if immediateWanted { runImmediate() }
     }
 
     /// Cancels every transfer in flight; their completions are never called. For
@@ -834,6 +860,8 @@ public final class UpstreamTransfer {
     private var inBlankLine = false
     /// Bytes of head lines (and trailers) received, for `PooledEasy.renewAfterUse`.
     private var headBytes = 0
+    /// The `CURLOPT_TIMEOUT_MS` last set for this transfer (milliseconds).
+    private var timeoutMs: Int64 = 0
     private var tooLarge = false
     private var selfRetain: Unmanaged<UpstreamTransfer>?
 
@@ -867,6 +895,17 @@ public final class UpstreamTransfer {
         guard let c = completion else { return }
         completion = nil
         c(result)
+    }
+
+    /// Sets `CURLOPT_TIMEOUT_MS` anew when the time left until the request's deadline, at
+    /// `now` (monotonic nanoseconds), is a millisecond or more shorter than what
+    /// `configure` set: the transfer waited for its start (`UpstreamClient.startQueued`).
+    fileprivate func setTimeout(now: UInt64) {
+        let deadline = request.deadline.nanoseconds
+        let ms = deadline > now ? Int64((deadline - now) / 1_000_000) : 0
+        guard ms < timeoutMs, let h = easy else { return }
+        _ = CCurl_easy_setopt_long(h, CURLOPT_TIMEOUT_MS, Int(max(1, ms)))
+        timeoutMs = ms
     }
 
     /// Sets the easy handle's options. Returns a failure when the request cannot be sent.
@@ -909,6 +948,7 @@ public final class UpstreamTransfer {
         }
         if p.resolve { _ = CCurl_easy_setopt_slist(h, CURLOPT_RESOLVE, nil); p.resolve = false }
         _ = CCurl_easy_setopt_long(h, CURLOPT_TIMEOUT_MS, Int(max(1, remainingMs)))
+        timeoutMs = remainingMs
         // The connect timeout, only when it ends before the whole attempt: otherwise 0
         // (curl's 300 s default, capped by CURLOPT_TIMEOUT_MS, so the same bound) spares
         // curl a second timer per transfer.
