@@ -305,13 +305,23 @@ public final class UpstreamClient: @unchecked Sendable {
     /// curl got to each new transfer between events — each request alone found the
     /// upstream asleep on its CPU and paid for waking it. A transfer cancelled while
     /// queued (its handle already back in the pool) is skipped; its deadline counts from
-    /// now (`CURLOPT_TIMEOUT_MS` counts from the start of the transfer). Loop thread.
+    /// now (`CURLOPT_TIMEOUT_MS` counts from the start of the transfer), and one whose
+    /// deadline passed while it waited fails as `send` fails it, without the network.
+    /// Loop thread.
     private func startQueued() {
         swap(&queued, &starting)
-        let now = loop.now.nanoseconds
+        // The clock, not `loop.now`: that was read before the iteration's events, tasks
+        // and deferred work, which the transfers waited for.
+        let now = Instant.now().nanoseconds
         for t in starting {
             guard t.easy != nil else { continue }  // cancelled while queued
-            t.setTimeout(now: now)
+            guard t.setTimeout(now: now) else {
+                // Not in curl yet: detaching only takes its handle back.
+                let pooled = detach(t)
+                t.finish(.failure(UpstreamFailure(kind: .timeout, message: "deadline passed before the attempt started")))
+                if let pooled { repool(pooled) }
+                continue
+            }
             curl_multi_add_handle(multi, t.pooled.easy)
         }
         starting.removeAll(keepingCapacity: true)
@@ -900,12 +910,15 @@ public final class UpstreamTransfer {
     /// Sets `CURLOPT_TIMEOUT_MS` anew when the time left until the request's deadline, at
     /// `now` (monotonic nanoseconds), is a millisecond or more shorter than what
     /// `configure` set: the transfer waited for its start (`UpstreamClient.startQueued`).
-    fileprivate func setTimeout(now: UInt64) {
+    /// Returns false, setting nothing, when less than a millisecond is left.
+    fileprivate func setTimeout(now: UInt64) -> Bool {
         let deadline = request.deadline.nanoseconds
         let ms = deadline > now ? Int64((deadline - now) / 1_000_000) : 0
-        guard ms < timeoutMs, let h = easy else { return }
-        _ = CCurl_easy_setopt_long(h, CURLOPT_TIMEOUT_MS, Int(max(1, ms)))
+        guard ms > 0 else { return false }
+        guard ms < timeoutMs, let h = easy else { return true }
+        _ = CCurl_easy_setopt_long(h, CURLOPT_TIMEOUT_MS, Int(ms))
         timeoutMs = ms
+        return true
     }
 
     /// Sets the easy handle's options. Returns a failure when the request cannot be sent.
