@@ -68,6 +68,8 @@ public final class EventLoop: @unchecked Sendable {
     /// When the last `epoll_wait` returned.
     private var lastWaitReturn = Instant.now()
     private var deferred: [() -> Void] = []
+    /// `run()` has returned, or is letting go of what can no longer run (`releaseAfterStop`).
+    private var stopped = false
     /// Output queued by `deferWrite`, written in one burst (see there).
     private var writes: [() -> Void] = []
     private var spareWrites: [() -> Void] = []
@@ -164,6 +166,12 @@ public final class EventLoop: @unchecked Sendable {
         if writes.isEmpty { writesDueNs = cachedNow.nanoseconds &+ EventLoop.writeBatchWindowNs }
         writes.append(write)
     }
+
+    /// Whether the loop has finished its last iteration: what runs now (tasks given to
+    /// `execute` before the stop, their writes) runs once, and nothing it starts — a
+    /// timer, a descriptor's events, a deferred task — will. Loop thread only (or after
+    /// the loop has stopped).
+    public var hasStopped: Bool { stopped }
 
     /// Asks `run()` to return after the current iteration. Safe from any thread.
     public func stop() {
@@ -311,6 +319,7 @@ public final class EventLoop: @unchecked Sendable {
     /// emptied first and the old contents released afterwards, so a deinit that calls
     /// back into the loop (`cancel`, `unregister`, `execute`) finds it consistent.
     private func releaseAfterStop() {
+        stopped = true
         let tasks = pending.withLock { q -> [@Sendable () -> Void] in
             q.closed = true
             let t = q.tasks

@@ -309,6 +309,10 @@ public final class UpstreamClient: @unchecked Sendable {
     /// deadline passed while it waited fails as `send` fails it, without the network.
     /// Loop thread.
     private func startQueued() {
+        // Sent by a task run as the loop stopped: nothing would read the response (the
+        // request would go out over a kept-alive connection and be abandoned). They stay
+        // queued, in the pool's accounting, until `cancelAll` releases them.
+        if loop.hasStopped { return }
         swap(&queued, &starting)
         // The clock, not `loop.now`: that was read before the iteration's events, tasks
         // and deferred work, which the transfers waited for.
