@@ -86,6 +86,8 @@ public final class UpstreamClient: @unchecked Sendable {
     /// and the batch being handed over.
     private var queued: [UpstreamTransfer] = []
     private var starting: [UpstreamTransfer] = []
+    /// `startQueued` is handing transfers to curl.
+    private var startingQueued = false
     /// Every easy handle this client made (the pool's size is bounded by the
     /// transfers ever in flight at once); read only by `deinit`.
     private var allHandles: [PooledEasy] = []
@@ -314,6 +316,7 @@ public final class UpstreamClient: @unchecked Sendable {
         // queued, in the pool's accounting, until `cancelAll` releases them.
         if loop.hasStopped { return }
         swap(&queued, &starting)
+        startingQueued = true
         // The clock, not `loop.now`: that was read before the iteration's events, tasks
         // and deferred work, which the transfers waited for.
         let now = Instant.now().nanoseconds
@@ -329,6 +332,7 @@ public final class UpstreamClient: @unchecked Sendable {
             curl_multi_add_handle(multi, t.pooled.easy)
         }
         starting.removeAll(keepingCapacity: true)
+        startingQueued = false
         // curl asked to be called at once for each: done here, within the burst.
         if immediateWanted { runImmediate() }
     }
@@ -477,7 +481,8 @@ public final class UpstreamClient: @unchecked Sendable {
             // "As soon as possible": at the end of this loop iteration, no timer. curl
             // reports its next deadline after that call.
             immediateWanted = true
-            if !immediateQueued {
+            // Within `startQueued`, which makes that call itself once every handle is in.
+            if !immediateQueued && !startingQueued {
                 immediateQueued = true
                 // Captures only `self` (strongly: the client stays alive until the end of
                 // this iteration), so no closure context is allocated.
