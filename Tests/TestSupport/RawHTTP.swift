@@ -267,6 +267,16 @@ public final class ScriptedServer: @unchecked Sendable {
         }
     }
 
+    /// An upstream that records each connection's first request and never answers,
+    /// holding the connection until the client closes it (or 20 s pass).
+    public static func silent() throws -> ScriptedServer {
+        try ScriptedServer { conn, server in
+            if let r = conn.readRequest() { server.record(r) }
+            conn.setTimeout(.seconds(20))
+            _ = conn.isClosedByPeer()
+        }
+    }
+
     private var isStopped: Bool { lock.withLock { stopped } }
 
     /// Records a request the handler received.

@@ -20,15 +20,6 @@ private func burst(_ h: ClientHarness, _ count: Int, _ build: @escaping @Sendabl
     return results.all
 }
 
-/// An upstream that reads each request and never answers (until the client closes).
-private func hangingUpstream() throws -> ScriptedServer {
-    try ScriptedServer { conn, server in
-        if let r = conn.readRequest() { server.record(r) }
-        conn.setTimeout(.seconds(20))
-        _ = conn.isClosedByPeer()
-    }
-}
-
 private final class ResultBox: @unchecked Sendable {
     private let lock = NSLock()
     private var results: [UpstreamResult] = []
@@ -67,7 +58,7 @@ private final class ResultBox: @unchecked Sendable {
     /// them returns their handles to the pool — fresh ones for those whose request had
     /// gone out (curl may hold part of a head it was reading).
     @Test func cancelledTransfers_ReturnTheirHandles() throws {
-        let up = try hangingUpstream()
+        let up = try ScriptedServer.silent()
         defer { up.stop() }
         let h = try ClientHarness()
         let url = "http://127.0.0.1:\(up.port)/hang"
@@ -131,7 +122,7 @@ extension HandleStatsTests {
     /// them: their handles are cleaned up and the transfers (retained for curl while
     /// in flight) are freed, with whatever their completions hold.
     @Test func clientGoingAway_WithTransfersInFlight_FreesThem() throws {
-        let up = try hangingUpstream()
+        let up = try ScriptedServer.silent()
         defer { up.stop() }
         var h: ClientHarness? = try ClientHarness()
         let loops = h!.group.loops

@@ -6,15 +6,6 @@ import Testing
 import TestSupport
 import Upstream
 
-/// An upstream that reads each request and never answers (until the client closes).
-private func silentUpstream() throws -> ScriptedServer {
-    try ScriptedServer { conn, server in
-        if let r = conn.readRequest() { server.record(r) }
-        conn.setTimeout(.seconds(20))
-        _ = conn.isClosedByPeer()
-    }
-}
-
 /// What a test's completions saw, from the loop thread.
 private final class Outcomes: @unchecked Sendable {
     private let lock = NSLock()
@@ -118,27 +109,13 @@ private final class Outcomes: @unchecked Sendable {
     /// for the rest of its iteration): the attempt fails as a timeout when the loop
     /// gets to it, without sending the request.
     @Test func deadlinePassedWhileQueued_FailsWithoutTheNetwork() throws {
-        let up = try silentUpstream()
+        let up = try ScriptedServer.silent()
         defer { up.stop() }
         let h = try ClientHarness()
-        let url = "http://127.0.0.1:\(up.port)/late"
-        let outcomes = Outcomes()
-        let done = DispatchSemaphore(value: 0)
-        let client = h.client
-        nonisolated(unsafe) var sentAt = Instant.now()
-        h.group.loops[0].execute {
-            sentAt = Instant.now()
-            client.send(UpstreamRequest(method: "POST", url: url, body: Array("x".utf8), deadline: sentAt + .milliseconds(100))) { r in
-                outcomes.add("late", r)
-                done.signal()
-            }
-            usleep(300_000)  // the rest of the iteration outlasts the deadline
-        }
-        #expect(done.wait(timeout: .now() + 10) == .success)
-        let o = try #require(outcomes.all.first)
-        guard case .failure(let f) = o.result else { Issue.record("succeeded: \(o.result)"); return }
+        let (f, late) = try QueuedStartTests.timeoutAfterBusyIteration(
+            h, UpstreamRequest(method: "POST", url: "http://127.0.0.1:\(up.port)/late", body: Array("x".utf8), deadline: .distantFuture),
+            deadlineAfter: .milliseconds(100), busyFor: 300_000)  // the rest of the iteration outlasts the deadline
         #expect(f.kind == .timeout, "\(f)")
-        let late = o.at.nanoseconds - sentAt.nanoseconds
         #expect(late < 380_000_000, "failed \(late / 1_000_000) ms after send, the deadline being 100 ms")
         usleep(200_000)
         #expect(up.requests.isEmpty && up.connections == 0, "a request past its deadline went out")
@@ -150,36 +127,53 @@ private final class Outcomes: @unchecked Sendable {
     /// A deadline that comes closer while the transfer waits for curl: the attempt
     /// still ends at the deadline, not the wait later.
     @Test func deadlineNearerAfterWaitingInQueue_StillEndsAtTheDeadline() throws {
-        let up = try silentUpstream()
+        let up = try ScriptedServer.silent()
         defer { up.stop() }
         let h = try ClientHarness()
-        let url = "http://127.0.0.1:\(up.port)/slow"
-        let outcomes = Outcomes()
-        let done = DispatchSemaphore(value: 0)
-        let client = h.client
-        nonisolated(unsafe) var sentAt = Instant.now()
-        h.group.loops[0].execute {
-            sentAt = Instant.now()
-            client.send(UpstreamRequest(method: "GET", url: url, deadline: sentAt + .milliseconds(400))) { r in
-                outcomes.add("slow", r)
-                done.signal()
-            }
-            usleep(250_000)  // the transfer waits in the queue meanwhile
-        }
-        #expect(done.wait(timeout: .now() + 10) == .success)
-        let o = try #require(outcomes.all.first)
-        guard case .failure(let f) = o.result else { Issue.record("succeeded: \(o.result)"); return }
+        let (f, took) = try QueuedStartTests.timeoutAfterBusyIteration(
+            h, UpstreamRequest(method: "GET", url: "http://127.0.0.1:\(up.port)/slow", deadline: .distantFuture),
+            deadlineAfter: .milliseconds(400), busyFor: 250_000)  // the transfer waits in the queue meanwhile
         #expect(f.kind == .timeout, "\(f)")
-        let took = o.at.nanoseconds - sentAt.nanoseconds
         // Ends at about 400 ms; counted from curl's start it would be about 650.
         #expect(took >= 390_000_000 && took < 550_000_000, "ended \(took / 1_000_000) ms after send, the deadline being 400 ms")
         #expect(eventually { up.requests.count == 1 })
     }
 
+    /// Sends `request` on the loop with its deadline `deadlineAfter` from now, then keeps
+    /// the loop busy for `busyFor` microseconds in the same iteration; returns the
+    /// failure the attempt ended with and the nanoseconds from `send` to its completion.
+    /// Records an issue and throws when it succeeded or never completed.
+    static func timeoutAfterBusyIteration(_ h: ClientHarness, _ request: UpstreamRequest, deadlineAfter: Duration,
+                                          busyFor: UInt32) throws -> (UpstreamFailure, UInt64) {
+        let outcomes = Outcomes()
+        let done = DispatchSemaphore(value: 0)
+        let client = h.client
+        nonisolated(unsafe) var sentAt = Instant.now()
+        nonisolated(unsafe) var request = request
+        h.group.loops[0].execute {
+            sentAt = Instant.now()
+            request.deadline = sentAt + deadlineAfter
+            client.send(request) { r in
+                outcomes.add("attempt", r)
+                done.signal()
+            }
+            usleep(busyFor)
+        }
+        #expect(done.wait(timeout: .now() + 10) == .success)
+        let o = try #require(outcomes.all.first)
+        guard case .failure(let f) = o.result else {
+            Issue.record("succeeded: \(o.result)")
+            throw QueuedStartTests.Unexpected()
+        }
+        return (f, o.at.nanoseconds - sentAt.nanoseconds)
+    }
+
+    struct Unexpected: Error {}
+
     /// A client stopped with transfers just sent (the loop's last iteration) frees them
     /// and their handles when it goes away.
     @Test func loopStoppingWithQueuedTransfers_FreesThem() throws {
-        let up = try silentUpstream()
+        let up = try ScriptedServer.silent()
         defer { up.stop() }
         var h: ClientHarness? = try ClientHarness()
         let loops = h!.group.loops
