@@ -329,6 +329,7 @@ public final class UpstreamClient: @unchecked Sendable {
                 if let pooled { repool(pooled) }
                 continue
             }
+            t.handedToCurl = true
             curl_multi_add_handle(multi, t.pooled.easy)
         }
         starting.removeAll(keepingCapacity: true)
@@ -881,6 +882,8 @@ public final class UpstreamTransfer {
     private var headBytes = 0
     /// The `CURLOPT_TIMEOUT_MS` last set for this transfer (milliseconds).
     private var timeoutMs: Int64 = 0
+    /// Whether the transfer's handle has been added to curl (`UpstreamClient.startQueued`).
+    fileprivate var handedToCurl = false
     private var tooLarge = false
     private var selfRetain: Unmanaged<UpstreamTransfer>?
 
@@ -1263,7 +1266,9 @@ public final class UpstreamTransfer {
     /// `headerb`) until the handle is cleaned up. Before the request went out nothing
     /// was read. For a failed or cancelled transfer, while it still has its handle.
     fileprivate func renewHandleIfRequestSent() {
-        guard let h = easy else { return }
+        // Still queued (`UpstreamClient.startQueued`): the handle's figures are its last
+        // transfer's, and nothing of this one was sent or read.
+        guard handedToCurl, let h = easy else { return }
         var sent = 0
         _ = CCurl_easy_getinfo_long(h, CURLINFO_REQUEST_SIZE, &sent)
         if sent > 0 { pooled.renewAfterUse = true }

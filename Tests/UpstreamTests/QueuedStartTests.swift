@@ -71,6 +71,8 @@ private final class Outcomes: @unchecked Sendable {
         let s = h.client.handleStats
         #expect(s.inFlight == 0 && s.unaccounted == 0 && s.idle == s.live, "\(s)")
         #expect(s.live <= 2, "two transfers in flight at once at most: \(s)")
+        // A handle whose cancelled transfer never reached curl is kept, not replaced.
+        #expect(s.cleanedUp == warm.cleanedUp, "\(s)")
     }
 
     /// `cancelAll` while transfers are queued cancels them too; transfers sent after it
