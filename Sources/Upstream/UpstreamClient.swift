@@ -269,7 +269,10 @@ public final class UpstreamClient: @unchecked Sendable {
     }
 
     /// Starts one attempt. `completion` runs exactly once on the loop thread,
-    /// never before `send` returns — unless the transfer is cancelled first.
+    /// never before `send` returns — unless the transfer is cancelled first. The
+    /// request goes out with the loop's next write burst (`startQueued`: at the end of
+    /// this iteration, or within it once 8 writes or 2 ms have gathered), its deadline
+    /// still `request.deadline`. Loop thread only.
     /// - Returns: the transfer, which can be cancelled.
     @discardableResult
     public func send(_ request: consuming UpstreamRequest, completion: @escaping (UpstreamResult) -> Void) -> UpstreamTransfer {
