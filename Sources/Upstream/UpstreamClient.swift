@@ -287,7 +287,7 @@ public final class UpstreamClient: @unchecked Sendable {
             // Already past the deadline: fail without touching the network.
             freeHandles.append(pooled)
             t.easy = nil
-            loop.deferUntilEndOfIteration { t.finish(.failure(UpstreamFailure(kind: .timeout, message: "deadline passed before the attempt started"))) }
+            loop.deferUntilEndOfIteration { t.finish(.failure(.deadlinePassedBeforeStart)) }
             return t
         }
         if let failure = t.configure(remainingMs: remainingMs, proxies: proxies) {
@@ -328,7 +328,7 @@ public final class UpstreamClient: @unchecked Sendable {
             guard t.setTimeout(now: now) else {
                 // Not in curl yet: detaching only takes its handle back.
                 let pooled = detach(t)
-                t.finish(.failure(UpstreamFailure(kind: .timeout, message: "deadline passed before the attempt started")))
+                t.finish(.failure(.deadlinePassedBeforeStart))
                 if let pooled { repool(pooled) }
                 continue
             }

@@ -197,6 +197,10 @@ public struct UpstreamFailure: Error, Sendable, CustomStringConvertible {
         self.message = message
     }
     public var description: String { "\(kind.rawValue): \(message)" }
+
+    /// An attempt whose deadline passed before its request could go out (`.timeout`;
+    /// nothing was sent).
+    public static let deadlinePassedBeforeStart = UpstreamFailure(kind: .timeout, message: "deadline passed before the attempt started")
 }
 
 /// The outcome of one upstream attempt.
