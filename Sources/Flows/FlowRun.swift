@@ -367,6 +367,11 @@ public final class FlowRun {
             }
             var body: [UInt8] = []
             if let b = spec.body {
+                // Room for the steps' bodies, which templates usually pass through, and
+                // the template's own text: one allocation instead of a growth per copy.
+                var upstreamBytes = 0
+                for i in outcomes.indices { upstreamBytes += outcomes[i].upstreamBodyCount }
+                body.reserveCapacity(upstreamBytes + 256)
                 // Straight to bytes: an upstream body already in canonical form is copied as is.
                 try b.serialize(ctx, into: &body)
                 if !hasContentType { headers.append(("Content-Type", "application/json")) }

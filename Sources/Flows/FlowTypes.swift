@@ -112,6 +112,8 @@ public struct StepOutcome: Sendable {
     }
     var storedBody: JSON = .null
     var lazyBody: LazyBody?
+    /// Bytes of the upstream body as received (0 when none, or when `body` was set otherwise).
+    var upstreamBodyCount: Int { lazyBody?.raw.count ?? 0 }
 
     /// Records an upstream response (status, headers, body); with `succeededAt`,
     /// also marks the step succeeded at that instant.
