@@ -331,6 +331,10 @@ public final class FlowRun {
 
     // MARK: - Response
 
+    /// The most a composed response body reserves up front (bytes, 16 KiB); larger
+    /// bodies grow as they are written.
+    static let reservedResponseBytesLimit = 16 * 1024
+
     private func composeResponse() -> FlowResponse {
         var headers: [(String, String)] = []
         if isPartial { headers.append(("Switchboard-Partial", "true")) }
@@ -369,9 +373,11 @@ public final class FlowRun {
             if let b = spec.body {
                 // Room for the steps' bodies, which templates usually pass through, and
                 // the template's own text: one allocation instead of a growth per copy.
+                // Capped: a template may read one field of large bodies, and the response
+                // keeps this capacity until it is written.
                 var upstreamBytes = 0
                 for i in outcomes.indices { upstreamBytes += outcomes[i].upstreamBodyCount }
-                body.reserveCapacity(upstreamBytes + 256)
+                body.reserveCapacity(min(upstreamBytes + 256, FlowRun.reservedResponseBytesLimit))
                 // Straight to bytes: an upstream body already in canonical form is copied as is.
                 try b.serialize(ctx, into: &body)
                 if !hasContentType { headers.append(("Content-Type", "application/json")) }
