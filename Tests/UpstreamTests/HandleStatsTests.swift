@@ -148,7 +148,8 @@ extension HandleStatsTests {
     }
 }
 
-private final class WeakTransfers: @unchecked Sendable {
+/// Weak references to transfers, from any thread: how many are still alive.
+final class WeakTransfers: @unchecked Sendable {
     private struct Ref { weak var t: UpstreamTransfer? }
     private let lock = NSLock()
     private var refs: [Ref] = []

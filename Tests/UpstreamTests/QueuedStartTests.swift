@@ -180,14 +180,14 @@ private final class Outcomes: @unchecked Sendable {
         var h: ClientHarness? = try ClientHarness()
         let loops = h!.group.loops
         let url = "http://127.0.0.1:\(up.port)/hang"
-        let alive = WeakBox()
+        let transfers = WeakTransfers()
         do {
             let client = h!.client
             let loop = loops[0]
             let sent = DispatchSemaphore(value: 0)
             loop.execute {
                 for _ in 0..<3 {
-                    alive.add(client.send(UpstreamRequest(method: "GET", url: url, deadline: client.loop.now + .seconds(30))) { _ in })
+                    transfers.add(client.send(UpstreamRequest(method: "GET", url: url, deadline: client.loop.now + .seconds(30))) { _ in })
                 }
                 loop.stop()
                 sent.signal()
@@ -195,17 +195,9 @@ private final class Outcomes: @unchecked Sendable {
             _ = sent.wait(timeout: .now() + 10)
         }
         h = nil
-        #expect(eventually { alive.count == 0 }, "transfers queued when the loop stopped were not freed")
+        #expect(eventually { transfers.alive == 0 }, "transfers queued when the loop stopped were not freed")
         #expect(eventually { UpstreamClient.handleStats(onLoops: loops).live == 0 })
     }
-}
-
-private final class WeakBox: @unchecked Sendable {
-    private struct Ref { weak var t: UpstreamTransfer? }
-    private let lock = NSLock()
-    private var refs: [Ref] = []
-    func add(_ t: UpstreamTransfer) { lock.withLock { refs.append(Ref(t: t)) } }
-    var count: Int { lock.withLock { refs.filter { $0.t != nil }.count } }
 }
 
 extension QueuedStartTests {
