@@ -277,12 +277,9 @@ public final class UpstreamClient: @unchecked Sendable {
     @discardableResult
     public func send(_ request: consuming UpstreamRequest, completion: @escaping (UpstreamResult) -> Void) -> UpstreamTransfer {
         let pooled = freeHandles.popLast() ?? makeHandle()
-        let easy = pooled.easy
-        let deadline = request.deadline.nanoseconds
         // Moved into the transfer, not copied (a copy retains every header string).
         let t = UpstreamTransfer(client: self, pooled: pooled, request: request, completion: completion)
-        let now = loop.now.nanoseconds
-        let remainingMs = deadline > now ? Int64((deadline - now) / 1_000_000) : 0
+        let remainingMs = t.request.millisecondsLeft(at: loop.now.nanoseconds)
         if remainingMs <= 0 {
             // Already past the deadline: fail without touching the network.
             freeHandles.append(pooled)
@@ -836,7 +833,7 @@ public final class UpstreamTransfer {
     private unowned let client: UpstreamClient
     fileprivate let pooled: PooledEasy
     fileprivate var easy: UnsafeMutableRawPointer?
-    private let request: UpstreamRequest
+    fileprivate let request: UpstreamRequest
     private var completion: ((UpstreamResult) -> Void)?
     private var resolveList: UnsafeMutablePointer<curl_slist>?
     /// A large request body's copy (small ones use the handle's buffer).
@@ -927,8 +924,7 @@ public final class UpstreamTransfer {
     /// `configure` set: the transfer waited for its start (`UpstreamClient.startQueued`).
     /// Returns false, setting nothing, when less than a millisecond is left.
     fileprivate func setTimeout(now: UInt64) -> Bool {
-        let deadline = request.deadline.nanoseconds
-        let ms = deadline > now ? Int64((deadline - now) / 1_000_000) : 0
+        let ms = request.millisecondsLeft(at: now)
         guard ms > 0 else { return false }
         guard ms < timeoutMs, let h = easy else { return true }
         _ = CCurl_easy_setopt_long(h, CURLOPT_TIMEOUT_MS, Int(ms))

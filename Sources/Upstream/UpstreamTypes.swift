@@ -34,6 +34,13 @@ public struct UpstreamRequest: Sendable {
         self.maxBodyBytes = maxBodyBytes
         self.resolve = resolve
     }
+
+    /// Whole milliseconds from `now` (monotonic nanoseconds, `Instant.nanoseconds`) until
+    /// `deadline`, rounded down; 0 when it has passed.
+    func millisecondsLeft(at now: UInt64) -> Int64 {
+        let d = deadline.nanoseconds
+        return d > now ? Int64((d - now) / 1_000_000) : 0
+    }
 }
 
 /// A complete upstream response (any status; deciding success is the caller's job).
