@@ -19,6 +19,10 @@ public struct UpstreamHandleStats: Sendable, Equatable, CustomStringConvertible 
     public var inFlight: Int
     /// Handles waiting in a client's pool for the next transfer.
     public var idle: Int
+    /// Transfers whose handle had last been given another URL, or none (a new or
+    /// replaced handle): curl renders the new URL's text for each (the pool prefers a
+    /// handle last used for the same URL, `UpstreamClient.takeFreeHandle(for:)`).
+    public var urlChanges: Int
 
     /// Handles that exist now: `created - cleanedUp`.
     public var live: Int { created - cleanedUp }
@@ -26,15 +30,16 @@ public struct UpstreamHandleStats: Sendable, Equatable, CustomStringConvertible 
     public var unaccounted: Int { live - inFlight - idle }
 
     /// Creates a snapshot from its counts.
-    public init(created: Int, cleanedUp: Int, inFlight: Int, idle: Int) {
+    public init(created: Int, cleanedUp: Int, inFlight: Int, idle: Int, urlChanges: Int = 0) {
         self.created = created
         self.cleanedUp = cleanedUp
         self.inFlight = inFlight
         self.idle = idle
+        self.urlChanges = urlChanges
     }
 
     public var description: String {
-        "easy handles: \(live) live (\(created) created, \(cleanedUp) cleaned up), \(inFlight) in flight, \(idle) idle, \(unaccounted) unaccounted"
+        "easy handles: \(live) live (\(created) created, \(cleanedUp) cleaned up), \(inFlight) in flight, \(idle) idle, \(unaccounted) unaccounted, \(urlChanges) URL changes"
     }
 }
 
@@ -46,6 +51,7 @@ final class UpstreamHandleCounters: Sendable {
     private let cleanedUpCount = Atomic<Int>(0)
     private let inFlightCount = Atomic<Int>(0)
     private let idleCount = Atomic<Int>(0)
+    private let urlChangeCount = Atomic<Int>(0)
 
     /// The client's loop (which outlives the client, so the identifier stays unique
     /// while these counters are registered).
@@ -59,15 +65,17 @@ final class UpstreamHandleCounters: Sendable {
     }
 
     deinit {
-        // The owning client is gone: keep its created/cleaned-up totals in the
+        // The owning client is gone: keep its created/cleaned-up/URL-change totals in the
         // process-wide figures (a handle it leaked stays visible as `unaccounted`).
         let id = ObjectIdentifier(self)
         let created = createdCount.load(ordering: .relaxed)
         let cleanedUp = cleanedUpCount.load(ordering: .relaxed)
+        let urlChanges = urlChangeCount.load(ordering: .relaxed)
         handleRegistry.withLock { r in
             r.clients[id] = nil
             r.retiredCreated += created
             r.retiredCleanedUp += cleanedUp
+            r.retiredURLChanges += urlChanges
         }
     }
 
@@ -79,12 +87,15 @@ final class UpstreamHandleCounters: Sendable {
     func setInFlight(_ n: Int) { inFlightCount.store(n, ordering: .relaxed) }
     /// The number of pooled idle handles is now `n`.
     func setIdle(_ n: Int) { idleCount.store(n, ordering: .relaxed) }
+    /// A handle was given a URL other than its last one.
+    func urlChanged() { urlChangeCount.add(1, ordering: .relaxed) }
 
     var snapshot: UpstreamHandleStats {
         UpstreamHandleStats(created: createdCount.load(ordering: .relaxed),
                             cleanedUp: cleanedUpCount.load(ordering: .relaxed),
                             inFlight: inFlightCount.load(ordering: .relaxed),
-                            idle: idleCount.load(ordering: .relaxed))
+                            idle: idleCount.load(ordering: .relaxed),
+                            urlChanges: urlChangeCount.load(ordering: .relaxed))
     }
 }
 
@@ -97,6 +108,7 @@ private struct HandleRegistry {
     var clients: [ObjectIdentifier: WeakCounters] = [:]
     var retiredCreated = 0
     var retiredCleanedUp = 0
+    var retiredURLChanges = 0
 }
 
 private let handleRegistry = Locked(HandleRegistry())
@@ -108,7 +120,7 @@ extension UpstreamClient {
     public var handleStats: UpstreamHandleStats { handleCounters.snapshot }
 
     /// The easy-handle accounting summed over every `UpstreamClient` of the
-    /// process, including the created/cleaned-up totals of clients that no longer
+    /// process, including the created/cleaned-up and URL-change totals of clients that no longer
     /// exist. Any thread; each client's figures are as fresh as described at
     /// `handleStats`.
     public static var processHandleStats: UpstreamHandleStats { sum(retired: true) { _ in true } }
@@ -124,7 +136,8 @@ extension UpstreamClient {
 
     private static func sum(retired: Bool, _ include: (UpstreamHandleCounters) -> Bool) -> UpstreamHandleStats {
         handleRegistry.withLock { r in
-            var total = retired ? UpstreamHandleStats(created: r.retiredCreated, cleanedUp: r.retiredCleanedUp, inFlight: 0, idle: 0)
+            var total = retired ? UpstreamHandleStats(created: r.retiredCreated, cleanedUp: r.retiredCleanedUp, inFlight: 0, idle: 0,
+                                                      urlChanges: r.retiredURLChanges)
                                 : UpstreamHandleStats(created: 0, cleanedUp: 0, inFlight: 0, idle: 0)
             for w in r.clients.values {
                 guard let c = w.counters, include(c) else { continue }
@@ -133,6 +146,7 @@ extension UpstreamClient {
                 total.cleanedUp += s.cleanedUp
                 total.inFlight += s.inFlight
                 total.idle += s.idle
+                total.urlChanges += s.urlChanges
             }
             return total
         }

@@ -276,7 +276,7 @@ public final class UpstreamClient: @unchecked Sendable {
     /// - Returns: the transfer, which can be cancelled.
     @discardableResult
     public func send(_ request: consuming UpstreamRequest, completion: @escaping (UpstreamResult) -> Void) -> UpstreamTransfer {
-        let pooled = freeHandles.popLast() ?? makeHandle()
+        let pooled = takeFreeHandle(for: request.url) ?? makeHandle()
         // Moved into the transfer, not copied (a copy retains every header string).
         let t = UpstreamTransfer(client: self, pooled: pooled, request: request, completion: completion)
         let remainingMs = t.request.millisecondsLeft(at: loop.now.nanoseconds)
@@ -363,6 +363,29 @@ public final class UpstreamClient: @unchecked Sendable {
         t.easy = nil
         t.releaseFromCurl()
         return t.pooled
+    }
+
+    /// How many of the most recently pooled handles `takeFreeHandle(for:)` looks through
+    /// for one last given the same URL.
+    static let handleAffinityScan = 8
+
+    /// A pooled handle for a transfer to `url`: among the `handleAffinityScan` most
+    /// recently pooled, the latest one whose last transfer went to the same URL (by its
+    /// bytes), else the most recently pooled one; nil when the pool is empty. A handle
+    /// keeps its URL between transfers, and curl 7.88 renders a `CURLOPT_CURLU` handle's
+    /// text anew (with its printf engine) for the first transfer after the URL changes:
+    /// a fan-out's legs, each to its own URL, would otherwise take a handle last used
+    /// for another leg two times in three. Loop thread only.
+    private func takeFreeHandle(for url: String) -> PooledEasy? {
+        let n = freeHandles.count
+        var i = n - 1
+        while i >= 0 && i >= n - UpstreamClient.handleAffinityScan {
+            if freeHandles[i].url?.text.hasSameBytes(as: url) ?? false {
+                return i == n - 1 ? freeHandles.removeLast() : freeHandles.remove(at: i)
+            }
+            i -= 1
+        }
+        return freeHandles.popLast()
     }
 
     /// Puts a detached handle back in the pool, for its next transfer — a fresh one in
@@ -953,6 +976,7 @@ public final class UpstreamTransfer {
             _ = CCurl_easy_setopt_string(h, CURLOPT_URL, nil)
             _ = CCurl_easy_setopt_pointer(h, CURLOPT_CURLU, UnsafeMutableRawPointer(parsed.handle))
             p.url = parsed
+            client.handleCounters.urlChanged()
             if proxies.http != proxies.https {
                 // The proxy depends on the scheme (set once per handle when it does not).
                 let https = UpstreamTransfer.isHTTPS(request.url)

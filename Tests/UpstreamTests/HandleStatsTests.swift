@@ -99,6 +99,40 @@ private final class ResultBox: @unchecked Sendable {
         #expect(s.created >= 1 && s.idle == s.created && s.unaccounted == 0, "\(s)")
     }
 
+    /// A fan-out's legs each go to their own URL: every leg takes the pooled handle
+    /// last used for its URL, whatever order the previous legs finished in, so curl is
+    /// given each URL once per handle (it renders a changed URL's text anew). Taking
+    /// the most recently pooled handle instead changes URLs in most rounds.
+    @Test func legsToSeveralURLs_TakeTheHandleLastUsedForTheirURL() throws {
+        let up = try ScriptedServer.answering()
+        let h = try ClientHarness()
+        let paths = ["/a", "/b", "/c"]
+        let urls = paths.map { "http://127.0.0.1:\(up.port)\($0)" }
+        let client = h.client
+        let rounds = 12
+        for _ in 0..<rounds {
+            let done = DispatchSemaphore(value: 0)
+            let results = ResultBox()
+            h.group.loops[0].execute {
+                for url in urls {
+                    client.send(UpstreamRequest(method: "GET", url: url, deadline: client.loop.now + .seconds(5))) { r in
+                        results.append(r)
+                        done.signal()
+                    }
+                }
+            }
+            for _ in urls { _ = done.wait(timeout: .now() + 10) }
+            #expect(results.all.count == 3 && results.all.allSatisfy { (try? $0.get().status) == 200 })
+            #expect(eventually { h.client.handleStats.inFlight == 0 })
+        }
+        let s = h.client.handleStats
+        #expect(s.created == 3 && s.idle == 3 && s.unaccounted == 0, "\(s)")
+        #expect(s.urlChanges == 3, "each of the 3 handles given its URL once: \(s)")
+        // Every request went to the URL it was sent for.
+        let targets = up.requests.map(\.target)
+        for path in paths { #expect(targets.filter { $0 == path }.count == rounds, "\(targets)") }
+    }
+
     /// The per-loop and process-wide figures include this client; when the client
     /// goes away its pooled handles are cleaned up.
     @Test func clientGoingAway_CleansUpItsPool() throws {
