@@ -875,6 +875,13 @@ public final class UpstreamTransfer {
     /// proxy's answer to `CONNECT` is followed by the real response) are trailer fields,
     /// which are not header fields (RFC 9110 §6.5.1) and do not frame the body.
     private var inTrailers = false
+    /// Bytes of the final response's trailer section so far (see `maxTrailerBytes`).
+    private var trailerBytes = 0
+    /// The most a response's trailer section may hold, line ends included: 300 KiB, the
+    /// bound libcurl 7.88 puts on a response's head (`MAX_HTTP_RESP_HEADER_SIZE`) but not
+    /// on its trailers, every line of which it keeps in memory until the handle's next
+    /// transfer. Beyond it the transfer fails (`FramingError.trailersTooLarge`).
+    static let maxTrailerBytes = 300 * 1024
     /// The current head is an interim (1xx) response's: another head follows it.
     private var interim = false
     /// The current head's fields do not frame a body (RFC 9112 §6.3 item 1: a 1xx, 204
@@ -1150,7 +1157,10 @@ public final class UpstreamTransfer {
                 return startHead(raw, end: end)
             }
         }
-        if inTrailers { return true }  // neither kept nor merged into the header fields
+        if inTrailers {  // neither kept nor merged into the header fields
+            trailerBytes += raw.count
+            return trailerBytes <= UpstreamTransfer.maxTrailerBytes || fail(.trailersTooLarge)
+        }
         if !framingExempt && !checkFraming(raw, end: end) { return false }
         // Kept as received; `UpstreamHeaderBlock` splits the lines on first use.
         if rawHeaders.capacity == 0 { rawHeaders.reserveCapacity(512) }
@@ -1170,6 +1180,7 @@ public final class UpstreamTransfer {
         headTransferEncoding = false
         lastFieldWasContentLength = false
         inTrailers = false
+        trailerBytes = 0
         var i = 5
         while i < end && raw[i] != 0x20 { i += 1 }
         while i < end && raw[i] == 0x20 { i += 1 }
@@ -1358,6 +1369,8 @@ private enum FramingError {
     /// A head's first field line starts with whitespace (RFC 9112 §2.2; screened only
     /// with libcurl before 8.1.0, see `UpstreamClient.screensHeadLines`).
     case whitespaceBeforeFirstField
+    /// A trailer section larger than `UpstreamTransfer.maxTrailerBytes`.
+    case trailersTooLarge
 
     var message: String {
         switch self {
@@ -1366,6 +1379,7 @@ private enum FramingError {
         case .lengthWithTransferEncoding: "invalid response framing: both Transfer-Encoding and Content-Length (RFC 9112 §6.3)"
         case .switchedProtocols: "upstream switched protocols (101); only HTTP responses are accepted"
         case .whitespaceBeforeFirstField: "invalid response head: whitespace before the first header field (RFC 9112 §2.2)"
+        case .trailersTooLarge: "response trailer section larger than \(UpstreamTransfer.maxTrailerBytes) bytes"
         }
     }
 }

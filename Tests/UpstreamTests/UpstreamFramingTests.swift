@@ -24,6 +24,14 @@ private let differing = "invalid response framing: differing Content-Length valu
 private let notANumber = "invalid response framing: Content-Length is not a decimal number (RFC 9112 §6.3)"
 private let withTransferEncoding = "invalid response framing: both Transfer-Encoding and Content-Length (RFC 9112 §6.3)"
 
+/// A chunked response "hello" whose trailer section is `lines` fields of 1000 bytes
+/// each, line ends included.
+private func chunkedWithTrailers(lines: Int) -> String {
+    let field = "X-Trailer-Padding: " + String(repeating: "t", count: 1000 - 21) + "\r\n"
+    return "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+        + String(repeating: field, count: lines) + "\r\n"
+}
+
 /// Responses whose framing is invalid (RFC 9112 §6.3 items 3 and 5): each must fail the
 /// attempt and close the connection.
 let invalidFraming: [FramingCase] = [
@@ -52,6 +60,10 @@ let invalidFraming: [FramingCase] = [
     FramingCase(name: "differing Content-Length after 100 Continue",
                 response: "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
                 failure: differing),
+    // libcurl 7.88 bounds a head (300 KiB) but keeps every trailer line in memory.
+    FramingCase(name: "a trailer section over 300 KiB",
+                response: chunkedWithTrailers(lines: 320),
+                failure: "response trailer section larger than \(300 * 1024) bytes"),
 ]
 
 /// Responses that must be accepted, their connection kept for the next request.
@@ -67,6 +79,8 @@ let validFraming: [FramingCase] = [
     FramingCase(name: "Content-Length trailer after a chunked body",
                 response: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nContent-Length: 9\r\nX-Trailer: t\r\n\r\n",
                 body: "hello"),
+    FramingCase(name: "a trailer section of 300 KiB less a few bytes",
+                response: chunkedWithTrailers(lines: 307), body: "hello"),
     FramingCase(name: "differing Content-Length in the answer to HEAD", method: "HEAD",
                 response: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n"),
     FramingCase(name: "the answer to HEAD with a Content-Length over the body limit", method: "HEAD",
