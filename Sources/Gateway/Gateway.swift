@@ -432,6 +432,8 @@ public final class Gateway: @unchecked Sendable {
         switch routes.match(method: head.method, path: p) {
         case .matched(let route, let params): return .route(route, params: params)
         case .notFound: return .refused(Problem(status: 404, detail: "no route for \(head.method) \(p)").httpResponse)
+        case .invalidParameter(let name, let raw):
+            return .refused(Problem(status: 400, detail: "path parameter '\(name)' is not valid percent-encoded UTF-8: \(raw)").httpResponse)
         case .methodNotAllowed(let allow): return .refused(Gateway.notAllowed(head, allow: allow.joined(separator: ", ")))
         }
     }

@@ -94,7 +94,8 @@ public struct PathPattern: Sendable, Equatable, CustomStringConvertible {
     func matchSegments(_ path: UnsafeBufferPointer<UInt8>, _ starts: UnsafeMutableBufferPointer<Int>,
                        _ ends: UnsafeMutableBufferPointer<Int>) -> [(String, String)]? {
         guard literalsMatch(path, starts, ends) else { return nil }
-        return decodeParameters(path, starts, ends)
+        guard case .decoded(let params) = decodeParameters(path, starts, ends) else { return nil }
+        return params
     }
 
     /// Whether every literal segment equals the path's segment and every parameter segment
@@ -117,16 +118,29 @@ public struct PathPattern: Sendable, Equatable, CustomStringConvertible {
         return true
     }
 
-    /// The parameters, percent-decoded; nil when one is not valid percent-encoded UTF-8.
+    /// The parameters of a path whose literal segments match.
+    enum DecodedParameters {
+        /// `(name, percent-decoded value)` in pattern order.
+        case decoded([(String, String)])
+        /// The parameter `name`'s segment (`raw`, as sent) has a malformed `%` escape or
+        /// is not UTF-8 once percent-decoded.
+        case invalid(name: String, raw: String)
+    }
+
+    /// The parameters, percent-decoded, or the first one that is not valid
+    /// percent-encoded UTF-8.
     func decodeParameters(_ path: UnsafeBufferPointer<UInt8>, _ starts: UnsafeMutableBufferPointer<Int>,
-                          _ ends: UnsafeMutableBufferPointer<Int>) -> [(String, String)]? {
+                          _ ends: UnsafeMutableBufferPointer<Int>) -> DecodedParameters {
         var params: [(String, String)] = []
         for i in segments.indices {
             guard case .parameter(let name) = segments[i] else { continue }
-            guard let value = percentDecode(UnsafeBufferPointer(rebasing: path[starts[i]..<ends[i]])) else { return nil }
+            let raw = UnsafeBufferPointer(rebasing: path[starts[i]..<ends[i]])
+            guard let value = percentDecode(raw) else {
+                return .invalid(name: name, raw: String(decoding: raw, as: UTF8.self))
+            }
             params.append((name, value))
         }
-        return params
+        return .decoded(params)
     }
 }
 

@@ -8,6 +8,11 @@ public enum RouteMatch: Sendable {
     /// Some route has this path but none answers the method: answer `405` with an `Allow`
     /// header listing `allow` (sorted; includes `HEAD` where `GET` is allowed).
     case methodNotAllowed(allow: [String])
+    /// A route answers this method and its pattern's literal segments match, but the
+    /// path parameter `name`'s segment (`raw`, as sent) has a malformed `%` escape or is
+    /// not UTF-8 once percent-decoded, and no other route matches: answer `400` (the
+    /// value would reach templates altered).
+    case invalidParameter(name: String, raw: String)
     /// No route has this path: answer `404`.
     case notFound
 }
@@ -111,9 +116,11 @@ public struct RouteTable: Sendable {
     /// - Parameters:
     ///   - method: the request method, case-sensitive (`HEAD` also matches `GET` routes).
     ///   - path: the request target's path; a query string after `?` is ignored.
-    /// - Returns: the route and its parameters, `.methodNotAllowed` when the path exists
-    ///   only for other methods, or `.notFound`. When several patterns match the path, the
-    ///   most specific one that answers the method wins.
+    /// - Returns: the route and its parameters, `.invalidParameter` when the only routes
+    ///   for the method and path have a parameter that is not valid percent-encoded UTF-8,
+    ///   `.methodNotAllowed` when the path exists only for other methods, or `.notFound`.
+    ///   When several patterns match the path, the most specific one that answers the
+    ///   method wins.
     public func match(method: String, path: String) -> RouteMatch {
         var path = path
         return path.withUTF8 { buffer in
@@ -126,14 +133,16 @@ public struct RouteTable: Sendable {
     private func match(method: String, _ path: UnsafeBufferPointer<UInt8>, bucket: [PathEntry],
                        _ starts: UnsafeMutableBufferPointer<Int>, _ ends: UnsafeMutableBufferPointer<Int>) -> RouteMatch {
         var allow: [String]?
+        var invalid: RouteMatch?
         for entry in bucket {
             guard entry.pattern.literalsMatch(path, starts, ends) else { continue }
             var slot = entry.methods.firstIndex(of: method)
             if slot == nil && method == "HEAD" { slot = entry.methods.firstIndex(of: "GET") }
             if let slot {
                 let route = routes[entry.routeIndexes[slot]]
-                if let params = route.path.decodeParameters(path, starts, ends) {
-                    return .matched(route, params: params)
+                switch route.path.decodeParameters(path, starts, ends) {
+                case .decoded(let params): return .matched(route, params: params)
+                case .invalid(let name, let raw): if invalid == nil { invalid = .invalidParameter(name: name, raw: raw) }
                 }
                 continue
             }
@@ -143,6 +152,7 @@ public struct RouteTable: Sendable {
                 allow = Array(Set(allow! + entry.allow)).sorted()
             }
         }
+        if let invalid { return invalid }
         if let allow { return .methodNotAllowed(allow: allow) }
         return .notFound
     }

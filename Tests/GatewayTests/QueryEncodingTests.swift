@@ -4,11 +4,15 @@ import Glibc
 import Testing
 import TestSupport
 
-/// Query parameters read by templates: percent-decoded bytes that are not UTF-8 are
-/// refused, not replaced. Real gateway, real sockets, real libcurl.
+/// Query and path parameters read by templates: percent-decoded bytes that are not UTF-8
+/// are refused, not replaced. Real gateway, real sockets, real libcurl.
 @Suite struct QueryEncodingTests {
     static func routes() -> [String: String] {
         [
+            "item.json": routeJSON([
+                "name": "item", "method": "GET", "path": "/items/{id}",
+                "steps": [["id": "a", "request": ["method": "GET", "url": "{{env.UP}}/items/{{request.path.id}}"], "timeout": "5s"]],
+            ]),
             "q.json": routeJSON([
                 "name": "q", "method": "GET", "path": "/q",
                 "steps": [["id": "a", "request": ["method": "GET", "url": "{{env.UP}}/x?v={{request.query.v}}"], "timeout": "5s"]],
@@ -45,6 +49,24 @@ import TestSupport
         #expect(try h.request("GET", "/q?v=a%00b%0D%0A").status == 200)
         let targets = up.requests.map(\.target)
         #expect(targets == ["/x?v=%C3%A9", "/x?v=a%00b%0D%0A"])
+    }
+
+    /// A path parameter that is not UTF-8 once percent-decoded (`%ff`), or has a
+    /// malformed escape, answers `400` naming the parameter, and calls no upstream; valid
+    /// percent-encoded UTF-8 reaches the upstream re-encoded.
+    @Test func nonUTF8PathParameter_IsRefusedWith400() throws {
+        let up = try ScriptedServer.answering()
+        let h = try GatewayHarness(routes: Self.routes(), env: ["UP": "http://127.0.0.1:\(up.port)"])
+        for path in ["/items/%ff", "/items/a%zz"] {
+            let r = try h.request("GET", path)
+            #expect(r.status == 400, "\(path): \(r.text)")
+            #expect(r.header("content-type") == "application/problem+json")
+            #expect((r.object["detail"] as? String)?.contains("path parameter 'id'") == true, "\(r.text)")
+        }
+        usleep(100_000)
+        #expect(up.requests.isEmpty)
+        #expect(try h.request("GET", "/items/%C3%A9").status == 200)
+        #expect(up.requests.map(\.target) == ["/items/%C3%A9"])
     }
 
     /// A route that reads no query parameter takes any query.

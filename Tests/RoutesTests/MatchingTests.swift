@@ -40,6 +40,24 @@ import Testing
         #expect(allow == ["GET", "HEAD", "PUT"])
     }
 
+    /// A parameter segment with a malformed escape, or one that is not UTF-8 once decoded,
+    /// is an invalid parameter (400), not an unknown path; another method's route for the
+    /// same path still makes it 405, and a route that decodes wins.
+    @Test func table_ReturnsInvalidParameter_WhenOnlyTheEncodingIsWrong() throws {
+        let table = try loadTable([("routes/a.json", simpleRoute("a", "GET", "/x/{id}")),
+                                   ("routes/b.json", simpleRoute("b", "GET", "/x/{id}/y/{item}"))])
+        for (path, name, raw) in [("/x/%ff", "id", "%ff"), ("/x/%zz", "id", "%zz"), ("/x/a%C3", "id", "a%C3"),
+                                  ("/x/1/y/%fe%ff?q=1", "item", "%fe%ff")] {
+            guard case .invalidParameter(let n, let r) = table.match(method: "GET", path: path) else {
+                Issue.record("\(path): not an invalid parameter"); continue
+            }
+            #expect(n == name && r == raw, "\(path)")
+        }
+        guard case .methodNotAllowed = table.match(method: "POST", path: "/x/%ff") else { Issue.record("not 405"); return }
+        guard case .matched(_, let params) = table.match(method: "HEAD", path: "/x/%C3%A9") else { Issue.record("no match"); return }
+        #expect(params.map(\.1) == ["é"])
+    }
+
     /// An unknown path is 404.
     @Test func table_ReturnsNotFound_WhenNoPathMatches() throws {
         let table = try loadTable([("routes/a.json", simpleRoute("a", "GET", "/x/{id}"))])

@@ -57,6 +57,7 @@ for (label, method, path, _) in cases {
             switch table.match(method: method, path: path) {
             case .matched(_, let params): sink &+= params.count
             case .methodNotAllowed(let allow): sink &+= allow.count
+            case .invalidParameter(let name, _): sink &+= name.utf8.count
             case .notFound: sink &+= 1
             }
         }
