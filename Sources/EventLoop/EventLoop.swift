@@ -68,6 +68,7 @@ public final class EventLoop: @unchecked Sendable {
     /// When the last `epoll_wait` returned.
     private var lastWaitReturn = Instant.now()
     private var deferred: [() -> Void] = []
+    private var spareDeferred: [() -> Void] = []
     /// `run()` has returned, or is letting go of what can no longer run (`releaseAfterStop`).
     private var stopped = false
     /// Output queued by `deferWrite`, written in one burst (see there).
@@ -144,6 +145,10 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Runs `task` on the loop thread after the current batch of events, before
     /// the loop waits again. Loop thread only. Used to batch work per iteration.
+    /// A task deferred by a deferred task (or by a write) runs at the end of the next
+    /// iteration, which does not block: a task that keeps deferring itself — libcurl
+    /// asking to be called again at once while a peer floods its socket — runs once per
+    /// iteration, with the loop's events, due timers and other threads' tasks between.
     public func deferUntilEndOfIteration(_ task: @escaping () -> Void) {
         deferred.append(task)
     }
@@ -380,20 +385,25 @@ public final class EventLoop: @unchecked Sendable {
         }
     }
 
+    /// Runs the tasks deferred so far, once; those they defer wait for the next
+    /// iteration (see `deferUntilEndOfIteration`). The two arrays trade storage, as in
+    /// `runWrites`.
     private func runDeferred() {
-        while !deferred.isEmpty {
-            let batch = deferred
-            deferred.removeAll(keepingCapacity: true)
-            for (k, t) in batch.enumerated() {
-                if k > 0 {
-                    // A deferred task can take milliseconds (e.g. starting every upstream
-                    // transfer of the iteration): due timers run between tasks.
-                    cachedNow = Instant.now()
-                    if let first = timers.first, first.deadline <= cachedNow { runExpiredTimers() }
-                }
-                t()
+        guard !deferred.isEmpty else { return }
+        var batch = spareDeferred
+        spareDeferred = []
+        swap(&batch, &deferred)
+        for (k, t) in batch.enumerated() {
+            if k > 0 {
+                // A deferred task can take milliseconds (e.g. starting every upstream
+                // transfer of the iteration): due timers run between tasks.
+                cachedNow = Instant.now()
+                if let first = timers.first, first.deadline <= cachedNow { runExpiredTimers() }
             }
+            t()
         }
+        batch.removeAll(keepingCapacity: true)
+        spareDeferred = batch
     }
 }
 

@@ -232,12 +232,14 @@ public final class UpstreamClient: @unchecked Sendable {
         // Proxies as configured by the environment, without curl reading it per transfer
         // (set per transfer, in `configure`, only when they differ by scheme).
         if proxies.http == proxies.https { proxies.apply(to: h, https: false) }
+        // A proxy's answer to `CONNECT` reaches no callback: it is not the response's
+        // head (with `CURLOPT_HEADER` it would reach the write callback as if it were), and
+        // after the response's head every line is a trailer (`received(headerLine:)`).
+        _ = CCurl_easy_setopt_long(h, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1)
         if UpstreamClient.screensHeadLines {
             // Each head line reaches the write callback before curl stores it (see
-            // `screensHeadLines`). A proxy's answer to `CONNECT` is then left out: its
-            // head would reach the write callback too, as if it were the response's.
+            // `screensHeadLines`).
             _ = CCurl_easy_setopt_long(h, CURLOPT_HEADER, 1)
-            _ = CCurl_easy_setopt_long(h, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1)
         }
         // Both reach the transfer without retaining anything (one call per header line).
         _ = CCurl_easy_setopt_datafunction(h, CURLOPT_WRITEFUNCTION, { ptr, size, n, ud in
@@ -871,8 +873,7 @@ public final class UpstreamTransfer {
     /// The next header line starts a response (the first one, or the one after a 1xx's
     /// blank line): only there is a line starting with `HTTP/` a status line.
     private var atResponseStart = true
-    /// The final response's head has ended: lines before another status line (a
-    /// proxy's answer to `CONNECT` is followed by the real response) are trailer fields,
+    /// The final response's head has ended: the lines that follow are trailer fields,
     /// which are not header fields (RFC 9110 §6.5.1) and do not frame the body.
     private var inTrailers = false
     /// Bytes of the final response's trailer section so far (see `maxTrailerBytes`).
@@ -1146,8 +1147,10 @@ public final class UpstreamTransfer {
         var end = raw.count
         while end > 0 && (raw[end - 1] == 0x0A || raw[end - 1] == 0x0D) { end -= 1 }
         if end == 0 {  // the blank line ending a header block
-            atResponseStart = true
-            if !interim { inTrailers = true }
+            // After an interim (1xx) head another response begins; after the final one
+            // every line is a trailer field, even one that starts with `HTTP/` (curl
+            // passes no proxy's answer to `CONNECT` here: `CURLOPT_SUPPRESS_CONNECT_HEADERS`).
+            if interim { atResponseStart = true } else { inTrailers = true }
             return true
         }
         if atResponseStart {

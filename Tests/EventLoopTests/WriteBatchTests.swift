@@ -5,7 +5,8 @@ import Testing
 
 /// `EventLoop.deferWrite`: output of an iteration goes out in one burst, after the
 /// iteration's events and deferred tasks, or between events once a long iteration has
-/// held it for `writeBatchWindowNs`. A real loop on its own thread, real pipes.
+/// held it for `writeBatchWindowNs`; deferred tasks run once per iteration. A real loop
+/// on its own thread, real pipes.
 @Suite struct WriteBatchTests {
     /// Runs `body` on a fresh loop's thread, then stops the loop and returns what the
     /// loop-side code recorded.
@@ -47,6 +48,47 @@ import Testing
             }
         }
         #expect(entries == ["task", "deferred", "w1", "w2", "w3", "next iteration", "deferred by w1"])
+    }
+
+    /// A deferred task that defers itself again and again (libcurl asking to be called
+    /// at once while a peer floods its socket) runs once per iteration: a ready
+    /// descriptor's event and a due timer still run while it goes on, instead of waiting
+    /// until it stops deferring itself.
+    @Test func selfDeferringTask_LetsEventsAndTimersRun() throws {
+        let entries = try onLoop { loop, r in
+            var fds: [Int32] = [-1, -1]
+            _ = pipe(&fds)
+            var sawEvent = false, sawTimer = false
+            let reader = PipeReader(fd: fds[0]) {
+                sawEvent = true
+                r.add("event")
+            }
+            try! loop.register(fd: fds[0], events: .read, handler: reader)
+            var b: UInt8 = 1
+            _ = write(fds[1], &b, 1)
+            r.keep([reader])
+            loop.schedule(at: loop.now + .milliseconds(5)) {
+                sawTimer = true
+                r.add("timer")
+            }
+            var runs = 0
+            func again() {
+                runs += 1
+                if sawEvent && sawTimer {
+                    r.add("released")
+                } else if runs == 2_000_000 {
+                    r.add("held the loop for \(runs) runs")
+                } else {
+                    return loop.deferUntilEndOfIteration(again)
+                }
+                loop.unregister(fd: fds[0])
+                close(fds[0])
+                close(fds[1])
+                r.finish()
+            }
+            loop.deferUntilEndOfIteration(again)
+        }
+        #expect(entries == ["event", "timer", "released"])
     }
 
     /// How the events of `write_GoesOutAtTheIterationsEnd_OrWhenALongIterationHasGatheredEnough`

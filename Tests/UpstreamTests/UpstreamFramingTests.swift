@@ -79,6 +79,14 @@ let validFraming: [FramingCase] = [
     FramingCase(name: "Content-Length trailer after a chunked body",
                 response: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nContent-Length: 9\r\nX-Trailer: t\r\n\r\n",
                 body: "hello"),
+    // Not a status line: after the final head every line is a trailer (neither a new
+    // head that drops the fields received, nor a switch of protocols).
+    FramingCase(name: "a trailer line that starts like a status line",
+                response: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nHTTP/1.1 200: x\r\nX-Trailer: injected\r\n\r\n",
+                body: "hello"),
+    FramingCase(name: "a trailer line that starts like a 101 status line",
+                response: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nHTTP/1.1 101: x\r\n\r\n",
+                body: "hello"),
     FramingCase(name: "a trailer section of 300 KiB less a few bytes",
                 response: chunkedWithTrailers(lines: 307), body: "hello"),
     FramingCase(name: "differing Content-Length in the answer to HEAD", method: "HEAD",
