@@ -78,6 +78,18 @@ let upstreamFaults: [UpstreamFault] = [
         let block = String(repeating: " ", count: 8192)
         for _ in 0..<1280 where c.write(block) {}
     },
+    UpstreamFault(name: "endless trailer section", status: 502, error: "protocol") { c in
+        _ = c.readRequest()
+        guard c.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n") else { return }
+        let fields = (0..<64).map { "X-T\($0): " + String(repeating: "t", count: 100) + "\r\n" }.joined()
+        for _ in 0..<10_000 where c.write(fields) {}
+    },
+    UpstreamFault(name: "endless chunk extension", status: 504, error: "timeout") { c in
+        _ = c.readRequest()
+        guard c.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2;ext=") else { return }
+        let block = String(repeating: "e", count: 65536)
+        while c.write(block) {}
+    },
     UpstreamFault(name: "malformed status line", status: 502, error: "protocol") { c in
         _ = c.readRequest()
         c.write("HTTP/1.1 OK-ish\r\n\r\n")
@@ -164,6 +176,38 @@ func closedPort() -> UInt16 {
                 "\(fault.name): only the /metrics connection itself is open")
         #expect(gw.healthz()?.status == 200, "\(fault.name): the gateway still answers")
         server?.stop()
+    }
+
+    /// An upstream that floods its connection with a chunk extension that never ends
+    /// keeps libcurl reading until the step's deadline, asking to be called again at once
+    /// after each read: the same (single) event loop still answers other requests
+    /// meanwhile — `/healthz` here, before the flooded call ends.
+    @Test func floodingUpstream_DoesNotHoldItsLoop() throws {
+        let server = try ScriptedServer { conn, _ in
+            _ = conn.readRequest()
+            guard conn.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;ext=") else { return }
+            let block = String(repeating: "e", count: 65536)
+            while conn.write(block) {}
+        }
+        let gw = try HardeningGateway(routes: [
+            "flood.json": upstreamRoute(name: "flood", path: "/flood", url: "http://127.0.0.1:\(server.port)/x",
+                                        timeout: "\(Int(stepTimeoutSeconds) * 3)s"),
+        ]) { config in
+            config.eventLoops = 1
+        }
+        let flooded = Shared<Int?>(nil)
+        let call = Background {
+            let status = (try? gw.request("GET", "/flood"))?.status ?? 0
+            flooded.with { $0 = status }
+        }
+        #expect(eventually { server.connections == 1 }, "the flooded call reached its upstream")
+        usleep(200_000)
+        let health = gw.healthz()
+        #expect(flooded.get == nil, "/healthz waited for the flooded call to end")
+        #expect(health?.status == 200)
+        call.join()
+        #expect(flooded.get == 504)
+        server.stop()
     }
 
     /// A step whose upstream answers with differing `Content-Length` values (here as one
