@@ -214,6 +214,12 @@ public final class UpstreamClient: @unchecked Sendable {
         _ = CCurl_easy_setopt_string(h, CURLOPT_PROTOCOLS_STR, "http,https")
         _ = CCurl_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
         _ = CCurl_easy_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)
+        // HTTP/1.1 only (RFC 9112), also over TLS (no `h2` offered by ALPN): the framing
+        // checks and head screening read HTTP/1.1 heads. It also keeps curl 7.88 from
+        // ever putting a second transfer on a connection in use: a status line saying
+        // `HTTP/2` marks the upstream as able to multiplex, and curl would then share an
+        // HTTP/1.1 connection between transfers (such a line is refused, `startHead`).
+        _ = CCurl_easy_setopt_long(h, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1))
         // Content codings (RFC 9110 §8.4): a request without `Accept-Encoding` accepts any
         // coding (§12.5.3), and libcurl 7.88 decodes none unless this is set, so a gzip
         // body reached templates as its compressed bytes read as text. With it, a body
@@ -1177,6 +1183,9 @@ public final class UpstreamTransfer {
     /// `framingError` set, for `101 Switching Protocols`: no step asks to switch, and
     /// libcurl 7.88 would wait for a final response after it until the deadline.
     private func startHead(_ raw: UnsafeRawBufferPointer, end: Int) -> Bool {
+        // `HTTP/1.x` only: curl 7.88 reads `HTTP/2 200` or `HTTP/2.0 200` sent over an
+        // HTTP/1.1 connection as an HTTP/2 answer (and the upstream as one that multiplexes).
+        guard end >= 7 && raw[5] == 0x31 && raw[6] == 0x2E else { return fail(.notHTTP1) }  // "1."
         rawHeaders.removeAll(keepingCapacity: true)
         expectedBodyBytes = 0
         headContentLength = -1
@@ -1374,6 +1383,9 @@ private enum FramingError {
     case whitespaceBeforeFirstField
     /// A trailer section larger than `UpstreamTransfer.maxTrailerBytes`.
     case trailersTooLarge
+    /// A status line of another HTTP version than 1.x (`HTTP/2 200`) on an HTTP/1.1
+    /// connection (RFC 9112 §4: `HTTP-version`).
+    case notHTTP1
 
     var message: String {
         switch self {
@@ -1383,6 +1395,7 @@ private enum FramingError {
         case .switchedProtocols: "upstream switched protocols (101); only HTTP responses are accepted"
         case .whitespaceBeforeFirstField: "invalid response head: whitespace before the first header field (RFC 9112 §2.2)"
         case .trailersTooLarge: "response trailer section larger than \(UpstreamTransfer.maxTrailerBytes) bytes"
+        case .notHTTP1: "invalid status line: not HTTP/1.x on an HTTP/1.1 connection (RFC 9112 §4)"
         }
     }
 }

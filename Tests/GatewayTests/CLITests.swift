@@ -628,25 +628,9 @@ import TestSupport
     @Test func upstreamTLS_NewConnectionsResumeTheSession() throws {
         let upDir = try makeTempDir(), dir = try makeTempDir()
         defer { for d in [upDir, dir] { try? FileManager.default.removeItem(atPath: d) } }
-        try TLSListenerTests.makeCertificate(in: upDir, names: "DNS:localhost,IP:127.0.0.1")
-        let serverOut = "\(upDir)/s_server.out"
-        _ = FileManager.default.createFile(atPath: serverOut, contents: nil)
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        server.arguments = ["openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", "\(upDir)/c.pem", "-key", "\(upDir)/k.pem", "-www"]
-        server.standardInput = FileHandle.nullDevice
-        server.standardOutput = FileHandle(forWritingAtPath: serverOut)
-        server.standardError = FileHandle.nullDevice
-        try server.run()
+        let (server, port, _) = try Self.sServer(in: upDir)
         // SIGKILL: s_server keeps the test runner's ignored SIGTERM.
         defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
-        var port = ""
-        try #require(eventually {
-            let out = (try? String(contentsOfFile: serverOut, encoding: .utf8)) ?? ""
-            guard let line = out.split(separator: "\n").first(where: { $0.hasPrefix("ACCEPT 127.0.0.1:") }) else { return false }
-            port = String(line.dropFirst("ACCEPT 127.0.0.1:".count))
-            return true
-        })
 
         try TLSListenerTests.writeStepRoute("tls", url: "https://127.0.0.1:\(port)/", in: dir)
         let gateway = try TLSListenerTests.gatewayTrusting("\(upDir)/c.pem", routes: dir, configDir: upDir)
@@ -660,6 +644,91 @@ import TestSupport
         }
         #expect(sessions.first == "new", "\(sessions)")
         #expect(sessions.suffix(3) == ["reused", "reused", "reused"], "\(sessions)")
+    }
+
+    /// Steps speak HTTP/1.1 to HTTPS upstreams too: curl offers only `http/1.1` by ALPN.
+    /// The upstream here (Python `ssl`) prefers `h2` and answers in HTTP/1.1 whatever
+    /// was chosen, with the protocol ALPN chose: had curl offered `h2`, the step would
+    /// have failed.
+    @Test func upstreamTLS_OffersOnlyHTTP1ByALPN() throws {
+        let upDir = try makeTempDir(), dir = try makeTempDir()
+        defer { for d in [upDir, dir] { try? FileManager.default.removeItem(atPath: d) } }
+        try TLSListenerTests.makeCertificate(in: upDir, names: "DNS:localhost,IP:127.0.0.1")
+        let portFile = "\(upDir)/port"
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        server.arguments = ["python3", "-c", Self.alpnUpstream, "\(upDir)/c.pem", "\(upDir)/k.pem", portFile]
+        server.standardInput = FileHandle.nullDevice
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
+        var port = ""
+        try #require(eventually {
+            port = ((try? String(contentsOfFile: portFile, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+            return !port.isEmpty
+        })
+        try TLSListenerTests.writeStepRoute("tls", url: "https://127.0.0.1:\(port)/", in: dir)
+        let gateway = try TLSListenerTests.gatewayTrusting("\(upDir)/c.pem", routes: dir, configDir: upDir)
+        defer { kill(gateway.process.processIdentifier, SIGTERM); gateway.process.waitUntilExit() }
+        let r = try #require(try RawConnection(port: gateway.port).request("GET", "/tls"))
+        let body = String(decoding: r.body, as: UTF8.self)
+        #expect(r.status == 200, "\(body)")
+        #expect(body.contains("\"alpn\":\"http/1.1\""), "\(body)")
+    }
+
+    /// A TLS upstream (`argv`: certificate, key, file to write its port to) that offers
+    /// `h2` before `http/1.1` by ALPN and answers every request, in HTTP/1.1, with the
+    /// protocol ALPN chose: `{"alpn":"…"}`.
+    static let alpnUpstream = #"""
+import json, socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+ctx.set_alpn_protocols(["h2", "http/1.1"])
+ls = socket.socket()
+ls.bind(("127.0.0.1", 0))
+ls.listen(8)
+open(sys.argv[3], "w").write(str(ls.getsockname()[1]))
+while True:
+    raw, _ = ls.accept()
+    try:
+        c = ctx.wrap_socket(raw, server_side=True)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            more = c.recv(4096)
+            if not more: break
+            data += more
+        body = json.dumps({"alpn": c.selected_alpn_protocol()}, separators=(",", ":")).encode()
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        c.close()
+    except (OSError, ssl.SSLError):
+        raw.close()
+"""#
+
+    /// `openssl s_server -www` on 127.0.0.1 with a certificate for localhost and
+    /// 127.0.0.1 made in `dir` (`c.pem`, `k.pem`): the process, its port, and the file
+    /// its output goes to. Stop it with SIGKILL (it keeps the runner's ignored SIGTERM).
+    static func sServer(in dir: String) throws -> (Process, String, String) {
+        try TLSListenerTests.makeCertificate(in: dir, names: "DNS:localhost,IP:127.0.0.1")
+        let serverOut = "\(dir)/s_server.out"
+        _ = FileManager.default.createFile(atPath: serverOut, contents: nil)
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        server.arguments = ["openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", "\(dir)/c.pem", "-key", "\(dir)/k.pem", "-www"]
+        server.standardInput = FileHandle.nullDevice
+        server.standardOutput = FileHandle(forWritingAtPath: serverOut)
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        var port = ""
+        let up = eventually {
+            let out = (try? String(contentsOfFile: serverOut, encoding: .utf8)) ?? ""
+            guard let line = out.split(separator: "\n").first(where: { $0.hasPrefix("ACCEPT 127.0.0.1:") }) else { return false }
+            port = String(line.dropFirst("ACCEPT 127.0.0.1:".count))
+            return true
+        }
+        if !up { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
+        try #require(up, "openssl s_server did not start")
+        return (server, port, serverOut)
     }
 
     /// `upstream_tls` in the config file: a `ca_file` that cannot be read, holds no

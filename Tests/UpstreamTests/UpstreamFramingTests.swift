@@ -60,6 +60,13 @@ let invalidFraming: [FramingCase] = [
     FramingCase(name: "differing Content-Length after 100 Continue",
                 response: "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
                 failure: differing),
+    // libcurl 7.88 would take these as HTTP/2 answers, and the upstream as multiplexing.
+    FramingCase(name: "an HTTP/2 status line on an HTTP/1.1 connection",
+                response: "HTTP/2 200\r\ncontent-length: 5\r\n\r\nhello",
+                failure: "invalid status line: not HTTP/1.x on an HTTP/1.1 connection (RFC 9112 §4)"),
+    FramingCase(name: "an HTTP/2.0 status line on an HTTP/1.1 connection",
+                response: "HTTP/2.0 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                failure: "invalid status line: not HTTP/1.x on an HTTP/1.1 connection (RFC 9112 §4)"),
     // libcurl 7.88 bounds a head (300 KiB) but keeps every trailer line in memory.
     FramingCase(name: "a trailer section over 300 KiB",
                 response: chunkedWithTrailers(lines: 320),
@@ -81,6 +88,8 @@ let validFraming: [FramingCase] = [
                 body: "hello"),
     // Not a status line: after the final head every line is a trailer (neither a new
     // head that drops the fields received, nor a switch of protocols).
+    FramingCase(name: "an HTTP/1.0 answer",
+                response: "HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello", body: "hello"),
     FramingCase(name: "a trailer line that starts like a status line",
                 response: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nHTTP/1.1 200: x\r\nX-Trailer: injected\r\n\r\n",
                 body: "hello"),
