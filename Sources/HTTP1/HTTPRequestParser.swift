@@ -67,6 +67,10 @@ private let maxChunkLineBytes = 4096
 ///
 /// A value type with no shared state; one parser per connection.
 public struct HTTPRequestParser: Sendable {
+    /// The most a `Content-Length` body reserves before its bytes arrive: 64 KiB
+    /// (a larger one grows as it comes).
+    static let bodyReservationLimit = 64 * 1024
+
     /// The outcome of one `parse(_:)` call (see the type's documentation).
     public enum Result: Sendable {
         /// All bytes were consumed; more are needed.
@@ -132,6 +136,8 @@ public struct HTTPRequestParser: Sendable {
     }
     private var headMethodAndPath: (method: String, path: String)?
     private var body: [UInt8] = []
+    /// The capacity of the body being received (for tests of `bodyReservationLimit`).
+    var bodyCapacity: Int { body.capacity }
     private var remaining = 0
     private var chunkValue = 0, chunkDigits = 0, chunkLineBytes = 0
     private var trailerBytes = 0, trailerFields = 0
@@ -524,7 +530,10 @@ public struct HTTPRequestParser: Sendable {
             chunkValue = 0; chunkDigits = 0; chunkLineBytes = 0
             state = .chunkSize
         } else if contentLength > 0 {
-            body.reserveCapacity(contentLength)
+            // Room for what is announced, up to 64 KiB: a larger body grows as it
+            // arrives, so a head announcing a megabyte reserves no megabyte before any
+            // of it came (address space a crowd of such heads would exhaust).
+            body.reserveCapacity(min(contentLength, HTTPRequestParser.bodyReservationLimit))
             remaining = contentLength
             state = .body
         } else {

@@ -63,6 +63,27 @@ private let modes = [false, true]
         #expect(p.phase == .idle)
     }
 
+    /// A body announced by `Content-Length` reserves room for at most 64 KiB before its
+    /// bytes arrive (a megabyte announced reserves no megabyte), and is still received
+    /// whole; a small one gets its exact size at once.
+    @Test func parser_ReservesAtMost64KiB_BeforeTheBodyArrives() throws {
+        let size = 1 << 20
+        var p = HTTPRequestParser(limits: HTTPLimits(bodyBytes: 2 << 20))
+        guard case .needMore = p.parse(Array("POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: \(size)\r\n\r\n".utf8)) else {
+            Issue.record("the head alone is not a request"); return
+        }
+        #expect(p.bodyCapacity >= 64 * 1024 && p.bodyCapacity < 128 * 1024, "\(p.bodyCapacity)")
+        let piece = [UInt8](repeating: 0x61, count: 64 * 1024)
+        var result = HTTPRequestParser.Result.needMore
+        for _ in 0..<(size / piece.count) { result = p.parse(piece) }
+        guard case .request(let r, _) = result else { Issue.record("no request"); return }
+        #expect(r.body.count == size && r.body.allSatisfy { $0 == 0x61 })
+
+        var small = HTTPRequestParser()
+        _ = small.parse(Array("POST /s HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n".utf8))
+        #expect(small.bodyCapacity >= 100 && small.bodyCapacity < 64 * 1024, "\(small.bodyCapacity)")
+    }
+
     /// Pipelined requests are also all found when fed one byte at a time.
     @Test func parser_ReturnsPipelinedRequests_WhenFedByteByByte() {
         let raw = "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nPOST /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcGET /3 HTTP/1.1\r\nHost: h\r\n\r\n"
