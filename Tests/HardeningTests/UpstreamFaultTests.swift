@@ -84,12 +84,6 @@ let upstreamFaults: [UpstreamFault] = [
         let fields = (0..<64).map { "X-T\($0): " + String(repeating: "t", count: 100) + "\r\n" }.joined()
         for _ in 0..<10_000 where c.write(fields) {}
     },
-    UpstreamFault(name: "endless chunk extension", status: 504, error: "timeout") { c in
-        _ = c.readRequest()
-        guard c.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2;ext=") else { return }
-        let block = String(repeating: "e", count: 65536)
-        while c.write(block) {}
-    },
     UpstreamFault(name: "malformed status line", status: 502, error: "protocol") { c in
         _ = c.readRequest()
         c.write("HTTP/1.1 OK-ish\r\n\r\n")
@@ -181,8 +175,11 @@ func closedPort() -> UInt16 {
     /// An upstream that floods its connection with a chunk extension that never ends
     /// keeps libcurl reading until the step's deadline, asking to be called again at once
     /// after each read: the same (single) event loop still answers other requests
-    /// meanwhile — `/healthz` here, before the flooded call ends.
-    @Test func floodingUpstream_DoesNotHoldItsLoop() throws {
+    /// meanwhile — `/healthz` here, before the flooded call ends. (Not under a sanitizer:
+    /// the flood takes both CPUs for the step's deadline, which the parallel tests'
+    /// timeouts would feel; `WriteBatchTests` checks the loop's rule under one.)
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["SWITCHBOARD_SANITIZER"] == nil))
+    func floodingUpstream_DoesNotHoldItsLoop() throws {
         let server = try ScriptedServer { conn, _ in
             _ = conn.readRequest()
             guard conn.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;ext=") else { return }
@@ -191,7 +188,7 @@ func closedPort() -> UInt16 {
         }
         let gw = try HardeningGateway(routes: [
             "flood.json": upstreamRoute(name: "flood", path: "/flood", url: "http://127.0.0.1:\(server.port)/x",
-                                        timeout: "\(Int(stepTimeoutSeconds) * 3)s"),
+                                        timeout: "2s"),
         ]) { config in
             config.eventLoops = 1
         }
