@@ -628,9 +628,25 @@ import TestSupport
     @Test func upstreamTLS_NewConnectionsResumeTheSession() throws {
         let upDir = try makeTempDir(), dir = try makeTempDir()
         defer { for d in [upDir, dir] { try? FileManager.default.removeItem(atPath: d) } }
-        let (server, port, _) = try Self.sServer(in: upDir)
+        try TLSListenerTests.makeCertificate(in: upDir, names: "DNS:localhost,IP:127.0.0.1")
+        let serverOut = "\(upDir)/s_server.out"
+        _ = FileManager.default.createFile(atPath: serverOut, contents: nil)
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        server.arguments = ["openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", "\(upDir)/c.pem", "-key", "\(upDir)/k.pem", "-www"]
+        server.standardInput = FileHandle.nullDevice
+        server.standardOutput = FileHandle(forWritingAtPath: serverOut)
+        server.standardError = FileHandle.nullDevice
+        try server.run()
         // SIGKILL: s_server keeps the test runner's ignored SIGTERM.
         defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
+        var port = ""
+        try #require(eventually {
+            let out = (try? String(contentsOfFile: serverOut, encoding: .utf8)) ?? ""
+            guard let line = out.split(separator: "\n").first(where: { $0.hasPrefix("ACCEPT 127.0.0.1:") }) else { return false }
+            port = String(line.dropFirst("ACCEPT 127.0.0.1:".count))
+            return true
+        })
 
         try TLSListenerTests.writeStepRoute("tls", url: "https://127.0.0.1:\(port)/", in: dir)
         let gateway = try TLSListenerTests.gatewayTrusting("\(upDir)/c.pem", routes: dir, configDir: upDir)
@@ -704,32 +720,6 @@ while True:
     except (OSError, ssl.SSLError):
         raw.close()
 """#
-
-    /// `openssl s_server -www` on 127.0.0.1 with a certificate for localhost and
-    /// 127.0.0.1 made in `dir` (`c.pem`, `k.pem`): the process, its port, and the file
-    /// its output goes to. Stop it with SIGKILL (it keeps the runner's ignored SIGTERM).
-    static func sServer(in dir: String) throws -> (Process, String, String) {
-        try TLSListenerTests.makeCertificate(in: dir, names: "DNS:localhost,IP:127.0.0.1")
-        let serverOut = "\(dir)/s_server.out"
-        _ = FileManager.default.createFile(atPath: serverOut, contents: nil)
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        server.arguments = ["openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", "\(dir)/c.pem", "-key", "\(dir)/k.pem", "-www"]
-        server.standardInput = FileHandle.nullDevice
-        server.standardOutput = FileHandle(forWritingAtPath: serverOut)
-        server.standardError = FileHandle.nullDevice
-        try server.run()
-        var port = ""
-        let up = eventually {
-            let out = (try? String(contentsOfFile: serverOut, encoding: .utf8)) ?? ""
-            guard let line = out.split(separator: "\n").first(where: { $0.hasPrefix("ACCEPT 127.0.0.1:") }) else { return false }
-            port = String(line.dropFirst("ACCEPT 127.0.0.1:".count))
-            return true
-        }
-        if !up { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
-        try #require(up, "openssl s_server did not start")
-        return (server, port, serverOut)
-    }
 
     /// `upstream_tls` in the config file: a `ca_file` that cannot be read, holds no
     /// certificate (a directory) or a damaged PEM block (truncated, bad base64, not a
