@@ -79,10 +79,10 @@ public final class FlowRun {
     ///     drawn when first read (a synchronous run that never needs it never draws it).
     ///   - upstreamBodyBytes: the largest upstream response body a step accepts, in bytes. Default: 10 MiB.
     ///   - redactor: removes secrets from problem details and bodies.
-    public init(route: Route, input: FlowInput, client: UpstreamClient, jobID: String? = nil,
+    public init(route: Route, input: consuming FlowInput, client: UpstreamClient, jobID: String? = nil,
                 redactor: Redactor = Redactor(secrets: []), upstreamBodyBytes: Int = 10 * 1024 * 1024) {
         self.route = route
-        self.input = input
+        self.input = consume input
         self.client = client
         self.loop = client.loop
         self.drawnJobID = jobID

@@ -213,15 +213,15 @@ public final class Gateway: @unchecked Sendable {
         }
         // Journal write failures are logged (on loop 0) as they start and end: a request
         // answered 503 for them says only that its job could not be made durable.
-        // Weak: the loop state reaches the journal (through its deliverer's store), so
-        // holding it here would keep both alive after shutdown.
+        // The loop and its log, not the loop state: that reaches the journal (through its
+        // deliverer's store), so holding it here would keep both alive after shutdown —
+        // and a weak reference would give the state a side table, slowing every retain
+        // and release of it (several per request).
         let first = states[0]
         durable.onHealthChange.withLock {
-            $0 = { [weak first] change in
-                guard let first else { return }
-                first.loop.execute { [weak first] in
-                    if let first { Gateway.logJournalHealth(change, to: first.log) }
-                }
+            let log = LoopBound(first.log)  // used on its own loop only
+            $0 = { [loop = first.loop] change in
+                loop.execute { Gateway.logJournalHealth(change, to: log.value) }
             }
         }
     }
@@ -469,7 +469,7 @@ public final class Gateway: @unchecked Sendable {
         return r
     }
 
-    private func handle(_ req: HTTPRequest, _ w: HTTPResponseWriter) {
+    private func handle(_ req: consuming HTTPRequest, _ w: HTTPResponseWriter) {
         let state = states[w.loop.index]
         let requestID = state.nextRequestID()
         // From the request's arrival, not from when a busy loop got to it: its wait
@@ -562,10 +562,11 @@ public final class Gateway: @unchecked Sendable {
     }
 
     /// Step 1: parse the body when the route reads it, then resolve the callback target.
-    private func runRoute(_ route: Route, params: [(String, String)], _ req: HTTPRequest, _ w: HTTPResponseWriter,
+    private func runRoute(_ route: Route, params: [(String, String)], _ req: consuming HTTPRequest, _ w: HTTPResponseWriter,
                           caller: String, state: LoopState, requestID: String, start: Instant) {
         let call = RouteCall(route: route, params: params, req: req, w: w, caller: caller, state: state,
                              requestID: requestID, start: start)
+        let req = call.req
         if route.readsRequestBody {
             do { call.body = try JSON.parse(req.body) } catch {
                 return refuse(call, Problem(status: 400, detail: "the request body must be JSON: \(error)"))
@@ -608,14 +609,15 @@ public final class Gateway: @unchecked Sendable {
     private func applyIdempotency(_ call: RouteCall, retried: Bool = false) {
         // One key per request: with two, which one the record is kept under would
         // depend on their order, and a retry sending either alone would run again.
-        if call.req.headers.count(named: "idempotency-key") > 1 {
+        let keys = call.req.headers.count(named: "idempotency-key")
+        if keys > 1 {
             return refuse(call, Problem(status: 400, detail: "send exactly one Idempotency-Key header"))
         }
-        if let key = call.req.headers["idempotency-key"], key.isEmpty {
-            return refuse(call, Problem(status: 400, detail: "Idempotency-Key must not be empty"))
-        }
-        guard let key = call.req.headers["idempotency-key"] else {
+        guard keys == 1, let key = call.req.headers["idempotency-key"] else {
             return startRun(call, jobID: nil, token: nil)  // the job id is drawn if the run goes async
+        }
+        if key.isEmpty {
+            return refuse(call, Problem(status: 400, detail: "Idempotency-Key must not be empty"))
         }
         let scope = IdempotencyScope(caller: call.caller, route: call.route.name)
         let fingerprint = RequestFingerprint(method: call.req.method, target: call.req.target, body: call.req.body)
@@ -737,7 +739,7 @@ public final class Gateway: @unchecked Sendable {
         let (budget, applied, respondAsync) = waitBudget(call)
         let input = FlowInput(method: call.req.method, path: call.req.path, pathParams: call.params, query: call.req.query,
                               headerSource: RequestHeaders(headers: call.req.headers), body: call.body)
-        let run = FlowRun(route: route, input: input, client: state.client, jobID: jobID,
+        let run = FlowRun(route: route, input: consume input, client: state.client, jobID: jobID,
                           redactor: state.redactor, upstreamBodyBytes: config.upstreamBodyBytes)
         let trace = TraceContext(traceparent: call.req.headers["traceparent"], tracestate: call.req.headers["tracestate"], random: &state.spanIDs)
         run.headersForAttempt = { trace.appendHeaders(to: &$0, random: &state.spanIDs) }
@@ -1191,26 +1193,39 @@ public final class Gateway: @unchecked Sendable {
     /// Drops finished jobs older than the retention — from memory and from the
     /// journal — and expired idempotency records and old deliveries, on loop 0:
     /// every minute, or every half retention when that is shorter (at least 100 ms).
+    /// The sweep holds the stores it sweeps, not the gateway: a weak reference would give
+    /// the gateway a side table, slowing every retain and release of it (per request);
+    /// the loop drops the sweep's timer when it stops.
     private func scheduleJobSweep() {
         let loop = group.loops[0]
-        loop.execute { [weak self] in self?.sweepJobs(on: loop) }
+        let sweep = JobSweep(retention: config.jobRetention, idempotency: idempotency, deliveries: deliveries,
+                             jobs: jobs, durable: durable)
+        loop.execute { sweep.run(on: loop) }
     }
 
-    private func sweepJobs(on loop: EventLoop) {
-        let retention = config.jobRetention
-        idempotency.sweep()
-        let now = wallClockMilliseconds()
-        deliveries.sweep(deliveredBefore: now - retention.milliseconds, failedBefore: now - 7 * 86_400_000)
-        for e in jobs.all {
-            e.loop.execute { [jobs, durable] in
-                guard let f = e.finishedAtMs, wallClockMilliseconds() - f > retention.milliseconds else { return }
-                jobs.remove(e.id)
-                // Every registered job was journaled; its records go at the next compaction.
-                durable.loopJournals[e.loop.index].append([.delete(DurableState.jobKey(e.id))])
+    /// What the periodic sweep reads (see `scheduleJobSweep`). Loop 0 only.
+    private struct JobSweep {
+        let retention: Duration
+        let idempotency: IdempotencyStore
+        let deliveries: DeliveryStore
+        let jobs: JobRegistry
+        let durable: DurableState
+
+        func run(on loop: EventLoop) {
+            idempotency.sweep()
+            let now = wallClockMilliseconds()
+            deliveries.sweep(deliveredBefore: now - retention.milliseconds, failedBefore: now - 7 * 86_400_000)
+            for e in jobs.all {
+                e.loop.execute { [jobs, durable, retention] in
+                    guard let f = e.finishedAtMs, wallClockMilliseconds() - f > retention.milliseconds else { return }
+                    jobs.remove(e.id)
+                    // Every registered job was journaled; its records go at the next compaction.
+                    durable.loopJournals[e.loop.index].append([.delete(DurableState.jobKey(e.id))])
+                }
             }
+            let every = min(Duration.seconds(60), max(retention / 2, .milliseconds(100)))
+            loop.schedule(at: loop.now + every) { self.run(on: loop) }
         }
-        let every = min(Duration.seconds(60), max(retention / 2, .milliseconds(100)))
-        loop.schedule(at: loop.now + every) { [weak self] in self?.sweepJobs(on: loop) }
     }
 
     /// One log line per callback attempt outcome (never the URL or the secret).

@@ -59,7 +59,7 @@ public final class HTTPResponseWriter: @unchecked Sendable {
 /// it: `receive` and `transmit` check `tls` once per call and otherwise share all
 /// of the connection's logic. A TLS connection first completes its handshake
 /// (`handshakeStep`), within `headerTimeout` of the accept.
-final class HTTPConnection: IOHandler {
+final class HTTPConnection: IOHandler, DeferredWriter {
     enum TimerKind { case none, handshake, idle, head, body, write, linger }
 
     let fd: Int32
@@ -84,7 +84,7 @@ final class HTTPConnection: IOHandler {
     private var outStart = 0
     /// Output is waiting for the socket to become writable.
     private var outPending = false
-    /// A response is in `out`, to be written with the loop's write burst (`queuedFlush`).
+    /// A response is in `out`, to be written with the loop's write burst (`writeDeferred`).
     private var flushQueued = false
     /// Output not written yet: queued for the loop's write burst, or waiting for the
     /// socket. No further request is parsed meanwhile.
@@ -107,8 +107,9 @@ final class HTTPConnection: IOHandler {
     /// epoll is level-triggered, so a wrong `true` costs one loop iteration, never a hang.
     private var drained = false
     private var interest: IOEvents = [.read]
-    /// Requests dispatched since the socket was last reported readable: `drive` runs
-    /// again after each write burst, and a pipeline answered at once would otherwise
+    /// Requests dispatched in this turn — since the socket was last reported readable,
+    /// or since a turn deferred with requests still buffered began (`nextTurn`): `drive`
+    /// runs again after each write burst, and a pipeline answered at once would otherwise
     /// never yield to other connections.
     private var turnServed = 0
     /// When the bytes of the latest read became ready (`EventLoop.eventsReadySince`);
@@ -123,10 +124,11 @@ final class HTTPConnection: IOHandler {
 
     /// Most bytes buffered from a client while its previous request is in progress.
     private static let pendingCap = 65536
-    /// Most requests served from the socket in one go before yielding to other connections.
-    /// A turn begins with a readiness event and spans the write bursts that answer its
-    /// requests (`turnServed`).
-    private static let requestsPerTurn = 32
+    /// Most requests served from the socket and its buffer in one go before yielding to
+    /// other connections. A turn begins with a readiness event (or, for requests already
+    /// buffered, after the loop's next round of events) and spans the write bursts that
+    /// answer its requests (`turnServed`).
+    static let requestsPerTurn = 32
     /// How long a closing connection drains the client's input (see `finishClose`).
     private static let lingerTime: Duration = .seconds(2)
 
@@ -283,9 +285,16 @@ final class HTTPConnection: IOHandler {
         let buf = context.readBuffer
         let bufSize = LoopContext.readBufferSize
         loop: while !closed && !awaiting && !outputBusy && !lingering {
+            // The turn's limit holds for buffered requests too: a pipeline answered at
+            // once is served from `pend` by the write bursts, which would otherwise go on
+            // until it is empty before the loop gets back to other connections.
+            if turnServed >= HTTPConnection.requestsPerTurn {
+                yielded = true
+                break
+            }
             if pendStart < pend.count {
                 let r = pend.withUnsafeBytes { parser.parse(UnsafeRawBufferPointer(rebasing: $0[pendStart...])) }
-                switch r {
+                switch consume r {
                 case .needMore:
                     clearPending()
                 case .request(let req, let consumed):
@@ -301,10 +310,6 @@ final class HTTPConnection: IOHandler {
                     fail(e)
                 }
                 continue
-            }
-            if turnServed >= HTTPConnection.requestsPerTurn {
-                yielded = true
-                break
             }
             if readPaused {
                 readPaused = false
@@ -359,12 +364,21 @@ final class HTTPConnection: IOHandler {
                 return
             }
         }
-        if yielded && tls != nil && !closed && !awaiting && !outputBusy && !lingering && tlsHasDecrypted() {
-            // Yielded after `requestsPerTurn` with decrypted bytes waiting that
-            // epoll cannot report: come back after this round of events.
-            loop.deferUntilEndOfIteration { [weak self] in self?.drive() }
+        if yielded && !closed && !awaiting && !outputBusy && !lingering
+            && (pendStart < pend.count || (tls != nil && tlsHasDecrypted())) {
+            // Yielded after `requestsPerTurn` with requests buffered (or decrypted bytes
+            // waiting) that epoll cannot report: a new turn after the next round of events.
+            // (Held strongly until then: a weak reference would give every connection a
+            // side table, slowing each retain and release of it.)
+            loop.deferUntilEndOfIteration { self.nextTurn() }
         }
         if !closed && !awaiting && !outputBusy && !lingering { armReadTimer() }
+    }
+
+    /// A turn that was not begun by a readiness event (see `drive`).
+    private func nextTurn() {
+        turnServed = 0
+        drive()
     }
 
     /// Chooses the timer while waiting for request bytes.
@@ -485,12 +499,12 @@ final class HTTPConnection: IOHandler {
         // the connection goes on with its next request once it is out.
         if !flushQueued {
             flushQueued = true
-            loop.deferWrite { self.queuedFlush() }
+            loop.deferWrite(self)
         }
     }
 
     /// The loop's write burst: writes the queued response (and any output before it).
-    private func queuedFlush() {
+    func writeDeferred() {
         flushQueued = false
         guard !closed, !outPending else { return }
         if flush() { outputFlushed() }

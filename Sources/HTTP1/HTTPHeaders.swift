@@ -42,7 +42,7 @@ public struct HTTPHeaders: Sendable, Sequence {
 
     /// The value of the first field named `name` (case-insensitive), or nil.
     public subscript(name: String) -> String? {
-        for f in storage where HTTPHeaders.nameEquals(f.name, name) { return f.value }
+        for i in storage.indices where HTTPHeaders.nameEquals(storage[i].name, name) { return storage[i].value }
         return nil
     }
 
@@ -55,7 +55,7 @@ public struct HTTPHeaders: Sendable, Sequence {
     /// that may appear once shows a request to refuse. Does not allocate.
     public func count(named name: String) -> Int {
         var n = 0
-        for f in storage where HTTPHeaders.nameEquals(f.name, name) { n += 1 }
+        for i in storage.indices where HTTPHeaders.nameEquals(storage[i].name, name) { n += 1 }
         return n
     }
 
@@ -74,10 +74,22 @@ public struct HTTPHeaders: Sendable, Sequence {
     /// Iterates the fields in order.
     public func makeIterator() -> IndexingIterator<[Element]> { storage.makeIterator() }
 
-    /// ASCII case-insensitive comparison of two field names.
+    /// ASCII case-insensitive comparison of two field names: the lengths first (what
+    /// most look-ups end on), then the bytes in place.
     @inlinable static func nameEquals(_ a: String, _ b: String) -> Bool {
         let au = a.utf8, bu = b.utf8
-        guard au.count == bu.count else { return false }
+        let n = au.count
+        guard n == bu.count else { return false }
+        let fast = au.withContiguousStorageIfAvailable { ap in
+            bu.withContiguousStorageIfAvailable { bp in
+                for k in 0..<n {
+                    let x = ap[k], y = bp[k]
+                    if x != y && asciiLower(x) != asciiLower(y) { return false }
+                }
+                return true
+            }
+        }
+        if let r = fast ?? nil { return r }
         var bi = bu.makeIterator()
         for x in au {
             let y = bi.next()!

@@ -538,9 +538,9 @@ public struct HTTPRequestParser: Sendable {
             state = .body
         } else {
             state = .start
-            return .request(request, consumed: consumed)
+            return .request(consume request, consumed: consumed)
         }
-        pending = request
+        pending = consume request
         // RFC 9110 §10.1.1: only an HTTP/1.1 client gets 100 (Continue).
         if expectContinue && versionMinor == 1 { return .expectContinue(consumed: consumed) }
         return nil

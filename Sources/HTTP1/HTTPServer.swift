@@ -60,7 +60,7 @@ public struct HTTPRefusal: Sendable {
 final class ServerShared: @unchecked Sendable {
     let limits: HTTPLimits
     /// Called on a loop thread; the server's user guarantees it may run on several loops at once.
-    let responder: (HTTPRequest, HTTPResponseWriter) -> Void
+    let responder: (consuming HTTPRequest, HTTPResponseWriter) -> Void
     /// See `HTTPServer.init(…continueCheck:…)`.
     let continueCheck: ((HTTPRequest, HTTPResponseWriter) -> Bool)?
     /// See `HTTPServer.init(…onRefusal:…)`.
@@ -69,7 +69,7 @@ final class ServerShared: @unchecked Sendable {
     let openCount = Atomic<Int>(0)
 
     init(limits: HTTPLimits, continueCheck: ((HTTPRequest, HTTPResponseWriter) -> Bool)?,
-         onRefusal: ((HTTPRefusal) -> Void)?, responder: @escaping (HTTPRequest, HTTPResponseWriter) -> Void) {
+         onRefusal: ((HTTPRefusal) -> Void)?, responder: @escaping (consuming HTTPRequest, HTTPResponseWriter) -> Void) {
         self.limits = limits
         self.continueCheck = continueCheck
         self.onRefusal = onRefusal
@@ -311,7 +311,7 @@ public final class HTTPServer: @unchecked Sendable {
                 tls: TLSConfiguration? = nil,
                 continueCheck: ((HTTPRequest, HTTPResponseWriter) -> Bool)? = nil,
                 onRefusal: ((HTTPRefusal) -> Void)? = nil,
-                responder: @escaping (HTTPRequest, HTTPResponseWriter) -> Void) {
+                responder: @escaping (consuming HTTPRequest, HTTPResponseWriter) -> Void) {
         self.group = group
         self.address = address
         self.limits = limits

@@ -66,7 +66,7 @@ struct ProxyEnvironment: Equatable {
 /// are kept alive and reused by the multi handle's connection cache.
 ///
 /// All methods are called from within the loop's thread; completions run there too.
-public final class UpstreamClient: @unchecked Sendable {
+public final class UpstreamClient: DeferredWriter, @unchecked Sendable {
     /// The loop that drives this client.
     public let loop: EventLoop
     fileprivate let multi: UnsafeMutableRawPointer
@@ -305,7 +305,7 @@ public final class UpstreamClient: @unchecked Sendable {
         activeTransfers += 1
         // Handed to curl with the loop's other output (see `startQueued`).
         queued.append(t)
-        if queued.count == 1 { loop.deferWrite { self.startQueued() } }
+        if queued.count == 1 { loop.deferWrite(self) }
         return t
     }
 
@@ -318,6 +318,11 @@ public final class UpstreamClient: @unchecked Sendable {
     /// now (`CURLOPT_TIMEOUT_MS` counts from the start of the transfer), and one whose
     /// deadline passed while it waited fails as `send` fails it, without the network.
     /// Loop thread.
+    ///
+    /// The write burst's hook (`DeferredWriter`, queued by `send`): the loop calls it;
+    /// nothing else should.
+    public func writeDeferred() { startQueued() }
+
     private func startQueued() {
         // Sent by a task run as the loop stopped: nothing would read the response (the
         // request would go out over a kept-alive connection and be abandoned). They stay

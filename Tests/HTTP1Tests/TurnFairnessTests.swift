@@ -57,4 +57,55 @@ import Testing
         #expect(served < lastA)
         #expect(served < count / 2)
     }
+
+    /// The bound holds within one read: 1000 pipelined requests (~34 KB) arrive in one
+    /// read and, each answered at once, are served from the connection's buffer by the
+    /// write bursts. B's request, sent while A's fifth is answered, must be served once
+    /// A's turn of `requestsPerTurn` is over — the buffer no longer serves the whole read
+    /// (all 1000) before the loop gets back to its events.
+    @Test func bufferedPipeline_YieldsAfterItsTurn() throws {
+        let order = Recorder<[String]>([])
+        let bFD = Atomic<Int32>(-1)
+        let s = try TestServer(loops: 1, responder: { req, w in
+            order.update { $0.append(req.path) }
+            if req.path == "/a/5" {
+                let b = Array("GET /b HTTP/1.1\r\nHost: h\r\n\r\n".utf8)
+                _ = b.withUnsafeBytes { Glibc.send(bFD.load(ordering: .relaxed), $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
+            }
+            w.respond(HTTPResponse(status: 200))
+        })
+        defer { s.group.shutdown() }
+        let a = try TestClient(port: s.port, timeoutSeconds: 30), b = try TestClient(port: s.port, timeoutSeconds: 30)
+        #expect(a.get("/warm")?.status == 200)
+        #expect(b.get("/warm")?.status == 200)
+        bFD.store(b.fd, ordering: .relaxed)
+        order.set([])
+
+        let count = 1000
+        var pipeline: [UInt8] = []
+        for i in 0..<count { pipeline += Array("GET /a/\(i) HTTP/1.1\r\nHost: h\r\n\r\n".utf8) }
+        #expect(pipeline.count < 65536)  // one read of the server's buffer
+        let answeredA = Atomic<Int>(0)
+        let readerDone = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) let reader = a
+        DispatchQueue.global().async {
+            while answeredA.load(ordering: .relaxed) < count, reader.readResponse() != nil {
+                answeredA.add(1, ordering: .relaxed)
+            }
+            readerDone.signal()
+        }
+        a.send(pipeline)
+        #expect(readerDone.wait(timeout: .now() + 60) == .success)
+        #expect(answeredA.load(ordering: .relaxed) == count)
+        #expect(b.readResponse()?.status == 200)
+
+        let seen = order.get
+        let served = try #require(seen.firstIndex(of: "/b"))
+        print("B served after \(served) of A's \(count) buffered requests")
+        // A's bytes may come in more than one read (the first turn then ends with it);
+        // either way no more than two turns of A go before B.
+        #expect(served <= 2 * HTTPConnection.requestsPerTurn)
+        // Every one of A's requests was served once, in order.
+        #expect(seen.filter { $0.hasPrefix("/a/") } == (0..<count).map { "/a/\($0)" })
+    }
 }
