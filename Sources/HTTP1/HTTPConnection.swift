@@ -365,11 +365,13 @@ final class HTTPConnection: IOHandler, DeferredWriter {
             }
         }
         if yielded && !closed && !awaiting && !outputBusy && !lingering
-            && (pendStart < pend.count || (tls != nil && tlsHasDecrypted())) {
+            && (pendStart < pend.count || readPaused || (tls != nil && tlsHasDecrypted())) {
             // Yielded after `requestsPerTurn` with requests buffered (or decrypted bytes
-            // waiting) that epoll cannot report: a new turn after the next round of events.
-            // (Held strongly until then: a weak reference would give every connection a
-            // side table, slowing each retain and release of it.)
+            // waiting) that epoll cannot report, or with reading still paused (the buffer
+            // ran out just as the turn ended: epoll watches nothing on the socket): a new
+            // turn after the next round of events. (Held strongly until then: a weak
+            // reference would give every connection a side table, slowing each retain
+            // and release of it.)
             loop.deferUntilEndOfIteration { self.nextTurn() }
         }
         if !closed && !awaiting && !outputBusy && !lingering { armReadTimer() }
