@@ -566,23 +566,23 @@ public final class Gateway: @unchecked Sendable {
                           caller: String, state: LoopState, requestID: String, start: Instant) {
         let call = RouteCall(route: route, params: params, req: req, w: w, caller: caller, state: state,
                              requestID: requestID, start: start)
-        let req = call.req
+        // `call.req` from here on: a local copy would retain every field of the request.
         if route.readsRequestBody {
-            do { call.body = try JSON.parse(req.body) } catch {
+            do { call.body = try JSON.parse(call.req.body) } catch {
                 return refuse(call, Problem(status: 400, detail: "the request body must be JSON: \(error)"))
             }
         }
-        if route.readsRequestQuery, let q = req.query, let bad = FlowRun.firstNonUTF8QueryPart(q) {
+        if route.readsRequestQuery, let q = call.req.query, let bad = FlowRun.firstNonUTF8QueryPart(q) {
             // Refused rather than passed on with U+FFFD in place of the caller's bytes.
             return refuse(call, Problem(status: 400, detail: "the query is not UTF-8 once percent-decoded: \(bad)"))
         }
-        if let id = req.headers["callback"] {
+        if let id = call.req.headers["callback"] {
             guard CallbackEndpoints.isWellFormedID(id), let e = endpoints.find(id, owner: caller) else {
                 return refuse(call, Problem(status: 422, detail: "unknown callback endpoint \(id)"))
             }
             guard !e.disabled else { return refuse(call, Problem(status: 422, detail: "callback endpoint \(id) is disabled")) }
             call.callback = .endpoint(id: id)
-        } else if let url = req.headers["callback-url"] {
+        } else if let url = call.req.headers["callback-url"] {
             // The SSRF check resolves the host (blocking): off the loop, then back.
             let loop = state.loop
             let pending = LoopBound(call)  // hops back to this same loop before use

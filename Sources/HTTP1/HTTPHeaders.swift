@@ -78,24 +78,13 @@ public struct HTTPHeaders: Sendable, Sequence {
     /// most look-ups end on), then the bytes in place.
     @inlinable static func nameEquals(_ a: String, _ b: String) -> Bool {
         let au = a.utf8, bu = b.utf8
-        let n = au.count
-        guard n == bu.count else { return false }
-        let fast = au.withContiguousStorageIfAvailable { ap in
-            bu.withContiguousStorageIfAvailable { bp in
-                for k in 0..<n {
-                    let x = ap[k], y = bp[k]
-                    if x != y && asciiLower(x) != asciiLower(y) { return false }
-                }
-                return true
-            }
+        guard au.count == bu.count else { return false }
+        let same = { (x: UInt8, y: UInt8) in x == y || asciiLower(x) == asciiLower(y) }
+        // In place for native strings; through the views for any other (a bridged one).
+        let inPlace = au.withContiguousStorageIfAvailable { ap in
+            bu.withContiguousStorageIfAvailable { bp in ap.elementsEqual(bp, by: same) }
         }
-        if let r = fast ?? nil { return r }
-        var bi = bu.makeIterator()
-        for x in au {
-            let y = bi.next()!
-            if x != y && asciiLower(x) != asciiLower(y) { return false }
-        }
-        return true
+        return (inPlace ?? nil) ?? au.elementsEqual(bu, by: same)
     }
 }
 
